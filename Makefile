@@ -1,0 +1,60 @@
+# vzrep: `make demo` and `make test` do all the set-up themselves on a fresh Debian machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+APT_STAMP := .apt-done
+# Debian packages the core needs (others are added by the fragments in mk/).
+APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync
+
+.PHONY: all demo test lint typecheck unit fuzz bench clean sysdeps venv
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Install the system tools that are missing; `apt-get update` runs once, before the first install.
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ ! -f $(APT_STAMP) ]; then apt-get update -qq && touch $(APT_STAMP); fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: sysdeps venv
+	$(PY) -m bench.demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check protocol
+
+typecheck: venv
+	$(VENV)/bin/mypy protocol source_agent target_agent vzcommon appliance
+
+unit: sysdeps venv
+	@$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; exit $$rc
+
+test: sysdeps venv lint typecheck unit
+
+fuzz: venv
+	VZREP_FUZZ_INPUTS=2000000 $(VENV)/bin/pytest -q tests/protocol/test_fuzz.py
+
+bench: sysdeps venv
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# Area fragments (vSphere/vcsim, appliance image, ...) add targets and EXTRA_APT_PACKAGES.
+-include mk/*.mk

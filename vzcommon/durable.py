@@ -1,0 +1,73 @@
+"""Durability primitives: every file that must survive a crash is written through here.
+
+Two shapes, as in borg:
+
+* :func:`atomic_write` -- write a temporary file beside the target, fsync it, ``os.replace`` it over
+  the target, fsync the directory. Readers see the old or the new content, never a mix.
+* :func:`fsync_dir` -- after creating, renaming or unlinking a file, fsync its directory so the
+  name change itself is durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (creations, renames, unlinks) durable."""
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and fsync it, without renaming.
+
+    Used for the ``.next`` files of a commit, which are renamed in a later, separate step.
+    """
+    p = Path(path)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp, fsync, rename, fsync dir)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    try:
+        write_durable(tmp, data, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(p.parent)
+
+
+def replace_durable(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Rename an already-fsynced file over ``dst`` and make the rename durable."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+def unlink_durable(*paths: str | os.PathLike[str]) -> None:
+    """Remove files (missing ones are fine) and fsync each directory once."""
+    dirs: set[Path] = set()
+    for path in paths:
+        p = Path(path)
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            dirs.add(p.parent)
+    for d in dirs:
+        fsync_dir(d)
