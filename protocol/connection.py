@@ -1,0 +1,306 @@
+"""Sans-I/O connections: bytes in, messages out; messages in, bytes out.
+
+``conn.receive_data(data)`` buffers bytes from the peer (``b""`` means the peer closed);
+``conn.next_event()`` returns the next :class:`~protocol.messages.Message`, :data:`NEED_DATA`, or
+:data:`CLOSED`; ``conn.send(msg)`` checks that we may send ``msg`` now and returns its frame.
+
+Besides the transition table, the connection enforces what needs the session's context: negotiated
+block size and codecs, disks known to the session, offsets block-aligned, inside the disk and
+strictly increasing, map entries in order and counted, and the totals in DISK_END and COMMIT.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import codec, framing
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError, VersionMismatch
+from .messages import (
+    CODEC_NAMES,
+    HASH_LEN,
+    MESSAGE_CLASSES,
+    Block,
+    Codec,
+    Commit,
+    DiskEnd,
+    DiskReady,
+    Error,
+    Hello,
+    MapChunk,
+    MapEnd,
+    MapStatus,
+    Message,
+    MsgType,
+    OpenDisk,
+    Welcome,
+    ZeroRange,
+)
+from .state import TERMINAL, Role, State, next_state
+from .version import PROTOCOL_VERSION
+
+
+class Sentinel(enum.Enum):
+    NEED_DATA = "need-data"
+    CLOSED = "closed"
+
+
+NEED_DATA = Sentinel.NEED_DATA
+CLOSED = Sentinel.CLOSED
+Event = Message | Sentinel
+
+
+@dataclass
+class DiskSession:
+    """What the session knows about one open disk."""
+
+    disk_id: int
+    name: str
+    size: int
+    map_status: int = MapStatus.EMPTY
+    generation: str = ""
+    map_entries: int = 0
+    next_offset: int = 0
+    blocks: int = 0
+    zero_bytes: int = 0
+    ended: bool = False
+
+
+class Connection:
+    """One side of a vzrep session."""
+
+    def __init__(self, our_role: Role, *, protocol_version: int = PROTOCOL_VERSION) -> None:
+        self.our_role = our_role
+        self.their_role = Role.TARGET if our_role is Role.SOURCE else Role.SOURCE
+        self.protocol_version = protocol_version
+        self.state = State.AWAIT_HELLO
+        self.block_size = 0
+        self.codecs: frozenset[Codec] = frozenset({Codec.NONE})
+        self.hash_alg = ""
+        self.vm = ""
+        self.disks: dict[int, DiskSession] = {}
+        self.current: DiskSession | None = None
+        self._proposed: Hello | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._sent_error = False
+        self._max_body = framing.HANDSHAKE_MAX_BODY
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> bytes:
+        """Return the frame for ``msg``; raise LocalProtocolError if it may not be sent now."""
+        if isinstance(msg, Error):
+            if self._sent_error or self.state is State.DONE:
+                raise LocalProtocolError("an ERROR was already sent or the session is done")
+            self._sent_error = True
+            self.state = State.ERROR
+        else:
+            try:
+                self._apply(msg, self.our_role)
+            except ProtocolError as exc:
+                self.state = State.ERROR
+                raise LocalProtocolError(f"cannot send {msg.TYPE.name}: {exc}") from None
+        return framing.encode_frame(msg.TYPE, codec.pack(msg.to_fields()))
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof and data:
+            raise LocalProtocolError("data received after end of stream")
+        if not data:
+            self._eof = True
+            return
+        if self._pos and self._pos >= len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> Event:
+        if self.state is State.ERROR and not self._sent_error:
+            raise RemoteProtocolError("the session is in ERROR; no more messages can be received")
+        try:
+            return self._next_event()
+        except RemoteProtocolError:
+            self.state = State.ERROR
+            raise
+
+    @property
+    def trailing_data(self) -> int:
+        return len(self._buf) - self._pos
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    def _next_event(self) -> Event:
+        avail = len(self._buf) - self._pos
+        if avail < framing.HEADER_SIZE:
+            if self._eof:
+                if avail:
+                    raise RemoteProtocolError("connection closed inside a frame header")
+                return CLOSED
+            return NEED_DATA
+        header = bytes(self._buf[self._pos : self._pos + framing.HEADER_SIZE])
+        msg_type, length, crc = framing.parse_header(header, self._max_body)
+        if avail < framing.HEADER_SIZE + length:
+            if self._eof:
+                raise RemoteProtocolError("connection closed inside a frame body")
+            return NEED_DATA
+        start = self._pos + framing.HEADER_SIZE
+        body = bytes(self._buf[start : start + length])
+        self._pos = start + length
+        if self._pos > 1 << 20:
+            del self._buf[: self._pos]
+            self._pos = 0
+        framing.check_crc(header, body, crc)
+        try:
+            mtype = MsgType(msg_type)
+        except ValueError:
+            raise RemoteProtocolError(f"unknown message type {msg_type}") from None
+        msg = MESSAGE_CLASSES[mtype].from_fields(codec.unpack(body))
+        if isinstance(msg, Error):
+            if self.state is State.DONE:
+                raise RemoteProtocolError("ERROR received after the session completed")
+            self.state = State.ERROR
+            self._sent_error = True  # nothing more to say: the peer gave up
+            return msg
+        if self.state in TERMINAL:
+            raise RemoteProtocolError(f"{mtype.name} received after the session ended")
+        self._apply(msg, self.their_role)
+        return msg
+
+    # -- the rules ---------------------------------------------------------------------------------
+
+    def _apply(self, msg: Message, sender: Role) -> None:
+        """Check ``msg`` against the table and the session context, then update the state."""
+        new = next_state(self.state, sender, msg.TYPE)
+        if new is None:
+            raise RemoteProtocolError(
+                f"{msg.TYPE.name} from the {sender.value} is not allowed in state {self.state.value}"
+            )
+        check = getattr(self, f"_check_{msg.TYPE.name.lower()}", None)
+        if check is not None:
+            check(msg)
+        self.state = new
+
+    def _check_hello(self, msg: Hello) -> None:
+        if msg.protocol_version != self.protocol_version:
+            raise VersionMismatch(
+                f"the source speaks protocol version {msg.protocol_version}, the target speaks"
+                f" version {self.protocol_version}: upgrade the older agent"
+            )
+        self._proposed = msg
+        self.vm = msg.vm
+
+    def _check_welcome(self, msg: Welcome) -> None:
+        hello = self._proposed
+        assert hello is not None
+        if msg.protocol_version != self.protocol_version:
+            raise VersionMismatch(
+                f"the target speaks protocol version {msg.protocol_version}, the source speaks"
+                f" version {self.protocol_version}: upgrade the older agent"
+            )
+        if msg.hash_alg not in hello.hash_algs:
+            raise RemoteProtocolError(f"hash algorithm {msg.hash_alg!r} was not offered")
+        if msg.block_size != hello.block_size:
+            raise RemoteProtocolError(
+                f"block size {msg.block_size} differs from the {hello.block_size} offered"
+            )
+        by_name = {name: c for c, name in CODEC_NAMES.items()}
+        chosen = set()
+        for name in msg.codecs:
+            if name not in hello.codecs or name not in by_name:
+                raise RemoteProtocolError(f"codec {name!r} was not offered")
+            chosen.add(by_name[name])
+        self.codecs = frozenset(chosen | {Codec.NONE})
+        self.block_size = msg.block_size
+        self.hash_alg = msg.hash_alg
+        self._max_body = max(self.block_size, framing.MAP_CHUNK_ENTRIES * HASH_LEN) + framing.BODY_OVERHEAD
+
+    def _check_open_disk(self, msg: OpenDisk) -> None:
+        if msg.disk_id in self.disks:
+            raise RemoteProtocolError(f"disk id {msg.disk_id} was already opened in this session")
+        if any(d.name == msg.name for d in self.disks.values()):
+            raise RemoteProtocolError(f"disk name {msg.name!r} was already opened in this session")
+        self.current = self.disks[msg.disk_id] = DiskSession(msg.disk_id, msg.name, msg.size)
+
+    def _disk(self, disk_id: int) -> DiskSession:
+        disk = self.current
+        if disk is None or disk.disk_id != disk_id:
+            raise RemoteProtocolError(f"disk id {disk_id} is not the disk open in this session")
+        return disk
+
+    def _check_disk_ready(self, msg: DiskReady) -> None:
+        disk = self._disk(msg.disk_id)
+        if msg.replica_size > disk.size:
+            raise RemoteProtocolError("the replica is larger than the source disk")
+        disk.map_status = msg.map_status
+        disk.generation = msg.generation
+
+    def _check_map_chunk(self, msg: MapChunk) -> None:
+        disk = self._disk(msg.disk_id)
+        if disk.map_status != MapStatus.SENDING:
+            raise RemoteProtocolError("MAP_CHUNK without a map being sent")
+        if msg.first_block != disk.map_entries:
+            raise RemoteProtocolError(f"MAP_CHUNK at entry {msg.first_block}, expected {disk.map_entries}")
+        disk.map_entries += len(msg.hashes) // HASH_LEN
+        if disk.map_entries > -(-disk.size // self.block_size):
+            raise RemoteProtocolError("the map has more entries than the disk has blocks")
+
+    def _check_map_end(self, msg: MapEnd) -> None:
+        disk = self._disk(msg.disk_id)
+        if msg.entries != disk.map_entries or msg.generation != disk.generation:
+            raise RemoteProtocolError("MAP_END does not match the map that was sent")
+
+    def _check_block(self, msg: Block) -> None:
+        disk = self._disk(msg.disk_id)
+        self._check_range(disk, msg.offset, msg.length, "BLOCK")
+        if msg.length != min(self.block_size, disk.size - msg.offset):
+            raise RemoteProtocolError(f"BLOCK at {msg.offset} has length {msg.length}, not one block")
+        if msg.codec not in self.codecs:
+            raise RemoteProtocolError(f"codec {msg.codec} was not negotiated")
+        disk.next_offset = msg.offset + msg.length
+        disk.blocks += 1
+
+    def _check_zero_range(self, msg: ZeroRange) -> None:
+        disk = self._disk(msg.disk_id)
+        self._check_range(disk, msg.offset, msg.length, "ZERO_RANGE")
+        end = msg.offset + msg.length
+        if msg.length % self.block_size and end != disk.size:
+            raise RemoteProtocolError(f"ZERO_RANGE at {msg.offset} does not cover whole blocks")
+        disk.next_offset = end
+        disk.zero_bytes += msg.length
+
+    def _check_range(self, disk: DiskSession, offset: int, length: int, what: str) -> None:
+        if offset % self.block_size:
+            raise RemoteProtocolError(f"{what} offset {offset} is not aligned to the block size")
+        if offset + length > disk.size:
+            raise RemoteProtocolError(
+                f"{what} [{offset}, {offset + length}) is beyond the end of disk {disk.name!r} ({disk.size} bytes)"
+            )
+        if offset < disk.next_offset:
+            raise RemoteProtocolError(
+                f"{what} offset {offset} goes backwards (next allowed: {disk.next_offset})"
+            )
+
+    def _check_disk_end(self, msg: DiskEnd) -> None:
+        disk = self._disk(msg.disk_id)
+        if (msg.blocks, msg.zero_bytes) != (disk.blocks, disk.zero_bytes):
+            raise RemoteProtocolError(
+                f"DISK_END counts {msg.blocks} blocks/{msg.zero_bytes} zero bytes,"
+                f" the session saw {disk.blocks}/{disk.zero_bytes}"
+            )
+        disk.ended = True
+        self.current = None
+
+    def _check_commit(self, msg: Commit) -> None:
+        if msg.disks != len(self.disks):
+            raise RemoteProtocolError(f"COMMIT for {msg.disks} disks, the session opened {len(self.disks)}")
+
+
+class SourceConnection(Connection):
+    def __init__(self, **kw: int) -> None:
+        super().__init__(Role.SOURCE, **kw)
+
+
+class TargetConnection(Connection):
+    def __init__(self, **kw: int) -> None:
+        super().__init__(Role.TARGET, **kw)

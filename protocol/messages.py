@@ -1,0 +1,328 @@
+"""Message types and messages: one IntEnum, one frozen dataclass per type, validated when built.
+
+A message validates what it can know alone (types, ranges, lengths, names). What needs the session's
+context (is this disk open, is this offset inside the disk, is this the right moment) is checked by
+:mod:`protocol.connection` against :mod:`protocol.state`.
+
+On the wire a message is the msgpack array of its fields in declaration order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import astuple, dataclass, fields
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .framing import MAP_CHUNK_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+
+HASH_LEN = 32
+MAX_DISK_SIZE = 1 << 50  # 1 PiB: far beyond vSphere's 62 TB limit, small enough to catch garbage
+MAX_DISKS = 256
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{0,256}")
+
+
+class MsgType(IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    OPEN_DISK = 3
+    DISK_READY = 4
+    MAP_CHUNK = 5
+    MAP_END = 6
+    BLOCK = 7
+    ZERO_RANGE = 8
+    DISK_END = 9
+    COMMIT = 10
+    COMMITTED = 11
+    ERROR = 12
+
+
+class Codec(IntEnum):
+    NONE = 0
+    ZSTD = 1
+
+
+CODEC_NAMES = {Codec.NONE: "none", Codec.ZSTD: "zstd"}
+
+
+class MapStatus(IntEnum):
+    EMPTY = 0  # no usable map: every block is unknown to the target (new replica)
+    CACHED = 1  # the source's cached map (same generation) is current; nothing follows but MAP_END
+    SENDING = 2  # MAP_CHUNKs follow
+
+
+def valid_name(name: str) -> bool:
+    """VM and disk names become path components on the target: no separators, no dot-dot, bounded."""
+    return bool(_NAME_RE.fullmatch(name)) and ".." not in name
+
+
+def _fail(msg: str) -> None:
+    raise LocalProtocolError(msg)
+
+
+def _int(value: object, name: str, lo: int = 0, hi: int = (1 << 63) - 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        _fail(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _str(value: object, name: str, max_len: int = 256) -> None:
+    if type(value) is not str or len(value) > max_len:
+        _fail(f"{name} must be a string of at most {max_len} characters")
+
+
+def _token(value: object, name: str) -> None:
+    if type(value) is not str or not _TOKEN_RE.fullmatch(value):
+        _fail(f"{name} must be printable ASCII without spaces, at most 256 characters")
+
+
+def _name(value: object, what: str) -> None:
+    if type(value) is not str or not valid_name(value):
+        _fail(
+            f"invalid {what} name {value!r}: use 1-64 letters, digits, '.', '_', '+' or '-',"
+            " starting with a letter or digit, without '..'"
+        )
+
+
+def _strs(value: object, name: str, max_items: int = 16) -> None:
+    if not isinstance(value, tuple) or len(value) > max_items:
+        _fail(f"{name} must be a list of at most {max_items} strings")
+        return
+    for item in value:
+        _str(item, name, 4096)
+
+
+def _bytes(value: object, name: str, max_len: int) -> None:
+    if type(value) is not bytes or len(value) > max_len:
+        _fail(f"{name} must be at most {max_len} bytes")
+
+
+def _block_size(value: object) -> None:
+    _int(value, "block_size", MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)
+    assert isinstance(value, int)
+    if value & (value - 1):
+        _fail(f"block_size must be a power of two, got {value}")
+
+
+class Message:
+    """Base of all messages; subclasses are frozen dataclasses with a ``TYPE``."""
+
+    TYPE: ClassVar[MsgType]
+
+    def to_fields(self) -> list[Any]:
+        return list(astuple(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_fields(cls, values: list[Any]) -> Message:
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        if len(values) != len(names):
+            raise RemoteProtocolError(f"{cls.TYPE.name} has {len(values)} fields, expected {len(names)}")
+        converted = [tuple(v) if isinstance(v, list) else v for v in values]
+        try:
+            return cls(*converted)
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(f"invalid {cls.TYPE.name} from the peer: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"invalid {cls.TYPE.name} from the peer: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    TYPE = MsgType.HELLO
+    protocol_version: int
+    agent: str
+    vm: str
+    hash_algs: tuple[str, ...]
+    codecs: tuple[str, ...]
+    block_size: int
+
+    def __post_init__(self) -> None:
+        _int(self.protocol_version, "protocol_version", 0, 65535)
+        _str(self.agent, "agent", 128)
+        _name(self.vm, "VM")
+        _strs(self.hash_algs, "hash_algs")
+        _strs(self.codecs, "codecs")
+        _block_size(self.block_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    TYPE = MsgType.WELCOME
+    protocol_version: int
+    agent: str
+    hash_alg: str
+    codecs: tuple[str, ...]
+    block_size: int
+
+    def __post_init__(self) -> None:
+        _int(self.protocol_version, "protocol_version", 0, 65535)
+        _str(self.agent, "agent", 128)
+        _str(self.hash_alg, "hash_alg", 64)
+        _strs(self.codecs, "codecs")
+        _block_size(self.block_size)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDisk(Message):
+    TYPE = MsgType.OPEN_DISK
+    disk_id: int
+    name: str
+    size: int
+    cached_generation: str  # "" when the source has no cached map
+    change_id: str  # opaque token (vSphere changeId) stored with the map at commit; "" for none
+
+    def __post_init__(self) -> None:
+        _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
+        _name(self.name, "disk")
+        _int(self.size, "size", 512, MAX_DISK_SIZE)
+        if self.size % 512:
+            _fail(f"disk size {self.size} is not a multiple of 512 bytes")
+        _token(self.cached_generation, "cached_generation")
+        _token(self.change_id, "change_id")
+
+
+@dataclass(frozen=True, slots=True)
+class DiskReady(Message):
+    TYPE = MsgType.DISK_READY
+    disk_id: int
+    generation: str  # the target map's generation ("" when EMPTY)
+    map_status: int
+    stored_change_id: str  # change_id committed with the map at the previous pass
+    replica_size: int  # current replica size (0 for a new replica)
+    notes: tuple[str, ...]  # warnings for the report (map rebuilt, CID changed, ...)
+
+    def __post_init__(self) -> None:
+        _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
+        _token(self.generation, "generation")
+        _int(self.map_status, "map_status", 0, max(MapStatus))
+        _token(self.stored_change_id, "stored_change_id")
+        _int(self.replica_size, "replica_size", 0, MAX_DISK_SIZE)
+        _strs(self.notes, "notes")
+
+
+@dataclass(frozen=True, slots=True)
+class MapChunk(Message):
+    TYPE = MsgType.MAP_CHUNK
+    disk_id: int
+    first_block: int
+    hashes: bytes  # concatenated HASH_LEN-byte entries
+
+    def __post_init__(self) -> None:
+        _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
+        _int(self.first_block, "first_block", 0, MAX_DISK_SIZE // MIN_BLOCK_SIZE)
+        _bytes(self.hashes, "hashes", MAP_CHUNK_ENTRIES * HASH_LEN)
+        if not self.hashes or len(self.hashes) % HASH_LEN:
+            _fail(f"hashes must be a non-empty multiple of {HASH_LEN} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class MapEnd(Message):
+    TYPE = MsgType.MAP_END
+    disk_id: int
+    generation: str
+    entries: int
+
+    def __post_init__(self) -> None:
+        _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
+        _token(self.generation, "generation")
+        _int(self.entries, "entries", 0, MAX_DISK_SIZE // MIN_BLOCK_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Block(Message):
+    TYPE = MsgType.BLOCK
+    disk_id: int
+    offset: int
+    length: int  # length of the block's bytes after decompression
+    hash: bytes  # BLAKE3-256 of the block's bytes
+    codec: int
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
+        _int(self.offset, "offset", 0, MAX_DISK_SIZE)
+        _int(self.length, "length", 1, MAX_BLOCK_SIZE)
+        if type(self.hash) is not bytes or len(self.hash) != HASH_LEN:
+            _fail(f"hash must be {HASH_LEN} bytes")
+        _int(self.codec, "codec", 0, max(Codec))
+        _bytes(self.payload, "payload", MAX_BLOCK_SIZE)
+        if self.codec == Codec.NONE and len(self.payload) != self.length:
+            _fail(f"raw payload of {len(self.payload)} bytes for a block of {self.length} bytes")
+
+    def to_fields(self) -> list[Any]:  # faster than astuple on the hot path
+        return [self.disk_id, self.offset, self.length, self.hash, self.codec, self.payload]
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroRange(Message):
+    TYPE = MsgType.ZERO_RANGE
+    disk_id: int
+    offset: int
+    length: int
+
+    def __post_init__(self) -> None:
+        _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
+        _int(self.offset, "offset", 0, MAX_DISK_SIZE)
+        _int(self.length, "length", 1, MAX_DISK_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskEnd(Message):
+    TYPE = MsgType.DISK_END
+    disk_id: int
+    blocks: int  # BLOCK messages sent for this disk
+    zero_bytes: int  # bytes covered by ZERO_RANGE messages
+
+    def __post_init__(self) -> None:
+        _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
+        _int(self.blocks, "blocks", 0, MAX_DISK_SIZE)
+        _int(self.zero_bytes, "zero_bytes", 0, MAX_DISK_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(Message):
+    TYPE = MsgType.COMMIT
+    disks: int  # how many disks this pass opened; the target checks it
+
+    def __post_init__(self) -> None:
+        _int(self.disks, "disks", 0, MAX_DISKS)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed(Message):
+    TYPE = MsgType.COMMITTED
+    generation: str  # the new generation of every map this pass committed
+
+    def __post_init__(self) -> None:
+        _token(self.generation, "generation")
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    TYPE = MsgType.ERROR
+    code: int  # vzcommon.errors.ExitCode value
+    message: str
+
+    def __post_init__(self) -> None:
+        _int(self.code, "code", 0, 255)
+        _str(self.message, "message", 4096)
+
+
+MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        OpenDisk,
+        DiskReady,
+        MapChunk,
+        MapEnd,
+        Block,
+        ZeroRange,
+        DiskEnd,
+        Commit,
+        Committed,
+        Error,
+    )
+}

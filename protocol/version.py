@@ -1,0 +1,10 @@
+"""Versions on the wire.
+
+``FRAME_VERSION`` is the framing layout (header fields); ``PROTOCOL_VERSION`` is the message set and
+its meaning, exchanged in the handshake. Either mismatch fails with both versions named.
+"""
+
+from __future__ import annotations
+
+FRAME_VERSION = 1
+PROTOCOL_VERSION = 1

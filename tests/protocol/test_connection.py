@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import pytest
+
+from protocol import framing
+from protocol.connection import CLOSED, NEED_DATA, SourceConnection, TargetConnection
+from protocol.errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
+from protocol.messages import (
+    Block,
+    Codec,
+    Commit,
+    Committed,
+    DiskEnd,
+    DiskReady,
+    Error,
+    Hello,
+    MapChunk,
+    MapEnd,
+    MapStatus,
+    OpenDisk,
+    ZeroRange,
+)
+from protocol.state import State
+
+from .helpers import BS, Pair, hello, welcome
+
+H = b"\x11" * 32
+
+
+def open_disk(p: Pair, size: int = 4 * BS, disk_id: int = 0, name: str = "d0") -> None:
+    p.deliver(p.source, OpenDisk(disk_id, name, size, "", ""))
+    p.deliver(p.target, DiskReady(disk_id, "", MapStatus.EMPTY, "", 0, ()))
+    p.deliver(p.target, MapEnd(disk_id, "", 0))
+
+
+def test_full_conversation() -> None:
+    p = Pair()
+    p.handshake()
+    assert p.source.state is p.target.state is State.IDLE
+    p.deliver(p.source, OpenDisk(0, "d0", 3 * BS + 512, "", "cid"))
+    p.deliver(p.target, DiskReady(0, "g1", MapStatus.SENDING, "old", 2 * BS, ("note",)))
+    p.deliver(p.target, MapChunk(0, 0, H * 2))
+    p.deliver(p.target, MapEnd(0, "g1", 2))
+    assert p.source.state is State.STREAMING
+    got = p.deliver(p.source, Block(0, 0, BS, H, Codec.NONE, b"x" * BS))
+    assert got == [Block(0, 0, BS, H, Codec.NONE, b"x" * BS)]
+    p.deliver(p.source, ZeroRange(0, BS, 2 * BS))
+    p.deliver(p.source, Block(0, 3 * BS, 512, H, Codec.ZSTD, b"zz"))
+    p.deliver(p.source, DiskEnd(0, 2, 2 * BS))
+    p.deliver(p.source, Commit(1))
+    p.deliver(p.target, Committed("g2"))
+    assert p.source.state is p.target.state is State.DONE
+
+
+def test_version_mismatch_names_both_versions() -> None:
+    p = Pair()
+    s = SourceConnection(protocol_version=7)
+    with pytest.raises(VersionMismatch, match="version 7.*version 1"):
+        p.target.receive_data(s.send(Hello(7, "x", "vm", ("blake3-256",), (), BS)))
+        p.target.next_event()
+    assert p.target.state is State.ERROR
+    # The target may still tell the source why, once.
+    p.target.send(Error(8, "version mismatch"))
+    with pytest.raises(LocalProtocolError):
+        p.target.send(Error(8, "again"))
+
+
+def test_out_of_order_message_is_remote_error() -> None:
+    p = Pair()
+    rogue = SourceConnection()
+    rogue.state = State.IDLE  # a peer that skipped the handshake
+    rogue.block_size = BS
+    frame = rogue.send(OpenDisk(0, "d0", BS, "", ""))
+    p.target.receive_data(frame)
+    with pytest.raises(RemoteProtocolError, match="not allowed in state await-hello"):
+        p.target.next_event()
+    assert p.target.state is State.ERROR
+    with pytest.raises(RemoteProtocolError):
+        p.target.next_event()
+
+
+def test_local_misuse_is_local_error() -> None:
+    s = SourceConnection()
+    with pytest.raises(LocalProtocolError):
+        s.send(welcome())
+    assert s.state is State.ERROR
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (Block(0, 5 * BS, BS, H, 0, b"x" * BS), "beyond the end"),
+        (Block(0, 100, BS, H, 0, b"x" * BS), "not aligned"),
+        (Block(0, 0, 100, H, 0, b"x" * 100), "not one block"),
+        (Block(1, 0, BS, H, 0, b"x" * BS), "not the disk open"),
+        (ZeroRange(0, 0, 5 * BS), "beyond the end"),
+        (ZeroRange(0, 0, 100), "whole blocks"),
+        (DiskEnd(0, 3, 0), "DISK_END counts"),
+    ],
+)
+def test_context_checks(bad, match) -> None:
+    p = Pair()
+    p.handshake()
+    open_disk(p)
+    # Bypass the sender's own checks to act as a hostile source.
+    rogue = SourceConnection()
+    rogue.__dict__.update({k: v for k, v in p.source.__dict__.items() if not k.startswith("_buf")})
+    frame = _raw_frame(bad)
+    p.target.receive_data(frame)
+    with pytest.raises(RemoteProtocolError, match=match):
+        p.target.next_event()
+    assert p.target.state is State.ERROR
+
+
+def test_offsets_must_increase() -> None:
+    p = Pair()
+    p.handshake()
+    open_disk(p)
+    p.deliver(p.source, Block(0, BS, BS, H, 0, b"x" * BS))
+    p.target.receive_data(_raw_frame(Block(0, 0, BS, H, 0, b"x" * BS)))
+    with pytest.raises(RemoteProtocolError, match="backwards"):
+        p.target.next_event()
+
+
+def test_duplicate_disk_and_commit_count() -> None:
+    p = Pair()
+    p.handshake()
+    open_disk(p)
+    p.deliver(p.source, DiskEnd(0, 0, 0))
+    with pytest.raises(LocalProtocolError, match="already opened"):
+        p.source.send(OpenDisk(0, "d1", BS, "", ""))
+    p2 = Pair()
+    p2.handshake()
+    p2.target.receive_data(_raw_frame(Commit(2)))
+    with pytest.raises(RemoteProtocolError, match="COMMIT for 2 disks"):
+        p2.target.next_event()
+
+
+def test_unknown_codec_refused_after_negotiation() -> None:
+    p = Pair()
+    p.deliver(p.source, Hello(1, "t", "vm", ("blake3-256",), ("none",), BS))
+    p.deliver(p.target, welcome().__class__(1, "t", "blake3-256", (), BS))
+    open_disk(p)
+    p.target.receive_data(_raw_frame(Block(0, 0, BS, H, Codec.ZSTD, b"z")))
+    with pytest.raises(RemoteProtocolError, match="codec 1 was not negotiated"):
+        p.target.next_event()
+
+
+def test_oversized_frame_refused_before_body_arrives() -> None:
+    t = TargetConnection()
+    header = framing.HEADER.pack(framing.MAGIC, 1, 1, framing.HANDSHAKE_MAX_BODY + 1, 0)
+    t.receive_data(header)  # no body at all: the header alone must be refused
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+        t.next_event()
+
+
+def test_oversized_after_handshake_uses_negotiated_limit() -> None:
+    p = Pair()
+    p.handshake()
+    limit = max(BS, framing.MAP_CHUNK_ENTRIES * 32) + framing.BODY_OVERHEAD
+    p.target.receive_data(framing.HEADER.pack(framing.MAGIC, 1, 7, limit + 1, 0))
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        p.target.next_event()
+
+
+def test_bad_crc_magic_version_unknown_type() -> None:
+    frame = bytearray(SourceConnection().send(hello()))
+    frame[-1] ^= 1
+    t = TargetConnection()
+    t.receive_data(bytes(frame))
+    with pytest.raises(RemoteProtocolError, match="CRC"):
+        t.next_event()
+    for mutate, match in [((0, 0x41), "magic"), ((2, 9), "frame version 9"), ((3, 99), "unknown message type")]:
+        f = bytearray(SourceConnection().send(hello()))
+        f[mutate[0]] = mutate[1]
+        if mutate[0] == 3:
+            f[:] = framing.encode_frame(99, bytes(f[12:]))
+        t = TargetConnection()
+        t.receive_data(bytes(f))
+        with pytest.raises(RemoteProtocolError, match=match):
+            t.next_event()
+
+
+def test_partial_frames_and_eof() -> None:
+    frame = SourceConnection().send(hello())
+    t = TargetConnection()
+    for b in frame[:-1]:
+        t.receive_data(bytes([b]))
+        assert t.next_event() is NEED_DATA
+    t.receive_data(frame[-1:])
+    assert t.next_event() == hello()
+    t.receive_data(b"")
+    assert t.next_event() is CLOSED
+    t2 = TargetConnection()
+    t2.receive_data(frame[:20])
+    t2.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="closed inside"):
+        t2.next_event()
+
+
+def test_error_from_peer_is_an_event() -> None:
+    p = Pair()
+    p.handshake()
+    got = p.deliver(p.target, Error(9, "disk full"))
+    assert got == [Error(9, "disk full")]
+    assert p.source.state is State.ERROR
+
+
+def _raw_frame(msg) -> bytes:
+    from protocol import codec
+
+    return framing.encode_frame(msg.TYPE, codec.pack(msg.to_fields()))
