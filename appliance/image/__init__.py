@@ -1,0 +1,1 @@
+"""The offline appliance image build: rootfs (mmdebstrap), raw disk, streamOptimized VMDK, OVA."""

@@ -1,0 +1,62 @@
+#!/bin/sh
+# Provisions a Debian bookworm system as a vzrep appliance. Runs inside the system being built:
+# in a chroot for `make appliance` (mmdebstrap customize hook) and over SSH in packer builds.
+# Usage: provision.sh STAGE_DIR   (STAGE_DIR holds wheels/, systemd/, rootfs/ as staged by the build)
+# No secrets are created here: host keys, agent keys and machine-id are made at first boot.
+set -eu
+STAGE=${1:?usage: provision.sh STAGE_DIR}
+export DEBIAN_FRONTEND=noninteractive
+
+# Packages (already present in the mmdebstrap build; packer's netinst install needs them).
+if ! dpkg-query -W python3-venv >/dev/null 2>&1; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3 python3-venv open-vm-tools openssh-server \
+    systemd-resolved systemd-timesyncd iproute2 less
+fi
+
+# The agents and the console, from the project's wheel, in a venv of their own.
+python3 -m venv /opt/vzrep/venv
+/opt/vzrep/venv/bin/pip install -q --no-index --find-links "$STAGE/wheels" vzrep
+/opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.pairing, spake2, asyncssh'
+
+# Accounts: the agent runs unprivileged; admins log in as vzadmin (key-only SSH, password set at
+# first boot from the OVF environment or left locked).
+getent group vzrep >/dev/null || groupadd --system vzrep
+getent passwd vzrep >/dev/null || useradd --system --gid vzrep --home-dir /var/lib/vzrep --shell /usr/sbin/nologin vzrep
+getent passwd vzadmin >/dev/null || useradd --create-home --shell /bin/bash vzadmin
+passwd -l vzadmin >/dev/null
+passwd -l root >/dev/null
+install -d -m 0755 -o root -g root /etc/vzrep /var/lib/vzrep
+install -d -m 0750 -o vzrep -g vzrep /var/lib/vzrep/data /var/lib/vzrep/keys
+install -d -m 0700 -o root -g root /var/lib/vzrep/pairing
+
+# systemd units and hardening.
+install -m 0644 "$STAGE"/systemd/*.service /etc/systemd/system/
+install -d /etc/systemd/system/getty@tty1.service.d
+install -m 0644 "$STAGE"/systemd/getty-tty1/vzrep-console.conf /etc/systemd/system/getty@tty1.service.d/
+install -d /etc/ssh/sshd_config.d
+install -m 0644 "$STAGE"/rootfs/sshd-vzrep.conf /etc/ssh/sshd_config.d/vzrep.conf
+systemctl enable vzrep-firstboot.service vzrep-target.service vzrep-pairing.service \
+  systemd-networkd.service systemd-resolved.service ssh.service >/dev/null 2>&1 || \
+  systemctl enable vzrep-firstboot.service vzrep-target.service vzrep-pairing.service \
+    systemd-networkd.service systemd-resolved.service ssh.service
+systemctl disable networking.service >/dev/null 2>&1 || true
+systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1 || true
+
+# DHCP on every Ethernet port until first boot writes the deployment's network config.
+install -d /etc/systemd/network
+cat > /etc/systemd/network/90-vzrep-default.network <<'NET'
+[Match]
+Type=ether
+
+[Network]
+DHCP=yes
+NET
+
+# Nothing secret or machine-specific stays in the image.
+rm -f /etc/ssh/ssh_host_*
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+rm -f /var/lib/vzrep/firstboot.done
+apt-get clean
+rm -rf /var/lib/apt/lists/* /root/.cache
