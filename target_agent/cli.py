@@ -1,0 +1,166 @@
+"""``vzrep-target``: serve replication passes, roll back, show status, make keys.
+
+Exit codes are those of :class:`vzcommon.errors.ExitCode` (README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from vzcommon.errors import ExitCode, InputError, VzrepError
+from vzcommon.keycli import add_keygen
+from vzcommon.log import setup_logging
+
+from .server import Stream, start_server
+from .session import TargetSession
+from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir, vm_status
+
+log = structlog.get_logger("vzrep.target")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    recovered = await asyncio.to_thread(recover_all, data_dir)  # before accepting any work
+    for vm, what in recovered.items():
+        log.warning("startup_recovery", vm=vm, what=what)
+    sessions: set[asyncio.Task[None]] = set()
+
+    async def handle(stream: Stream, peer: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        sessions.add(task)
+        try:
+            await TargetSession(data_dir, peer).run(stream)
+        finally:
+            sessions.discard(task)
+
+    host, port = args.listen
+    server, bound = await start_server(handle, host, port, args.host_key, args.authorized_keys)
+    log.info("listening", host=host, port=bound, data_dir=str(data_dir), recovered=len(recovered))
+    if args.ready_file:
+        await asyncio.to_thread(args.ready_file.write_text, f"{bound}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting_down", sessions=len(sessions))
+    server.close()
+    for task in list(sessions):
+        task.cancel()  # each session rolls back its pass, shielded
+    if sessions:
+        await asyncio.gather(*sessions, return_exceptions=True)
+    await server.wait_closed()
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    if args.vm:
+        vdir = vm_dir(args.data_dir, args.vm)
+        if not vdir.is_dir():
+            raise InputError(f"no replica of VM {args.vm!r} in {args.data_dir}")
+        vms = [vdir]
+    else:
+        vms = list_vms(args.data_dir)
+    report: dict[str, Any] = {"data_dir": str(args.data_dir), "vms": [vm_status(v) for v in vms]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if not vms:
+        print(f"no replicas in {args.data_dir}")
+    for vm in report["vms"]:
+        last = vm["last_pass"] or {}
+        state = (
+            "PASS RUNNING" if vm["pass_running"] else ("PENDING ROLLBACK" if vm["pending_rollback"] else "ok")
+        )
+        print(
+            f"{vm['vm']}: {state}; last pass {last.get('finished', 'never')} generation {last.get('generation', '-')}"
+        )
+        for name, d in vm["disks"].items():
+            print(
+                f"  {name}: {d['size']} bytes, {d['allocated']} allocated{'' if d['has_map'] else ', no map'}"
+            )
+        if vm["last_failure"]:
+            print(f"  last failure: rolled back at {vm['last_failure'].get('rolled_back_at')}")
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    what = recover_vm(args.data_dir, args.vm)
+    print(what or f"VM {args.vm!r} has no pending pass: nothing to roll back")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vzrep-target", description="vzrep target agent (DR site)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve", help="accept replication passes over SSH")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--listen", type=parse_listen, required=True, metavar="HOST:PORT")
+    p.add_argument("--host-key", type=Path, required=True)
+    p.add_argument("--authorized-keys", type=Path, required=True)
+    p.add_argument(
+        "--ready-file", type=Path, help="write the bound port here once listening (for scripts and tests)"
+    )
+    p.set_defaults(func=lambda a: asyncio_run(serve(a)))
+    p = sub.add_parser("rollback", help="roll back an interrupted pass of a VM (safe to repeat)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True)
+    p.set_defaults(func=rollback)
+    p = sub.add_parser("status", help="show replicas, last passes and pending rollbacks")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=status)
+    add_keygen(sub)
+    try:
+        from appliance.pairing_cli import add_target_commands
+    except ImportError:
+        pass
+    else:
+        add_target_commands(sub)
+    return parser
+
+
+def asyncio_run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return int(asyncio.run(coro))
+    return int(uvloop.run(coro))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except VzrepError as exc:
+        print(f"vzrep-target: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

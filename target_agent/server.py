@@ -1,0 +1,134 @@
+"""The target's asyncssh server: the only module on the target that imports asyncssh.
+
+Replication runs in the ``vzrep`` SSH subsystem; shells, commands, PTYs, X11, agent and port
+forwarding are all refused. Only keys listed in the authorized keys file get in; password and
+keyboard-interactive authentication are off. Only AES-256 ciphers are offered (``tunnel_policy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import structlog
+from asyncssh.stream import SSHServerStreamSession
+
+from vzcommon import tunnel_policy as policy
+from vzcommon.errors import InputError
+
+log = structlog.get_logger("vzrep.target.server")
+
+Handler = Callable[["Stream", str], Awaitable[None]]
+
+
+class Stream:
+    """The subsystem channel as plain byte reads and writes (the session never sees asyncssh)."""
+
+    def __init__(self, reader: Any, writer: Any) -> None:
+        self._reader, self._writer = reader, writer
+
+    async def read(self) -> bytes:
+        try:
+            data: bytes = await self._reader.read(policy.READ_SIZE)
+        except (asyncssh.Error, OSError, asyncio.IncompleteReadError):
+            return b""
+        return data
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        try:
+            self._writer.write_eof()
+        except (asyncssh.Error, OSError):
+            pass
+
+
+class _SubsystemOnly(SSHServerStreamSession):  # type: ignore[type-arg]
+    def shell_requested(self) -> bool:
+        return False
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == policy.SUBSYSTEM
+
+    def pty_requested(self, *args: Any) -> bool:
+        return False
+
+
+class _Server(asyncssh.SSHServer):
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._peer = "?"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self._peer = f"{peer[0]}:{peer[1]}"
+        log.info("ssh_connection", peer=self._peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("ssh_connection_lost", peer=self._peer, reason=str(exc))
+
+    def auth_completed(self) -> None:
+        log.info("ssh_authenticated", peer=self._peer)
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def session_requested(self) -> _SubsystemOnly:
+        peer = self._peer
+
+        async def run(stdin: Any, stdout: Any, stderr: Any) -> None:
+            try:
+                await self._handler(Stream(stdin, stdout), peer)
+            finally:
+                stdout.channel.exit(0)
+
+        return _SubsystemOnly(run)
+
+
+async def start_server(
+    handler: Handler, host: str, port: int, host_key: Path, authorized_keys: Path
+) -> tuple[Any, int]:
+    """Listen on ``host:port``; returns the server and the port actually bound."""
+    try:
+        keys = [asyncssh.read_private_key(str(host_key))]
+        authorized = asyncssh.read_authorized_keys(str(authorized_keys))
+    except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+        raise InputError(
+            f"cannot load the host key {host_key} or authorized keys {authorized_keys}: {exc}"
+        ) from None
+    server = await asyncssh.create_server(
+        lambda: _Server(handler),
+        host,
+        port,
+        server_host_keys=keys,
+        authorized_client_keys=authorized,
+        encryption_algs=list(policy.ENCRYPTION_ALGS),
+        mac_algs=list(policy.MAC_ALGS),
+        kex_algs=list(policy.KEX_ALGS),
+        compression_algs=list(policy.COMPRESSION_ALGS),
+        password_auth=False,
+        kbdint_auth=False,
+        allow_pty=False,
+        x11_forwarding=False,
+        agent_forwarding=False,
+        encoding=None,
+        window=policy.WINDOW,
+        max_pktsize=policy.MAX_PKTSIZE,
+        login_timeout=30,
+        keepalive_interval=30,
+    )
+    sockets = server.sockets
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return server, bound

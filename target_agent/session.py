@@ -1,0 +1,280 @@
+"""Drives one replication session on the target: protocol events in, replica writes out.
+
+The session reads bytes from the tunnel, feeds the sans-I/O :class:`TargetConnection`, and turns its
+events into storage operations. Blocks are verified (decompressed, length and hash checked) and
+written in batches in a worker thread, one batch in flight while the next is received, so receiving
+and writing overlap and memory stays bounded. Any failure rolls the pass back (shielded from
+cancellation) and is reported to the source as an ERROR with an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zstandard
+
+from protocol.connection import CLOSED, NEED_DATA, TargetConnection
+from protocol.errors import LocalProtocolError, ProtocolError
+from protocol.framing import MAP_CHUNK_ENTRIES
+from protocol.messages import (
+    Block,
+    Codec,
+    Commit,
+    Committed,
+    DiskEnd,
+    DiskReady,
+    Error,
+    Hello,
+    MapChunk,
+    MapEnd,
+    MapStatus,
+    Message,
+    OpenDisk,
+    Welcome,
+    ZeroRange,
+)
+from protocol.version import PROTOCOL_VERSION
+from vzcommon.blockhash import HASH_LEN, HASH_NAME, hash_block
+from vzcommon.errors import ConnectionFailed, ExitCode, IntegrityError, StorageError, VzrepError
+from vzcommon.vzmap import entries_for
+
+from .server import Stream
+from .storage.replica import DiskWriter
+from .storage.transaction import VmPass
+
+log = structlog.get_logger("vzrep.target.session")
+
+AGENT = "vzrep-target/0.1"
+SUPPORTED_CODECS = ("zstd", "none")
+BATCH_OPS = 64
+BATCH_BYTES = 8 << 20
+
+Op = tuple[Block | ZeroRange, DiskWriter]
+
+
+def _apply_batch(ops: list[Op]) -> None:
+    """Worker thread: verify each block, then write it through its disk writer (undo first)."""
+    dctx = zstandard.ZstdDecompressor()
+    touched: list[DiskWriter] = []
+    for msg, writer in ops:
+        if isinstance(msg, ZeroRange):
+            writer.write_zeros(msg.offset, msg.length)
+        else:
+            data = msg.payload
+            if msg.codec == Codec.ZSTD:
+                try:
+                    data = dctx.decompress(data, max_output_size=msg.length)
+                except zstandard.ZstdError as exc:
+                    raise IntegrityError(f"block at offset {msg.offset} does not decompress: {exc}") from None
+            if len(data) != msg.length or hash_block(data) != msg.hash:
+                raise IntegrityError(
+                    f"block at offset {msg.offset} of disk {writer.paths.disk!r} does not match its hash;"
+                    " nothing was written from it and the pass is rolled back"
+                )
+            writer.write_block(msg.offset, data, msg.hash)
+        if not touched or touched[-1] is not writer:
+            touched.append(writer)
+    for writer in touched:
+        writer.flush()
+
+
+class TargetSession:
+    def __init__(
+        self, data_dir: Path, peer: str, *, on_pass_end: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.peer = peer
+        self.conn = TargetConnection()
+        self.vm_pass: VmPass | None = None
+        self.writers: dict[int, DiskWriter] = {}
+        self._batch: list[Op] = []
+        self._batch_bytes = 0
+        self._inflight: asyncio.Future[None] | None = None
+        self._stream: Stream | None = None
+        self._on_pass_end = on_pass_end
+        self._t0 = time.monotonic()
+        self.received_bytes = 0
+
+    async def run(self, stream: Stream) -> None:
+        self._stream = stream
+        committed = False
+        try:
+            while not committed:
+                data = await stream.read()
+                self.received_bytes += len(data)
+                self.conn.receive_data(data)
+                while True:
+                    event = self.conn.next_event()
+                    if event is NEED_DATA:
+                        break
+                    if event is CLOSED:
+                        raise ConnectionFailed("the source closed the connection before the pass committed")
+                    assert isinstance(event, Message)
+                    committed = await self._handle(event)
+                    if committed:
+                        break
+        except (VzrepError, OSError, asyncio.CancelledError) as exc:
+            await asyncio.shield(self._fail(exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        except Exception as exc:  # a bug: still roll back and tell the source
+            log.exception("session_crashed")
+            await asyncio.shield(self._fail(exc))
+        finally:
+            await stream.close()
+
+    async def _send(self, msg: Message) -> None:
+        assert self._stream is not None
+        await self._stream.write(self.conn.send(msg))
+
+    async def _handle(self, msg: Message) -> bool:
+        if isinstance(msg, Block | ZeroRange):
+            await self._queue(msg)
+        elif isinstance(msg, Hello):
+            await self._hello(msg)
+        elif isinstance(msg, OpenDisk):
+            await self._open_disk(msg)
+        elif isinstance(msg, DiskEnd):
+            await self._drain()
+        elif isinstance(msg, Commit):
+            await self._commit()
+            return True
+        elif isinstance(msg, Error):
+            raise VzrepError(
+                f"the source aborted the pass: {msg.message}",
+                exit_code=ExitCode(msg.code)
+                if msg.code in ExitCode._value2member_map_
+                else ExitCode.INTERNAL,
+            )
+        return False
+
+    async def _hello(self, msg: Hello) -> None:
+        if HASH_NAME not in msg.hash_algs:
+            raise ProtocolError(
+                f"the source offers hash algorithms {list(msg.hash_algs)}, this target needs {HASH_NAME}"
+            )
+        codecs = tuple(c for c in SUPPORTED_CODECS if c in msg.codecs and c != "none")
+        vm_pass = VmPass(self.data_dir, msg.vm, block_size=msg.block_size, peer=self.peer)
+        recovered = await asyncio.to_thread(vm_pass.begin)
+        self.vm_pass = vm_pass
+        if recovered:
+            log.warning("recovered_before_pass", vm=msg.vm, what=recovered)
+        log.info(
+            "pass_started", vm=msg.vm, peer=self.peer, pass_id=vm_pass.pass_id, block_size=msg.block_size
+        )
+        await self._send(Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size))
+
+    async def _open_disk(self, msg: OpenDisk) -> None:
+        assert self.vm_pass is not None
+        writer, result = await asyncio.to_thread(
+            self.vm_pass.open_disk, msg.name, msg.size, msg.cached_generation, msg.change_id
+        )
+        self.writers[msg.disk_id] = writer
+        for note in result.notes:
+            log.warning("disk_note", disk=msg.name, note=note)
+        await self._send(
+            DiskReady(
+                msg.disk_id,
+                result.generation,
+                result.map_status,
+                result.stored_change_id,
+                result.replica_size,
+                tuple(result.notes),
+            )
+        )
+        entries = 0
+        if result.map_status == MapStatus.SENDING:
+            total = entries_for(result.replica_size, self.conn.block_size)
+            for first in range(0, total, MAP_CHUNK_ENTRIES):
+                count = min(MAP_CHUNK_ENTRIES, total - first)
+                chunk = await asyncio.to_thread(writer.map_entries, first, count)
+                await self._send(MapChunk(msg.disk_id, first, chunk))
+                entries += len(chunk) // HASH_LEN
+        await self._send(MapEnd(msg.disk_id, result.generation, entries))
+
+    async def _queue(self, msg: Block | ZeroRange) -> None:
+        self._batch.append((msg, self.writers[msg.disk_id]))
+        self._batch_bytes += len(msg.payload) if isinstance(msg, Block) else 0
+        if len(self._batch) >= BATCH_OPS or self._batch_bytes >= BATCH_BYTES:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        """Hand the batch to the worker thread; wait for the previous one first (one in flight)."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await inflight
+        if self._batch:
+            ops, self._batch, self._batch_bytes = self._batch, [], 0
+            self._inflight = asyncio.get_running_loop().run_in_executor(None, _apply_batch, ops)
+
+    async def _drain(self) -> None:
+        await self._submit()
+        await self._submit()
+
+    async def _commit(self) -> None:
+        assert self.vm_pass is not None
+        await self._drain()
+        summary = {
+            "result": "ok",
+            "bytes_received": self.received_bytes,
+            "seconds": round(time.monotonic() - self._t0, 3),
+        }
+        summary["disks_written"] = {
+            w.paths.disk: {
+                "blocks_written": w.stats.blocks_written,
+                "blocks_unchanged": w.stats.blocks_unchanged,
+                "bytes_written": w.stats.bytes_written,
+                "bytes_zeroed": w.stats.bytes_zeroed,
+                "undo_bytes": w.stats.undo_bytes,
+            }
+            for w in self.writers.values()
+        }
+        generation = await asyncio.shield(asyncio.to_thread(self.vm_pass.commit, summary))
+        await asyncio.to_thread(self.vm_pass.close)
+        self.vm_pass = None
+        log.info(
+            "pass_committed",
+            peer=self.peer,
+            generation=generation,
+            **{k: v for k, v in summary.items() if k != "disks_written"},
+        )
+        if self._on_pass_end:
+            self._on_pass_end({"result": "committed", "generation": generation})
+        await self._send(Committed(generation))
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Roll back, then tell the source why (best effort: the link may be gone)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            try:
+                await inflight
+            except BaseException as late:  # the batch's own failure is part of the same story
+                log.info("batch_failed_during_abort", error=str(late))
+        rolled = "no pass was started"
+        if self.vm_pass is not None:
+            try:
+                rolled = await asyncio.to_thread(self.vm_pass.rollback)
+            finally:
+                await asyncio.to_thread(self.vm_pass.close)
+                self.vm_pass = None
+        if isinstance(exc, VzrepError):
+            code, text = exc.exit_code, str(exc)
+        elif isinstance(exc, OSError):
+            code, text = StorageError.exit_code, f"target I/O error: {exc}"
+        elif isinstance(exc, asyncio.CancelledError):
+            code, text = ExitCode.CONNECTION, "the target agent is shutting down"
+        else:
+            code, text = ExitCode.INTERNAL, f"internal error on the target: {type(exc).__name__}: {exc}"
+        log.warning("pass_failed", peer=self.peer, error=text, rollback=rolled)
+        if self._on_pass_end:
+            self._on_pass_end({"result": "rolled-back", "error": text})
+        if self._stream is not None and not isinstance(exc, ConnectionFailed):
+            try:
+                await asyncio.wait_for(self._send(Error(int(code), f"{text} [target: {rolled}]")), 5)
+            except (LocalProtocolError, VzrepError, OSError, TimeoutError):
+                pass

@@ -1,0 +1,43 @@
+"""One pass per VM at a time: an exclusive ``flock`` on ``DATA_DIR/<vm>/.lock``.
+
+The kernel drops a flock when its holder dies, so a killed agent cannot leave a VM stuck.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from vzcommon.errors import BusyError
+
+
+class VmLock:
+    def __init__(self, vm_dir: Path, vm: str) -> None:
+        self.path = vm_dir / ".lock"
+        self.vm = vm
+        self._fd = -1
+
+    def acquire(self) -> VmLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BusyError(
+                f"a replication pass (or rollback) for VM {self.vm!r} is already running on this target;"
+                " wait for it to finish"
+            ) from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> VmLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,370 @@
+"""One replica disk during a pass: its files, the write path with undo, the map, and rollback.
+
+Files of disk ``NAME`` in ``DATA_DIR/<vm>/``:
+
+* ``NAME.vmdk`` -- monolithicFlat descriptor (readable by qemu-img and ESXi)
+* ``NAME-flat.vmdk`` -- the flat extent, created sparse
+* ``NAME-flat.vmdk.vzmap`` -- block hashes as of the last committed pass
+* ``NAME-flat.vmdk.vzundo`` -- original bytes of blocks this pass overwrote (exists only during a pass)
+* ``*.next`` -- descriptor and map of the pass being committed (exist only during a commit)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from protocol.messages import MapStatus
+from vzcommon.blockhash import hash_block, zero_block, zero_hash
+from vzcommon.durable import fsync_dir, unlink_durable, write_durable
+from vzcommon.errors import InputError, IntegrityError, StorageError
+from vzcommon.sparse import data_segments, punch_hole
+from vzcommon.vmdk import read_descriptor, render_flat_descriptor
+from vzcommon.vzmap import MapBuilder, MapFile, entries_for
+
+from . import undo
+from .undo import RecordKind, UndoLog, encode_record
+
+log = structlog.get_logger("vzrep.target.replica")
+
+#: Flush undo and data once this many original bytes are pending (bounds memory on huge zero ranges).
+FLUSH_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class ReplicaPaths:
+    vm_dir: Path
+    disk: str
+
+    @property
+    def descriptor(self) -> Path:
+        return self.vm_dir / f"{self.disk}.vmdk"
+
+    @property
+    def flat(self) -> Path:
+        return self.vm_dir / f"{self.disk}-flat.vmdk"
+
+    @property
+    def map(self) -> Path:
+        return self.vm_dir / f"{self.disk}-flat.vmdk.vzmap"
+
+    @property
+    def undo(self) -> Path:
+        return self.vm_dir / f"{self.disk}-flat.vmdk.vzundo"
+
+    @property
+    def map_next(self) -> Path:
+        return self.vm_dir / f"{self.disk}-flat.vmdk.vzmap.next"
+
+    @property
+    def descriptor_next(self) -> Path:
+        return self.vm_dir / f"{self.disk}.vmdk.next"
+
+
+@dataclass
+class OpenResult:
+    map_status: MapStatus
+    generation: str
+    stored_change_id: str
+    replica_size: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WriteStats:
+    blocks_written: int = 0
+    blocks_unchanged: int = 0
+    bytes_written: int = 0
+    bytes_zeroed: int = 0
+    undo_bytes: int = 0
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError:
+    return StorageError(
+        f"{what}: {exc.strerror or exc}; the pass is rolled back and the replica keeps its previous state"
+    )
+
+
+def trusted_map(paths: ReplicaPaths, size: int, block_size: int, notes: list[str]) -> MapFile | None:
+    """The committed map, if it can be trusted for this replica; otherwise None and a note why."""
+    if not paths.map.exists():
+        notes.append("no block map for the existing replica: re-verifying the whole disk by hashing")
+        return None
+    try:
+        m = MapFile.open(paths.map)
+    except (IntegrityError, OSError) as exc:
+        notes.append(f"block map not trusted ({exc}): re-verifying the whole disk by hashing")
+        return None
+    h = m.header
+    reason = ""
+    if h.block_size != block_size:
+        reason = f"block size changed from {h.block_size} to {block_size}"
+    elif h.disk_size != size:
+        reason = f"map describes {h.disk_size} bytes, the replica has {size}"
+    else:
+        try:
+            cid = read_descriptor(paths.descriptor).cid
+        except InputError:
+            cid = -1
+        if cid != h.cid:
+            reason = (
+                f"replica descriptor CID changed from {h.cid:08x} to {cid & 0xFFFFFFFF:08x} outside replication"
+                " (was the replica powered on or edited?)"
+            )
+    if reason:
+        m.close()
+        notes.append(f"{reason}: re-verifying the whole disk by hashing")
+        log.warning("map_not_trusted", disk=paths.disk, reason=reason)
+        return None
+    return m
+
+
+def hash_replica(fd: int, size: int, block_size: int, builder: MapBuilder) -> None:
+    """Rebuild map entries from the replica's bytes; holes hash as zero blocks without reading."""
+    zh = zero_hash(block_size)
+    builder.fill(0, entries_for(size, block_size), zh)
+    tail = size % block_size
+    if tail:
+        builder.set_range(size // block_size, zero_hash(tail))
+    for seg_off, seg_len in data_segments(fd, 0, size):
+        first = seg_off // block_size
+        last = -(-(seg_off + seg_len) // block_size)
+        for idx0 in range(first, last, 128):
+            idx1 = min(last, idx0 + 128)
+            start, end = idx0 * block_size, min(idx1 * block_size, size)
+            buf = os.pread(fd, end - start, start)
+            hashes = bytearray()
+            for pos in range(0, len(buf), block_size):
+                hashes += hash_block(buf[pos : pos + block_size])
+            builder.set_range(idx0, bytes(hashes))
+
+
+class DiskWriter:
+    """Writes one disk of a pass: undo first, then the block, then the new map entry."""
+
+    def __init__(
+        self, paths: ReplicaPaths, *, size: int, block_size: int, pass_id: str, change_id: str
+    ) -> None:
+        self.paths = paths
+        self.size = size
+        self.block_size = block_size
+        self.pass_id = pass_id
+        self.change_id = change_id
+        self.stats = WriteStats()
+        self.old_size = 0
+        self.created = False
+        self.builder: MapBuilder | None = None
+        self._undo: UndoLog | None = None
+        self._fd = -1
+        self._pending_undo: list[bytes] = []
+        self._pending_bytes = 0
+        self._pending_writes: list[tuple[int, bytes | int]] = []
+        self._zero_block = zero_block(block_size)
+
+    # -- open ----------------------------------------------------------------------------------
+
+    def open(self, cached_generation: str) -> OpenResult:
+        """Check the replica and its map, then create the undo log and size the flat extent."""
+        p = self.paths
+        exists = p.flat.exists()
+        self.old_size = p.flat.stat().st_size if exists else 0
+        self.created = not exists
+        if exists and self.size < self.old_size:
+            raise InputError(
+                f"source disk {p.disk!r} shrank from {self.old_size} to {self.size} bytes: a replica cannot shrink;"
+                " move the replica aside to start a new one"
+            )
+        result = OpenResult(MapStatus.EMPTY, "", "", self.old_size)
+        try:
+            base = trusted_map(p, self.old_size, self.block_size, result.notes) if exists else None
+            self.builder = MapBuilder(p.map_next, self.block_size, self.size, base)
+            if base is not None:
+                result.generation = base.header.generation
+                result.stored_change_id = base.header.change_id
+                result.map_status = (
+                    MapStatus.CACHED if cached_generation == result.generation else MapStatus.SENDING
+                )
+                base.close()
+            elif exists:
+                with open(p.flat, "rb") as f:
+                    hash_replica(f.fileno(), self.old_size, self.block_size, self.builder)
+                result.generation = "rebuilt-" + secrets.token_hex(8)
+                result.map_status = MapStatus.SENDING
+            self._undo = UndoLog.create(
+                p.undo, old_size=self.old_size, created=self.created, pass_id=self.pass_id, disk=p.disk
+            )
+            self._fd = os.open(p.flat, os.O_RDWR | os.O_CREAT, 0o644)
+            if self.created:
+                fsync_dir(p.vm_dir)
+            if self.size > self.old_size:
+                os.ftruncate(self._fd, self.size)  # sparse growth; rollback truncates to old_size
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot prepare replica disk {p.disk!r}") from None
+        return result
+
+    def map_entries(self, first: int, count: int) -> bytes:
+        assert self.builder is not None
+        return self.builder.read_entries(first, count)
+
+    # -- the write path ------------------------------------------------------------------------
+
+    def _original(self, offset: int, length: int) -> bytes | None:
+        """The replica's current bytes at a range, or None if they read as zeros without reading."""
+        if offset >= self.old_size:
+            return None
+        end = min(offset + length, self.old_size)
+        if next(data_segments(self._fd, offset, end), None) is None:
+            return None
+        data = os.pread(self._fd, length, offset)
+        return None if data == zero_block(len(data)) else data
+
+    def write_block(self, offset: int, data: bytes, digest: bytes) -> None:
+        """Queue one verified block; its undo record is durable before it reaches the replica."""
+        assert self.builder is not None
+        orig = self._original(offset, len(data))
+        idx = offset // self.block_size
+        if orig == data or (orig is None and data == zero_block(len(data))):
+            self.stats.blocks_unchanged += 1
+        else:
+            if offset < self.old_size:
+                rec = (
+                    encode_record(offset, RecordKind.DATA, orig)
+                    if orig is not None
+                    else encode_record(offset, RecordKind.ZERO, length=len(data))
+                )
+                self._pending_undo.append(rec)
+                self._pending_bytes += len(rec)
+            self._pending_writes.append((offset, data))
+            self._pending_bytes += len(data)
+            self.stats.blocks_written += 1
+            self.stats.bytes_written += len(data)
+        self.builder.set_range(idx, digest)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def write_zeros(self, offset: int, length: int) -> None:
+        """Make a range read as zeros: only its data parts are saved to undo and punched."""
+        assert self.builder is not None
+        bs = self.block_size
+        end = offset + length
+        full = (min(end, self.size // bs * bs) - offset) // bs if offset < self.size // bs * bs else 0
+        if full > 0:
+            self.builder.fill(offset // bs, full, zero_hash(bs))
+        if end == self.size and self.size % bs:
+            self.builder.set_range(self.size // bs, zero_hash(self.size % bs))
+        for seg_off, seg_len in list(data_segments(self._fd, offset, min(end, self.old_size))):
+            pos = seg_off
+            while pos < seg_off + seg_len:
+                n = min(bs, seg_off + seg_len - pos)
+                orig = os.pread(self._fd, n, pos)
+                if orig != zero_block(len(orig)):
+                    rec = encode_record(pos, RecordKind.DATA, orig)
+                    self._pending_undo.append(rec)
+                    self._pending_writes.append((pos, len(orig)))
+                    self._pending_bytes += len(rec)
+                    self.stats.bytes_zeroed += len(orig)
+                    if self._pending_bytes >= FLUSH_BYTES:
+                        self.flush()
+                pos += n
+
+    def flush(self) -> None:
+        """Group commit: fsync the batch's undo records, then write its blocks (the write-ahead rule)."""
+        assert self._undo is not None
+        try:
+            if self._pending_undo:
+                records = b"".join(self._pending_undo)
+                self._undo.append(records)
+                self.stats.undo_bytes += len(records)
+            for offset, what in self._pending_writes:
+                if isinstance(what, int):
+                    punch_hole(self._fd, offset, what)
+                else:
+                    view = memoryview(what)
+                    pos = offset
+                    while view:
+                        n = os.pwrite(self._fd, view, pos)
+                        view, pos = view[n:], pos + n
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot write replica disk {self.paths.disk!r}") from None
+        finally:
+            self._pending_undo.clear()
+            self._pending_writes.clear()
+            self._pending_bytes = 0
+
+    # -- commit preparation --------------------------------------------------------------------
+
+    def prepare_commit(self, generation: str) -> int:
+        """Make data durable and write the ``.next`` descriptor and map; return the new CID."""
+        assert self.builder is not None
+        self.flush()
+        cid = secrets.randbits(32) or 1
+        try:
+            os.fsync(self._fd)
+            text = render_flat_descriptor(self.paths.flat.name, self.size, cid)
+            write_durable(self.paths.descriptor_next, text.encode())
+            self.builder.finish(generation=generation, cid=cid, change_id=self.change_id)
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot commit replica disk {self.paths.disk!r}") from None
+        return cid
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._undo is not None:
+            self._undo.close()
+        if self.builder is not None and self.builder._fd >= 0:
+            self.builder.abort()
+
+
+def rollback_disk(paths: ReplicaPaths) -> str:
+    """Restore a disk from its undo log; idempotent and safe to interrupt. Returns what was done."""
+    done = "nothing to undo"
+    if paths.undo.exists():
+        try:
+            head = undo.read_header(paths.undo)
+        except (IntegrityError, OSError):
+            head = None  # the log's header never became durable, so the replica was never touched
+        if head is not None and head.created:
+            unlink_durable(paths.flat, paths.descriptor)
+            done = "removed the disk this pass had created"
+        elif head is not None:
+            restored = 0
+            try:
+                fd = os.open(paths.flat, os.O_RDWR)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    for rec in undo.read_records(paths.undo):
+                        if rec.kind is RecordKind.DATA:
+                            os.pwrite(fd, rec.data, rec.offset)
+                        else:
+                            punch_hole(fd, rec.offset, rec.length)
+                        restored += 1
+                    if os.fstat(fd).st_size != head.old_size:
+                        os.ftruncate(fd, head.old_size)
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise StorageError(
+                        f"rollback of disk {paths.disk!r} failed: {exc.strerror}; fix the storage and run"
+                        " `vzrep-target rollback` again (rollback is safe to repeat)"
+                    ) from None
+                finally:
+                    os.close(fd)
+            done = f"restored {restored} block ranges"
+    unlink_durable(paths.map_next, paths.descriptor_next, paths.undo)
+    return done
+
+
+def roll_forward_disk(paths: ReplicaPaths) -> None:
+    """After the commit point: move the ``.next`` files into place and drop the undo log."""
+    for nxt, final in ((paths.descriptor_next, paths.descriptor), (paths.map_next, paths.map)):
+        if nxt.exists():
+            os.replace(nxt, final)
+    fsync_dir(paths.vm_dir)
+    unlink_durable(paths.undo)

@@ -1,0 +1,307 @@
+"""A pass over one VM's replica: begin, write disks, commit or roll back.
+
+The pass journal ``DATA_DIR/<vm>/.vzpass`` says where a pass is; recovery reads it at start-up.
+
+Commit order (a crash at any step recovers to the old or the new state):
+
+1. flush and fsync every disk's flat extent (data durable);
+2. write every disk's ``NAME.vmdk.next`` (new CID) and ``NAME-flat.vmdk.vzmap.next`` (new generation,
+   CID and change id), each fsynced; fsync the directory;
+3. **commit point**: atomically rewrite ``.vzpass`` with ``state = committed``;
+4. rename every ``.next`` file over its final name; fsync the directory;
+5. unlink every ``.vzundo`` and ``vzundo-script``; fsync the directory;
+6. write ``vzrep-status.json``, unlink ``.vzpass``.
+
+Recovery: a journal in state ``committed`` redoes steps 4-6 (roll forward). A journal in state
+``active``, or undo logs without a journal, mean the pass never reached the commit point: every disk
+is restored from its undo log, ``.next`` files are removed (roll back). Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from protocol.messages import valid_name
+from vzcommon.durable import atomic_write, fsync_dir, unlink_durable
+from vzcommon.errors import InputError, IntegrityError
+from vzcommon.records import read_record, write_record
+
+from .lock import VmLock
+from .replica import DiskWriter, OpenResult, ReplicaPaths, roll_forward_disk, rollback_disk
+
+log = structlog.get_logger("vzrep.target.pass")
+
+JOURNAL = ".vzpass"
+JOURNAL_MAGIC = "vzrep-pass-journal"
+STATUS = "vzrep-status.json"
+STATUS_MAGIC = "vzrep-vm-status"
+SCRIPT = "vzundo-script"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def vm_dir(data_dir: Path, vm: str) -> Path:
+    if not valid_name(vm):
+        raise InputError(f"invalid VM name {vm!r}: use letters, digits, '.', '_', '+' or '-', without '..'")
+    return data_dir / vm
+
+
+def pending_disks(vdir: Path) -> list[str]:
+    """Disks with pass leftovers (undo logs or ``.next`` files)."""
+    names = set()
+    for p in vdir.iterdir():
+        for suffix in ("-flat.vmdk.vzundo", "-flat.vmdk.vzmap.next", ".vmdk.next"):
+            if p.name.endswith(suffix):
+                names.add(p.name[: -len(suffix)])
+    return sorted(names)
+
+
+def read_journal(vdir: Path) -> dict[str, Any] | None:
+    path = vdir / JOURNAL
+    if not path.exists():
+        return None
+    try:
+        return read_record(path, JOURNAL_MAGIC)
+    except IntegrityError:
+        # The journal is written atomically, so a damaged one was damaged at rest: do not guess
+        # that the pass committed; roll back, which is always safe.
+        log.warning("journal_corrupt", vm=vdir.name)
+        return {"state": "active", "disks": []}
+
+
+def recover_locked(vdir: Path) -> str | None:
+    """Finish or undo an interrupted pass of the VM in ``vdir`` (lock held). Returns what was done."""
+    journal = read_journal(vdir)
+    disks = sorted(set(pending_disks(vdir)) | set(journal.get("disks", []) if journal else []))
+    if journal is None and not disks and not (vdir / SCRIPT).exists():
+        return None
+    if journal is not None and journal.get("state") == "committed":
+        for d in disks:
+            roll_forward_disk(ReplicaPaths(vdir, d))
+        unlink_durable(vdir / SCRIPT)
+        _write_status(vdir, journal.get("status", {}))
+        unlink_durable(vdir / JOURNAL)
+        log.info("recovered_forward", vm=vdir.name, disks=disks)
+        return f"finished the committed pass {journal.get('pass_id', '?')} ({len(disks)} disks)"
+    details = [f"{d}: {rollback_disk(ReplicaPaths(vdir, d))}" for d in disks]
+    unlink_durable(vdir / SCRIPT)
+    status = _read_status(vdir)
+    if journal is not None:
+        status["last_failure"] = {"pass_id": journal.get("pass_id"), "rolled_back_at": now()}
+        _write_status(vdir, status)
+    unlink_durable(vdir / JOURNAL)
+    log.warning("rolled_back", vm=vdir.name, details=details)
+    return "rolled back the interrupted pass" + (f" ({'; '.join(details)})" if details else "")
+
+
+def recover_vm(data_dir: Path, vm: str) -> str | None:
+    vdir = vm_dir(data_dir, vm)
+    if not vdir.is_dir():
+        raise InputError(f"no replica of VM {vm!r} in {data_dir}")
+    with VmLock(vdir, vm):
+        return recover_locked(vdir)
+
+
+def recover_all(data_dir: Path) -> dict[str, str]:
+    """Start-up recovery: every pending pass is rolled back (or forward) before work is accepted."""
+    done: dict[str, str] = {}
+    if not data_dir.is_dir():
+        return done
+    for vdir in sorted(p for p in data_dir.iterdir() if p.is_dir() and valid_name(p.name)):
+        with VmLock(vdir, vdir.name):
+            what = recover_locked(vdir)
+        if what:
+            done[vdir.name] = what
+    return done
+
+
+def _read_status(vdir: Path) -> dict[str, Any]:
+    try:
+        return read_record(vdir / STATUS, STATUS_MAGIC)
+    except (OSError, IntegrityError):
+        return {}
+
+
+def _write_status(vdir: Path, status: dict[str, Any]) -> None:
+    if status:
+        write_record(vdir / STATUS, STATUS_MAGIC, status)
+
+
+def vm_status(vdir: Path) -> dict[str, Any]:
+    """What ``vzrep-target status`` shows for one VM (read-only)."""
+    status = _read_status(vdir)
+    journal = read_journal(vdir)
+    disks = {}
+    for flat in sorted(vdir.glob("*-flat.vmdk")):
+        name = flat.name[: -len("-flat.vmdk")]
+        st = flat.stat()
+        disks[name] = {
+            "size": st.st_size,
+            "allocated": st.st_blocks * 512,
+            "has_map": ReplicaPaths(vdir, name).map.exists(),
+        }
+    pending = pending_disks(vdir)
+    return {
+        "vm": vdir.name,
+        "disks": disks,
+        "last_pass": status.get("last_pass"),
+        "last_failure": status.get("last_failure"),
+        "pending_rollback": bool(journal) or bool(pending),
+        "pass_running": _locked(vdir),
+    }
+
+
+def _locked(vdir: Path) -> bool:
+    try:
+        VmLock(vdir, vdir.name).acquire().release()
+    except Exception:
+        return True
+    return False
+
+
+class VmPass:
+    """One pass for one VM, owned by one target session."""
+
+    def __init__(self, data_dir: Path, vm: str, *, block_size: int, peer: str = "") -> None:
+        self.data_dir = data_dir
+        self.vm = vm
+        self.vdir = vm_dir(data_dir, vm)
+        self.block_size = block_size
+        self.peer = peer
+        self.pass_id = secrets.token_hex(8)
+        self.disks: dict[str, DiskWriter] = {}
+        self.started = now()
+        self._lock = VmLock(self.vdir, vm)
+        self._active = False
+
+    def begin(self) -> str | None:
+        """Lock the VM, recover leftovers of an earlier pass, journal this one, write the undo script."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.vdir.exists():
+            self.vdir.mkdir(mode=0o750)
+            fsync_dir(self.data_dir)
+        self._lock.acquire()
+        try:
+            recovered = recover_locked(self.vdir)
+            self._journal("active")
+            self._write_script()
+            self._active = True
+        except BaseException:
+            self._lock.release()
+            raise
+        return recovered
+
+    def _journal(self, state: str, status: dict[str, Any] | None = None) -> None:
+        body: dict[str, Any] = {
+            "state": state,
+            "pass_id": self.pass_id,
+            "disks": sorted(self.disks),
+            "started": self.started,
+            "peer": self.peer,
+        }
+        if status is not None:
+            body["status"] = status
+        write_record(self.vdir / JOURNAL, JOURNAL_MAGIC, body)
+
+    def _write_script(self) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "target_agent.cli",
+            "rollback",
+            "--data-dir",
+            str(self.data_dir),
+            "--vm",
+            self.vm,
+        ]
+        text = (
+            "#!/bin/sh\n"
+            f"# vzrep: roll back the replication pass {self.pass_id} of VM {self.vm} (started {self.started}).\n"
+            "# Restores every block this pass overwrote from the .vzundo files. Safe to run more than once.\n"
+            f'exec {shlex.join(cmd)} "$@"\n'
+        )
+        atomic_write(self.vdir / SCRIPT, text.encode(), mode=0o750)
+
+    def open_disk(
+        self, name: str, size: int, cached_generation: str, change_id: str
+    ) -> tuple[DiskWriter, OpenResult]:
+        if not valid_name(name):
+            raise InputError(f"invalid disk name {name!r}")
+        writer = DiskWriter(
+            ReplicaPaths(self.vdir, name),
+            size=size,
+            block_size=self.block_size,
+            pass_id=self.pass_id,
+            change_id=change_id,
+        )
+        self.disks[name] = writer
+        self._journal("active")  # the journal lists every disk before its undo log exists
+        try:
+            result = writer.open(cached_generation)
+        except BaseException:
+            writer.close()
+            raise
+        return writer, result
+
+    def commit(self, summary: dict[str, Any]) -> str:
+        """Run the commit sequence in the module docstring; returns the new generation."""
+        generation = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
+        cids = {}
+        for name, w in self.disks.items():  # steps 1-2
+            cids[name] = w.prepare_commit(generation)
+        fsync_dir(self.vdir)
+        status = _read_status(self.vdir)
+        status["vm"] = self.vm
+        status["last_pass"] = {
+            **summary,
+            "pass_id": self.pass_id,
+            "generation": generation,
+            "started": self.started,
+            "finished": now(),
+            "peer": self.peer,
+            "disks": {n: {"size": w.size, "cid": f"{cids[n]:08x}"} for n, w in self.disks.items()},
+        }
+        self._journal("committed", status)  # step 3: the commit point
+        for w in self.disks.values():
+            w.close()
+        for w in self.disks.values():  # steps 4-5
+            roll_forward_disk(w.paths)
+        unlink_durable(self.vdir / SCRIPT)
+        _write_status(self.vdir, status)  # step 6
+        unlink_durable(self.vdir / JOURNAL)
+        self._active = False
+        return generation
+
+    def rollback(self) -> str:
+        for w in self.disks.values():
+            w.close()
+        what = recover_locked(self.vdir) or "nothing to undo"
+        self._active = False
+        return what
+
+    def close(self) -> None:
+        """Release the VM; a pass that neither committed nor rolled back is rolled back first."""
+        try:
+            if self._active:
+                self.rollback()
+        finally:
+            for w in self.disks.values():
+                w.close()
+            self._lock.release()
+
+
+def list_vms(data_dir: Path) -> list[Path]:
+    if not data_dir.is_dir():
+        return []
+    return sorted(
+        p for p in data_dir.iterdir() if p.is_dir() and valid_name(p.name) and not p.name.startswith(".")
+    )

@@ -1,0 +1,40 @@
+"""``vzrep keygen``: write a key pair and print the public key and fingerprint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import VzrepError
+from .keys import generate
+
+
+def add_keygen(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("keygen", help="write an Ed25519 key pair and print its public key and fingerprint")
+    p.add_argument("path", type=Path, help="private key file to create (the public key goes to PATH.pub)")
+    p.add_argument("--comment", default="vzrep")
+    p.set_defaults(func=run_keygen)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    pub, fp = generate(args.path, args.comment)
+    print(pub)
+    print(f"fingerprint: {fp}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vzrep")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_keygen(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except VzrepError as exc:
+        print(f"vzrep: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Small JSON state files with a magic, a version and a checksum.
+
+Used for the target's pass journal and status files. A file that fails its checksum or has another
+magic is reported as corrupt, never half-trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+from .durable import atomic_write
+from .errors import IntegrityError
+
+
+def dump_record(magic: str, body: dict[str, Any], version: int = 1) -> bytes:
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    crc = zlib.crc32(f"{magic}:{version}:{payload}".encode())
+    return (
+        json.dumps({"magic": magic, "version": version, "body": body, "crc32": crc}, indent=1) + "\n"
+    ).encode()
+
+
+def load_record(data: bytes, magic: str, where: str) -> dict[str, Any]:
+    try:
+        outer = json.loads(data)
+        body = outer["body"]
+        version = outer["version"]
+        crc = outer["crc32"]
+        ok = outer["magic"] == magic and isinstance(body, dict)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise IntegrityError(f"{where} is not a valid {magic} file")
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    if zlib.crc32(f"{magic}:{version}:{payload}".encode()) != crc:
+        raise IntegrityError(f"{where} fails its checksum")
+    return dict(body)
+
+
+def write_record(path: str | os.PathLike[str], magic: str, body: dict[str, Any]) -> None:
+    atomic_write(path, dump_record(magic, body))
+
+
+def read_record(path: str | os.PathLike[str], magic: str) -> dict[str, Any]:
+    return load_record(Path(path).read_bytes(), magic, str(path))

@@ -1,0 +1,22 @@
+"""What the SSH tunnel allows, in one place for both agents.
+
+Only AES-256 ciphers: ``aes256-gcm@openssh.com`` (authenticated encryption, no separate MAC) and
+``aes256-ctr`` with an encrypt-then-MAC SHA-2 MAC. No SSH compression (blocks are compressed by the
+pipeline, and only when it pays). Window and packet size were tuned on loopback (README, "Tuning").
+"""
+
+from __future__ import annotations
+
+SUBSYSTEM = "vzrep"
+ENCRYPTION_ALGS = ("aes256-gcm@openssh.com", "aes256-ctr")
+MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+KEX_ALGS = (
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "diffie-hellman-group16-sha512",
+)
+COMPRESSION_ALGS = ("none",)
+WINDOW = 16 << 20
+MAX_PKTSIZE = 256 << 10
+READ_SIZE = 1 << 20
