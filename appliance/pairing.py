@@ -32,6 +32,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import struct
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from spake2 import SPAKE2_A, SPAKE2_B
+from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
 from vzcommon.errors import PairingError
@@ -55,6 +57,7 @@ ID_SOURCE, ID_TARGET = b"vzrep-source", b"vzrep-target"
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 DEFAULT_EXPIRY = 15 * 60.0
 MAX_ATTEMPTS = 5
+
 
 
 class RemoteProtocolError(PairingError):
@@ -115,7 +118,7 @@ class CodeGate:
         if self.attempts_left <= 0:
             raise CodeUnavailable("too many wrong codes: show a new code on the target")
         if now < self.not_before:
-            raise CodeUnavailable(f"wrong code recently: try again in {self.not_before - now:.0f} s")
+            raise CodeUnavailable(f"wrong code recently: try again in {math.ceil(self.not_before - now)} s")
         self.attempts_left -= 1
         failures = MAX_ATTEMPTS - self.attempts_left
         self.not_before = now + min(2.0 ** (failures - 1), 30.0)
@@ -305,7 +308,7 @@ class SourcePairing(_Side):
         pake_b = _unb64(msg, "pake")
         try:
             shared = self._spake.finish(pake_b)
-        except (SPAKEError, ValueError):
+        except (SPAKEError, NotOnCurve, ValueError, TypeError):
             raise RemoteProtocolError("the target's SPAKE2 message is invalid") from None
         keys = _Keys.derive(shared, self._pake_a, pake_b)
         if not hmac.compare_digest(_unb64(msg, "confirm"), keys.mac(keys.target_confirm)):
@@ -343,7 +346,7 @@ class TargetPairing(_Side):
         pake_b = self._spake.start()
         try:
             shared = self._spake.finish(pake_a)
-        except (SPAKEError, ValueError):
+        except (SPAKEError, NotOnCurve, ValueError, TypeError):
             raise RemoteProtocolError("the source's SPAKE2 message is invalid") from None
         self._keys = _Keys.derive(shared, pake_a, pake_b)
         self.state = State.SENT_PAKE

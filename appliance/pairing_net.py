@@ -102,14 +102,19 @@ class PairingServer:
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frames = FrameReader()
-        try:
-            self.gate.admit(self.clock())
-        except CodeUnavailable as exc:
-            writer.write(error_message(str(exc)))
-            raise
         side = TargetPairing(self.gate.password, *self._offer)
+        first = True
         while True:
             msg = await _read_message(reader, frames)
+            if first:
+                # The attempt counts from the source's hello: that is when the target answers with
+                # something a guess can be tested against. Probes and silent peers cost nothing.
+                first = False
+                try:
+                    self.gate.admit(self.clock())
+                except CodeUnavailable as exc:
+                    writer.write(error_message(str(exc)))
+                    raise
             try:
                 reply, result = side.handle(msg)
             except WrongCode:
