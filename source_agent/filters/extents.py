@@ -98,6 +98,24 @@ class ExtentList:
                 j += 1
         return ExtentList(out)
 
+    def subtract(self, other: ExtentList) -> ExtentList:
+        """The ranges of ``self`` not covered by ``other`` (ABM: active minus skipped swap files)."""
+        out: list[tuple[int, int]] = []
+        b = list(other)
+        j = 0
+        for start, end in self:
+            while j < len(b) and b[j][1] <= start:
+                j += 1
+            k, pos = j, start
+            while k < len(b) and b[k][0] < end:
+                if b[k][0] > pos:
+                    out.append((pos, b[k][0]))
+                pos = max(pos, b[k][1])
+                k += 1
+            if pos < end:
+                out.append((pos, end))
+        return ExtentList(out)
+
     def clip(self, size: int) -> ExtentList:
         return self.intersect(ExtentList.full(size))
 
@@ -110,9 +128,7 @@ class ExtentList:
 
     def align(self, block_size: int) -> ExtentList:
         """Widen every extent to whole blocks, so a partly active block counts as active."""
-        return ExtentList(
-            (s // block_size * block_size, -(-e // block_size) * block_size) for s, e in self
-        )
+        return ExtentList((s // block_size * block_size, -(-e // block_size) * block_size) for s, e in self)
 
     # -- the .vztemp file -------------------------------------------------------------------------
 
