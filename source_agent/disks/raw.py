@@ -1,0 +1,50 @@
+"""Raw disk images and block devices: positioned reads, holes found with SEEK_DATA/SEEK_HOLE."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from vzcommon.errors import InputError
+from vzcommon.sparse import data_segments
+
+
+class RawReader:
+    """A raw image file or a block device, opened read-only."""
+
+    def __init__(self, path: str | os.PathLike[str], name: str) -> None:
+        self.path = Path(path)
+        self.name = name
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InputError(f"cannot open disk {self.path}: {exc.strerror}") from None
+        st = os.fstat(self._fd)
+        self.is_device = stat.S_ISBLK(st.st_mode)
+        if not (self.is_device or stat.S_ISREG(st.st_mode)):
+            os.close(self._fd)
+            raise InputError(f"{self.path} is neither a regular file nor a block device")
+        self.size = os.lseek(self._fd, 0, os.SEEK_END) if self.is_device else st.st_size
+        if self.size == 0 or self.size % 512:
+            os.close(self._fd)
+            raise InputError(
+                f"disk {self.path} has {self.size} bytes; a disk is a non-empty multiple of 512 bytes"
+            )
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        stop = self.size if end is None else min(end, self.size)
+        if self.is_device:
+            if start < stop:
+                yield start, stop - start
+            return
+        yield from data_segments(self._fd, start, stop)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,283 @@
+"""Drives one replication pass from the source: handshake, per disk map then blocks, commit.
+
+The session owns the tunnel and the sans-I/O :class:`SourceConnection`. For each disk it asks the
+target for the disk's map (or confirms its cached copy), lets the disk's planner pick what to read
+(differential, CBT, ABM), then streams the scanner's chunks, one chunk scanned while the previous
+is sent. In ``auto`` compression mode, compression is on while the link is the bottleneck (the
+scanner had to wait for the sender) and off while the scanner is (compression would only slow it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from protocol.connection import CLOSED, NEED_DATA, SourceConnection
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    Codec,
+    Commit,
+    Committed,
+    DiskEnd,
+    DiskReady,
+    Error,
+    Hello,
+    MapChunk,
+    MapEnd,
+    MapStatus,
+    Message,
+    OpenDisk,
+    Welcome,
+)
+from protocol.version import PROTOCOL_VERSION
+from source_agent.disks.base import DiskReader
+from source_agent.filters.extents import ExtentList
+from vzcommon.blockhash import HASH_NAME
+from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError
+from vzcommon.vzmap import MapBuilder
+
+from .mapcache import MapCache
+from .pipeline import Chunk, DiskScanner, DiskStats
+from .tunnel import TargetSpec, Tunnel, open_tunnel
+
+log = structlog.get_logger("vzrep.source.session")
+
+AGENT = "vzrep-source/0.1"
+DEFAULT_BLOCK_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which blocks of a disk to read this pass; None reads every block (differential)."""
+
+    filter: ExtentList | None = None
+    mode: str = "differential"
+    reason: str = ""
+
+
+Planner = Callable[[DiskReady], Awaitable[Plan]]
+
+
+@dataclass
+class DiskJob:
+    reader: DiskReader
+    #: token stored with the target's map at commit (vSphere changeId), returned next pass
+    change_id: str = ""
+    #: decides the plan once the target said what it has; None: differential
+    planner: Planner | None = None
+
+
+@dataclass
+class PassOptions:
+    block_size: int = DEFAULT_BLOCK_SIZE
+    compress: str = "auto"  # auto | zstd | none
+    state_dir: Path = Path.home() / ".local" / "state" / "vzrep"
+
+
+@dataclass
+class PassReport:
+    vm: str
+    target: str
+    generation: str = ""
+    ok: bool = False
+    error: str = ""
+    exit_code: int = 0
+    disks: list[DiskStats] = field(default_factory=list)
+    seconds: float = 0.0
+    wire_bytes_sent: int = 0
+    wire_bytes_received: int = 0
+
+
+Progress = Callable[[str, int, int], None]
+
+
+class SourceSession:
+    def __init__(
+        self, tunnel: Tunnel, vm: str, options: PassOptions, cache: MapCache, progress: Progress | None = None
+    ) -> None:
+        self.tunnel = tunnel
+        self.vm = vm
+        self.opts = options
+        self.cache = cache
+        self.conn = SourceConnection()
+        self.progress = progress
+        self.received = 0
+        self._builders: dict[str, MapBuilder] = {}
+
+    async def _send(self, msg: Message) -> int:
+        frame = self.conn.send(msg)
+        self.tunnel.write(frame)
+        return len(frame)
+
+    async def _next(self) -> Message:
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                data = await self.tunnel.read()
+                self.received += len(data)
+                self.conn.receive_data(data)
+                continue
+            if event is CLOSED:
+                raise ConnectionFailed("the target closed the connection during the pass")
+            assert isinstance(event, Message)
+            if isinstance(event, Error):
+                code = event.code if event.code in ExitCode._value2member_map_ else ExitCode.INTERNAL
+                raise VzrepError(f"target: {event.message}", exit_code=ExitCode(code))
+            return event
+
+    async def handshake(self) -> Welcome:
+        codecs = ("zstd", "none") if self.opts.compress != "none" else ("none",)
+        await self._send(Hello(PROTOCOL_VERSION, AGENT, self.vm, (HASH_NAME,), codecs, self.opts.block_size))
+        await self.tunnel.drain()
+        welcome = await self._next()
+        assert isinstance(welcome, Welcome)
+        return welcome
+
+    async def replicate_disk(self, disk_id: int, job: DiskJob) -> DiskStats:
+        reader, bs = job.reader, self.opts.block_size
+        st = DiskStats(name=reader.name, size=reader.size)
+        t0 = time.monotonic()
+        cached = self.cache.cached(reader.name, bs, reader.size)
+        await self._send(
+            OpenDisk(
+                disk_id, reader.name, reader.size, cached.header.generation if cached else "", job.change_id
+            )
+        )
+        await self.tunnel.drain()
+        ready = await self._next()
+        assert isinstance(ready, DiskReady)
+        st.notes.extend(ready.notes)
+        st.map_status = MapStatus(ready.map_status).name.lower()
+        base = cached if ready.map_status == MapStatus.CACHED else None
+        builder = await asyncio.to_thread(self.cache.builder, reader.name, bs, reader.size, base)
+        if cached:
+            cached.close()
+        try:
+            while True:
+                msg = await self._next()
+                if isinstance(msg, MapChunk):
+                    await asyncio.to_thread(builder.set_range, msg.first_block, msg.hashes)
+                    st.map_bytes_received += len(msg.hashes)
+                elif isinstance(msg, MapEnd):
+                    break
+            plan = await job.planner(ready) if job.planner else Plan()
+            st.mode, st.reason = plan.mode, plan.reason
+            scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter)
+            await self._stream(scanner, st)
+            frame_len = await self._send(
+                DiskEnd(disk_id, st.blocks_changed, self.conn.disks[disk_id].zero_bytes)
+            )
+            st.wire_bytes += frame_len
+            await self.tunnel.drain()
+        except BaseException:
+            builder.abort()
+            raise
+        st.seconds = time.monotonic() - t0
+        self._builders[reader.name] = builder
+        return st
+
+    async def _stream(self, scanner: DiskScanner, st: DiskStats) -> None:
+        """Scan in a thread and send on the loop, one chunk ahead; auto-compression decides per chunk."""
+        queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=2)
+        auto = self.opts.compress == "auto" and Codec.ZSTD in self.conn.codecs
+
+        async def produce() -> None:
+            compress = self.opts.compress == "zstd" and Codec.ZSTD in self.conn.codecs
+            for first in scanner.chunks():
+                chunk = await asyncio.to_thread(scanner.scan, first, compress)
+                if auto:
+                    compress = queue.full()  # the sender is behind: the link is the bottleneck
+                await queue.put(chunk)
+            await queue.put(None)
+
+        async def consume() -> None:
+            pending = 0
+            while (chunk := await queue.get()) is not None:
+                for msg in chunk.messages:
+                    n = await self._send(msg)
+                    st.wire_bytes += n
+                    pending += n
+                    if pending >= 1 << 20:
+                        await self.tunnel.drain()
+                        pending = 0
+                if self.progress:
+                    self.progress(scanner.reader.name, chunk.end, scanner.size)
+            await self.tunnel.drain()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce())
+            tg.create_task(consume())
+
+    async def run(self, jobs: list[DiskJob], report: PassReport) -> None:
+        try:
+            await self.handshake()
+            for disk_id, job in enumerate(jobs):
+                report.disks.append(await self.replicate_disk(disk_id, job))
+            await self._send(Commit(len(jobs)))
+            await self.tunnel.drain()
+            done = await self._next()
+            assert isinstance(done, Committed)
+            report.generation = done.generation
+            for name, builder in self._builders.items():
+                await asyncio.to_thread(self.cache.commit, name, builder, done.generation)
+            self._builders.clear()
+        finally:
+            for builder in self._builders.values():
+                builder.abort()
+
+    async def abort(self, exc: BaseException) -> None:
+        """Tell the target why we give up, so it rolls back at once (best effort)."""
+        if isinstance(exc, VzrepError) and str(exc).startswith("target:"):
+            return
+        code = exc.exit_code if isinstance(exc, VzrepError) else ExitCode.INTERNAL
+        try:
+            self.tunnel.write(self.conn.send(Error(int(code), f"source aborted: {exc}")))
+            await asyncio.wait_for(self.tunnel.drain(), 5)
+        except (VzrepError, ProtocolError, OSError, TimeoutError):
+            pass
+
+
+async def run_pass(
+    target: TargetSpec, vm: str, jobs: list[DiskJob], options: PassOptions, progress: Progress | None = None
+) -> PassReport:
+    """One pass: connect, replicate every disk, commit. Raises VzrepError on failure."""
+    report = PassReport(vm=vm, target=target.label)
+    t0 = time.monotonic()
+    tunnel = await open_tunnel(target)
+    session = SourceSession(tunnel, vm, options, MapCache(options.state_dir, target.label, vm), progress)
+    try:
+        await session.run(jobs, report)
+        report.ok = True
+    except BaseException as exc:
+        await asyncio.shield(session.abort(exc))
+        raise
+    finally:
+        report.seconds = time.monotonic() - t0
+        report.wire_bytes_sent = tunnel.sent
+        report.wire_bytes_received = session.received
+        await tunnel.close()
+        log.info(
+            "pass_finished",
+            vm=vm,
+            ok=report.ok,
+            seconds=round(report.seconds, 3),
+            generation=report.generation,
+        )
+    return report
+
+
+def report_dict(report: PassReport) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    out = asdict(report)
+    for d, st in zip(out["disks"], report.disks, strict=True):
+        d["compression_ratio"] = round(st.compression_ratio, 3)
+        d["throughput_mb_s"] = round(st.bytes_scanned / st.seconds / 1e6, 1) if st.seconds else 0.0
+    out["seconds"] = round(report.seconds, 3)
+    return out
