@@ -714,25 +714,31 @@ def _attached(*, appliance: str, disk: DiskInfo, marker: str | None, owner: str)
 
 
 def _login(opts: ConnectOptions) -> Any:
-    ctx = ssl_context(opts)
-    kwargs: dict[str, Any] = {
-        "host": opts.host,
-        "port": opts.port,
-        "sslContext": ctx,
-        "httpConnectionTimeout": opts.connect_timeout,
-    }
-    if opts.session_token:
-        kwargs["sessionId"] = opts.session_token
-    else:
-        assert opts.credentials is not None
-        kwargs["user"], kwargs["pwd"] = opts.credentials.user, opts.credentials.password
-    si = _pyvim_connect.SmartConnect(**kwargs)  # type: ignore[no-untyped-call]
-    if opts.session_token and si.content.sessionManager.currentSession is None:
-        raise VSphereError(
-            f"the vSphere session token is not valid on {opts.host}:{opts.port} (expired or logged out); "
-            "get a fresh one or use a credentials file"
-        )
-    return si
+    """Negotiate the API version, then log in (or adopt the session token) on a stub we own, so its
+    sockets are closed whatever fails."""
+    stub = _pyvim_connect.SmartStubAdapter(  # type: ignore[no-untyped-call]
+        host=opts.host,
+        port=opts.port,
+        sslContext=ssl_context(opts),
+        httpConnectionTimeout=opts.connect_timeout,
+        sessionId=opts.session_token,
+    )
+    try:
+        si = vim.ServiceInstance("ServiceInstance", stub)
+        content = si.RetrieveContent()
+        if opts.session_token:
+            if content.sessionManager.currentSession is None:
+                raise VSphereError(
+                    f"the vSphere session token is not valid on {opts.host}:{opts.port} (expired or logged "
+                    "out); get a fresh one or use a credentials file"
+                )
+        else:
+            assert opts.credentials is not None
+            content.sessionManager.Login(opts.credentials.user, opts.credentials.password, None)
+        return si
+    except BaseException:
+        stub.DropConnections()
+        raise
 
 
 def _unwrap_tls(exc: BaseException) -> BaseException:
