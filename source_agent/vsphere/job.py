@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from source_agent.disks.base import DiskReader
+from source_agent.disks.raw import RawReader
 from source_agent.filters.extents import ExtentList
 from source_agent.vsphere import hardware as hw
 from source_agent.vsphere.adapter import HotAddRequest, VSphereClient
@@ -38,7 +39,6 @@ from source_agent.vsphere.model import (
     SnapshotInfo,
     VmInfo,
 )
-from source_agent.vsphere.reader import DeviceReader
 from vzcommon.errors import VSphereError, VzrepError
 
 log = logging.getLogger(__name__)
@@ -154,12 +154,19 @@ async def vsphere_job(
         loc = locator or find_block_device
         for (d, name, plan, fpath), att in zip(requests, attached, strict=True):
             device = await locate(loc, att, locate_timeout)
+            reader = RawReader(device, name)
+            if reader.size != d.capacity:
+                reader.close()
+                raise VSphereError(
+                    f"the HotAdded device {device} of disk {name} has {reader.size} bytes but vSphere says "
+                    f"{d.capacity}; the device lookup found the wrong disk"
+                )
             job.disks.append(
                 VSphereDisk(
                     name=name,
                     key=d.key,
                     size=d.capacity,
-                    reader=DeviceReader(name, device, d.capacity),
+                    reader=reader,
                     mode=plan.mode,
                     reason=plan.reason,
                     extents=plan.extents,

@@ -144,7 +144,12 @@ async def make_vm(client: VSphereClient, name: str, capacity: int = 4 << 20, dis
         disks=tuple(NewDisk("ParaVirtualSCSIController", 0, u, capacity) for u in range(disks)),
         nics=(NewNic("VirtualVmxnet3", "VM Network"),),
     )
-    return await client.create_vm(spec, datastore=None, folder=None, resource_pool=None, host=HOST)
+    vm = await client.create_vm(spec, datastore=None, folder=None, resource_pool=None, host=HOST)
+    roots = await client.datastore_paths()
+    for d in vm.disks:  # a flat file of the full size, as ESXi makes it
+        ds, rel = split_datastore_path(d.file_name)
+        os.truncate(Path(roots[ds]) / rel.replace(".vmdk", "-flat.vmdk"), d.capacity)
+    return vm
 
 
 @pytest.fixture
@@ -157,8 +162,6 @@ async def lab(client: VSphereClient, tmp_path: Path) -> AsyncIterator[Lab]:
     work = tmp_path / "work"
     work.mkdir()
     lab = Lab(client, vm, appliance, uuid_path, DatastoreFileLocator(roots), roots, work)
-    for d in vm.disks:  # a flat file of the full size, as a thick disk has
-        os.truncate(lab.flat_file(d.file_name), d.capacity)
     try:
         yield lab
     finally:
