@@ -102,7 +102,8 @@ class Super:
 
     def base_meta(self, g: int) -> list[Range]:
         """Block ranges of group ``g``'s superblock and descriptor copies (ext2fs_super_and_bgd_loc2)."""
-        first = self.group_first_block(g)
+        # on 1 KiB-block bigalloc the first data block is 0 but the superblock still sits in block 1
+        first = max(self.group_first_block(g), 1024 // self.block_size) if g == 0 else self.group_first_block(g)
         sup = 1 if self.has_super(g) else 0
         out = [(first, first + sup)] if sup else []
         meta_bg = bool(self.incompat & INCOMPAT_META_BG)
@@ -121,7 +122,7 @@ class Super:
             first = m * self.desc_per_block
             block = self.group_first_block(first) + (1 if self.has_super(first) else 0)
         else:
-            block = self.first_data_block + 1 + m
+            block = 1024 // self.block_size + 1 + m  # right after the block holding the superblock
         return block, idx * self.desc_size
 
 
@@ -155,7 +156,8 @@ def parse_super(raw: bytes, vol_size: int, label: str) -> Super:
         cpg = bpg
     desc = u16le(raw, 0xFE) if incompat & INCOMPAT_64BIT else 32
     ok = (
-        cpg == bs * 8
+        0 < cpg <= bs * 8
+        and cpg % 8 == 0
         and bpg == cpg * ratio
         and first == (1 if bs == 1024 and ratio == 1 else 0)
         and first < blocks
