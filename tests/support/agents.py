@@ -1,0 +1,143 @@
+"""Both agents for tests: keys, an in-process target on 127.0.0.1 port 0, the target as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from source_agent.disks import open_disk
+from source_agent.session import DiskJob, PassOptions, PassReport, run_pass
+from source_agent.tunnel import TargetSpec
+from target_agent.server import Stream, start_server
+from target_agent.session import TargetSession
+from vzcommon.keys import generate, known_hosts_line
+
+
+@dataclass
+class Keys:
+    dir: Path
+    host_key: Path
+    client_key: Path
+    authorized_keys: Path
+    host_pub: str
+
+    @classmethod
+    def make(cls, d: Path) -> Keys:
+        d.mkdir(parents=True, exist_ok=True)
+        host_pub, _ = generate(d / "host_key")
+        client_pub, _ = generate(d / "client_key")
+        (d / "authorized_keys").write_text(client_pub + "\n")
+        return cls(d, d / "host_key", d / "client_key", d / "authorized_keys", host_pub)
+
+    def known_hosts(self, port: int, name: str = "known_hosts") -> Path:
+        p = self.dir / name
+        p.write_text(known_hosts_line("127.0.0.1", port, self.host_pub))
+        return p
+
+
+@dataclass
+class Target:
+    """An in-process target agent."""
+
+    data_dir: Path
+    keys: Keys
+    port: int = 0
+    server: Any = None
+    sessions: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> Target:
+        async def handle(stream: Stream, peer: str) -> None:
+            await TargetSession(self.data_dir, peer).run(stream)
+
+        self.server, self.port = await start_server(
+            handle, "127.0.0.1", 0, self.keys.host_key, self.keys.authorized_keys
+        )
+        return self
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    def spec(self, port: int | None = None) -> TargetSpec:
+        p = port or self.port
+        return TargetSpec("127.0.0.1", p, self.keys.client_key, self.keys.known_hosts(self.port))
+
+    def vm(self, name: str = "vm1") -> Path:
+        return self.data_dir / name
+
+
+async def replicate(
+    target_spec: TargetSpec, vm: str, disks: list[Path] | dict[str, Path], state_dir: Path, **opts: Any
+) -> PassReport:
+    items = disks.items() if isinstance(disks, dict) else [(p.name.split(".")[0], p) for p in disks]
+    readers = [open_disk(Path(p), name) for name, p in items]
+    try:
+        return await run_pass(
+            target_spec, vm, [DiskJob(reader=r) for r in readers], PassOptions(state_dir=state_dir, **opts)
+        )
+    finally:
+        for r in readers:
+            r.close()
+
+
+class TargetProcess:
+    """``vzrep-target serve`` as a real subprocess (for SIGKILL and restart tests)."""
+
+    def __init__(self, data_dir: Path, keys: Keys, log: Path, port: int = 0) -> None:
+        self.data_dir, self.keys, self.log_path, self.port = data_dir, keys, log, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> TargetProcess:
+        ready = self.keys.dir / f"ready-{os.getpid()}-{time.monotonic_ns()}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "target_agent.cli",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--host-key",
+            str(self.keys.host_key),
+            "--authorized-keys",
+            str(self.keys.authorized_keys),
+            "--ready-file",
+            str(ready),
+        ]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=self.log, env={**os.environ, "VZREP_LOG_FORMAT": "json"}
+        )
+        deadline = time.monotonic() + timeout
+        while not ready.exists() or not ready.read_text().strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"target did not start: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.port = int(ready.read_text())
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
