@@ -48,7 +48,11 @@ async def test_full_then_incremental_passes(target: Target, tmp_path: Path) -> N
         assert d.payload_raw == len(changed) * BS
         qemu_compare(src, target.vm("vm1") / "disk0.vmdk")
     # No working files left behind.
-    leftovers = [p.name for p in target.vm("vm1").iterdir() if p.suffix in (".vzundo", ".next") or p.name == "vzundo-script"]
+    leftovers = [
+        p.name
+        for p in target.vm("vm1").iterdir()
+        if p.suffix in (".vzundo", ".next") or p.name == "vzundo-script"
+    ]
     assert leftovers == []
 
 
@@ -91,7 +95,15 @@ async def test_shrunk_source_is_a_clear_error(target: Target, tmp_path: Path) ->
 async def test_ext4_filesystem_images_and_flat_vmdk_source(target: Target, tmp_path: Path) -> None:
     fs = make_ext4(tmp_path / "fs.img", 64, tmp_path / "tree")
     vmdk = flat_vmdk(tmp_path / "sys.vmdk", 32)
-    run("dd", f"if={fs}", f"of={tmp_path / 'sys-flat.vmdk'}", "bs=1M", "count=32", "conv=notrunc", "status=none")
+    run(
+        "dd",
+        f"if={fs}",
+        f"of={tmp_path / 'sys-flat.vmdk'}",
+        "bs=1M",
+        "count=32",
+        "conv=notrunc",
+        "status=none",
+    )
     state = tmp_path / "state"
     r = await replicate(target.spec(), "vm4", {"data": fs, "sys": vmdk}, state, compress="zstd")
     assert r.ok and [d.name for d in r.disks] == ["data", "sys"]
@@ -156,13 +168,28 @@ def test_cli_subprocess_pass_json(tmp_path: Path, session_keys) -> None:
     try:
         kh = session_keys.known_hosts(tp.port, "kh-cli")
         cmd = [
-            ".venv/bin/vzrep-source", "pass", "--target", f"127.0.0.1:{tp.port}", "--identity", str(session_keys.client_key),
-            "--known-hosts", str(kh), "--vm", "clivm", "--disk", f"boot={src}", "--json", "--state-dir", str(tmp_path / "st"),
+            ".venv/bin/vzrep-source",
+            "pass",
+            "--target",
+            f"127.0.0.1:{tp.port}",
+            "--identity",
+            str(session_keys.client_key),
+            "--known-hosts",
+            str(kh),
+            "--vm",
+            "clivm",
+            "--disk",
+            f"boot={src}",
+            "--json",
+            "--state-dir",
+            str(tmp_path / "st"),
         ]
         res = run(*cmd, check=False)
         assert res.returncode == 0, res.stderr
         report = json.loads(res.stdout)
-        assert report["ok"] and report["disks"][0]["name"] == "boot" and report["total"]["blocks_changed"] == 30
+        assert (
+            report["ok"] and report["disks"][0]["name"] == "boot" and report["total"]["blocks_changed"] == 30
+        )
         qemu_compare(src, tmp_path / "data" / "clivm" / "boot.vmdk")
         st = run(".venv/bin/vzrep-target", "status", "--data-dir", str(tmp_path / "data"), "--json")
         status = json.loads(st.stdout)

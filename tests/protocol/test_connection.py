@@ -170,7 +170,11 @@ def test_bad_crc_magic_version_unknown_type() -> None:
     t.receive_data(bytes(frame))
     with pytest.raises(RemoteProtocolError, match="CRC"):
         t.next_event()
-    for mutate, match in [((0, 0x41), "magic"), ((2, 9), "frame version 9"), ((3, 99), "unknown message type")]:
+    for mutate, match in [
+        ((0, 0x41), "magic"),
+        ((2, 9), "frame version 9"),
+        ((3, 99), "unknown message type"),
+    ]:
         f = bytearray(SourceConnection().send(hello()))
         f[mutate[0]] = mutate[1]
         if mutate[0] == 3:

@@ -11,7 +11,17 @@ import random
 
 from protocol.connection import NEED_DATA, Connection, SourceConnection, TargetConnection
 from protocol.errors import RemoteProtocolError
-from protocol.messages import Block, DiskEnd, DiskReady, MapChunk, MapEnd, MapStatus, Message, OpenDisk, ZeroRange
+from protocol.messages import (
+    Block,
+    DiskEnd,
+    DiskReady,
+    MapChunk,
+    MapEnd,
+    MapStatus,
+    Message,
+    OpenDisk,
+    ZeroRange,
+)
 
 from .helpers import BS, hello, welcome
 

@@ -36,13 +36,32 @@ block_sizes = st.sampled_from([1 << k for k in range(16, 23)])
 strs = st.lists(st.text(max_size=30), max_size=4).map(tuple)
 
 MESSAGES = {
-    MsgType.HELLO: st.builds(Hello, st.integers(0, 65535), st.text(max_size=20), names, strs, strs, block_sizes),
-    MsgType.WELCOME: st.builds(Welcome, st.integers(0, 65535), st.text(max_size=20), st.text(max_size=20), strs, block_sizes),
-    MsgType.OPEN_DISK: st.builds(OpenDisk, ids, names, st.integers(1, 1 << 30).map(lambda n: n * 512), tokens, tokens),
-    MsgType.DISK_READY: st.builds(DiskReady, ids, tokens, st.integers(0, 2), tokens, st.integers(0, 1 << 40), strs),
-    MsgType.MAP_CHUNK: st.builds(MapChunk, ids, st.integers(0, 1 << 30), st.integers(1, 64).flatmap(lambda n: st.binary(min_size=32 * n, max_size=32 * n))),
+    MsgType.HELLO: st.builds(
+        Hello, st.integers(0, 65535), st.text(max_size=20), names, strs, strs, block_sizes
+    ),
+    MsgType.WELCOME: st.builds(
+        Welcome, st.integers(0, 65535), st.text(max_size=20), st.text(max_size=20), strs, block_sizes
+    ),
+    MsgType.OPEN_DISK: st.builds(
+        OpenDisk, ids, names, st.integers(1, 1 << 30).map(lambda n: n * 512), tokens, tokens
+    ),
+    MsgType.DISK_READY: st.builds(
+        DiskReady, ids, tokens, st.integers(0, 2), tokens, st.integers(0, 1 << 40), strs
+    ),
+    MsgType.MAP_CHUNK: st.builds(
+        MapChunk,
+        ids,
+        st.integers(0, 1 << 30),
+        st.integers(1, 64).flatmap(lambda n: st.binary(min_size=32 * n, max_size=32 * n)),
+    ),
     MsgType.MAP_END: st.builds(MapEnd, ids, tokens, st.integers(0, 1 << 30)),
-    MsgType.BLOCK: st.builds(lambda d, o, h, p: Block(d, o, len(p), h, 0, p), ids, offsets, hashes, st.binary(min_size=1, max_size=4096)),
+    MsgType.BLOCK: st.builds(
+        lambda d, o, h, p: Block(d, o, len(p), h, 0, p),
+        ids,
+        offsets,
+        hashes,
+        st.binary(min_size=1, max_size=4096),
+    ),
     MsgType.ZERO_RANGE: st.builds(ZeroRange, ids, offsets, st.integers(1, 1 << 40)),
     MsgType.DISK_END: st.builds(DiskEnd, ids, st.integers(0, 1 << 40), st.integers(0, 1 << 40)),
     MsgType.COMMIT: st.builds(Commit, st.integers(0, 256)),
