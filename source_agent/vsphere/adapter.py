@@ -317,6 +317,7 @@ class VSphereClient:
             disks=tuple(disks),
             nics=tuple(nics),
             extra_config=extra,
+            annotation=cfg.annotation or "",
         )
 
     def _nic_network(self, nic: Any) -> str | None:

@@ -92,6 +92,7 @@ class VmInfo:
     disks: tuple[DiskInfo, ...]
     nics: tuple[NicInfo, ...]
     extra_config: dict[str, str] = field(default_factory=dict)
+    annotation: str = ""
 
     def disk(self, key: int) -> DiskInfo:
         for d in self.disks:
