@@ -673,6 +673,12 @@ class VSphereClient:
             self._wait(vm.PowerOffVM_Task(), f"power off {vm_moid}")
         vm.MarkAsTemplate()
 
+    @_threaded("list the datastores of a VM's host")
+    def host_datastores(self, vm_moid: str) -> list[str]:
+        """Datastores the VM's ESXi host can see (HotAdd needs the source disks' datastores there)."""
+        host = self._vm(vm_moid).runtime.host
+        return sorted(ds.name for ds in host.datastore) if host is not None else []
+
     @_threaded("read a datastore")
     def datastore_paths(self) -> dict[str, str]:
         """Datastore name -> its URL (a local directory on vcsim, ``ds:///vmfs/...`` on ESXi)."""

@@ -1,0 +1,175 @@
+"""Command-line hooks of the vSphere area, for ``source_agent.cli``.
+
+``add_arguments(pass_parser)`` adds the vSphere options to ``vzrep-source pass`` (``--vm`` is the
+core's); ``add_source_commands(sub)`` adds ``vzrep-source vsphere-check``. ``vsphere_check(args)``
+returns what to print and changes nothing on vSphere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from source_agent.vsphere import privileges
+from source_agent.vsphere.adapter import VSphereClient, connect
+from source_agent.vsphere.appliance import PRODUCT_UUID, find_appliance
+from source_agent.vsphere.options import ConnectOptions, load_credentials
+from vzcommon.errors import InputError, VzrepError
+
+
+def _connection_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("vSphere")
+    g.add_argument("--vcenter", required=required, metavar="HOST[:PORT]", help="vCenter or ESXi host")
+    g.add_argument(
+        "--credentials", type=Path, metavar="FILE", help="file with host/user/password lines, mode 600"
+    )
+    g.add_argument(
+        "--session-token-file", type=Path, metavar="FILE", help="file holding an existing vSphere session id"
+    )
+    g.add_argument(
+        "--thumbprint", metavar="SHA256", help="pin the host's TLS certificate (self-signed hosts)"
+    )
+    g.add_argument("--cafile", type=Path, help="CA bundle to verify the host's certificate")
+    g.add_argument("--insecure", action="store_true", help="do not verify TLS at all (logged as a warning)")
+    g.add_argument("--appliance-vm", metavar="NAME", help="this appliance's VM (default: found by BIOS UUID)")
+    g.add_argument("--appliance-uuid-file", type=Path, default=PRODUCT_UUID, help=argparse.SUPPRESS)
+    g.add_argument("--task-timeout", type=float, default=600.0, help="seconds to wait for a vSphere task")
+
+
+def add_arguments(pass_parser: argparse.ArgumentParser) -> None:
+    _connection_options(pass_parser, required=False)
+    pass_parser.add_argument("--quiesce", action="store_true", help="quiesce the guest for the snapshot")
+    pass_parser.add_argument(
+        "--restore-points", type=int, default=7, metavar="N", help="restore points kept on the replica"
+    )
+
+
+def add_source_commands(sub: Any) -> None:
+    p = sub.add_parser("vsphere-check", help="show what the agent sees of a VM in vSphere; changes nothing")
+    _connection_options(p, required=True)
+    p.add_argument("--vm", required=True, help="VM name or moid")
+    p.add_argument("--json", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        result = asyncio.run(vsphere_check(args))
+        print(json.dumps(result, indent=2) if args.json else format_check(result))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> ConnectOptions:
+    cred = load_credentials(args.credentials) if getattr(args, "credentials", None) else None
+    token = None
+    if getattr(args, "session_token_file", None):
+        try:
+            token = Path(args.session_token_file).read_text().strip()
+        except OSError as e:
+            raise InputError(
+                f"cannot read the session token file {args.session_token_file}: {e.strerror}"
+            ) from e
+    where = args.vcenter or (cred.host if cred else None)
+    if not where:
+        raise InputError("give the vSphere host with --vcenter (or a host line in the credentials file)")
+    host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "")
+    if port and not port.isdigit():
+        raise InputError(f"--vcenter {where}: the port must be a number")
+    return ConnectOptions(
+        host=host,
+        port=int(port) if port else (cred.port if cred and cred.port else 443),
+        credentials=cred,
+        session_token=token,
+        thumbprint=args.thumbprint,
+        cafile=str(args.cafile) if args.cafile else None,
+        insecure=args.insecure,
+        task_timeout=args.task_timeout,
+    )
+
+
+async def open_client(args: argparse.Namespace) -> VSphereClient:
+    return await connect(options_from_args(args))
+
+
+async def vsphere_check(args: argparse.Namespace) -> dict[str, Any]:
+    """What the agent sees: the session, the VM, its disks and CBT, the appliance, missing privileges,
+    left-overs of crashed runs. Read-only."""
+    async with await open_client(args) as client:
+        out: dict[str, Any] = {"session": await client.session_info()}
+        out["session"].pop("session_key", None)  # a secret
+        vm = await client.find_vm(args.vm)
+        snaps = await client.list_snapshots(vm.moid)
+        out["vm"] = {
+            "name": vm.name,
+            "moid": vm.moid,
+            "power_state": vm.power_state,
+            "hardware_version": vm.hardware_version,
+            "cpus": vm.num_cpu,
+            "memory_mb": vm.memory_mb,
+            "cbt_enabled": vm.cbt_enabled,
+            "disks": [
+                {
+                    "key": d.key,
+                    "file": d.file_name,
+                    "capacity": d.capacity,
+                    "slot": d.slot,
+                    "mode": d.disk_mode,
+                }
+                for d in vm.disks
+            ],
+            "snapshots": [{"name": s.name, "moid": s.moid, "ours": s.ours} for s in snaps],
+        }
+        notes = []
+        if not vm.cbt_enabled:
+            notes.append("CBT is off: the first pass enables it (one snapshot stun/unstun cycle)")
+        if any(not s.ours for s in snaps):
+            notes.append(
+                "the VM has user snapshots: the current chain is replicated merged; lateral ones are not"
+            )
+        try:
+            app = await find_appliance(client, uuid_path=args.appliance_uuid_file, name=args.appliance_vm)
+        except VzrepError as e:
+            out["appliance"] = {"error": str(e)}
+            app = None
+        if app is not None:
+            hotadded = await client.list_hotadded(app.moid)
+            missing_ds = sorted(set(vm.datastores) - set(await client.host_datastores(app.moid)))
+            out["appliance"] = {
+                "name": app.name,
+                "moid": app.moid,
+                "hotadded_leftovers": [d.file_name for d in hotadded],
+            }
+            if missing_ds:
+                notes.append(f"the appliance's host does not see datastores {missing_ds}: HotAdd needs them")
+            if hotadded:
+                notes.append(
+                    "disks of a crashed run are attached to the appliance; the next pass detaches them"
+                )
+        miss_vm = (await client.missing_privileges([vm.moid], privileges.SOURCE_VM))[vm.moid]
+        miss_app = (
+            (await client.missing_privileges([app.moid], privileges.APPLIANCE_VM))[app.moid] if app else []
+        )
+        out["missing_privileges"] = {vm.moid: miss_vm, **({app.moid: miss_app} if app else {})}
+        out["notes"] = notes
+        return out
+
+
+def format_check(result: dict[str, Any]) -> str:
+    lines = [f"connected to {result['session']['server']} as {result['session']['user']}"]
+    vm = result["vm"]
+    cbt = "on" if vm["cbt_enabled"] else "off"
+    lines.append(f"VM {vm['name']} ({vm['moid']}): {vm['power_state']}, {vm['hardware_version']}, CBT {cbt}")
+    for d in vm["disks"]:
+        lines.append(f"  disk {d['slot']} {d['file']} {d['capacity'] // 2**20} MiB ({d['mode']})")
+    for s in vm["snapshots"]:
+        lines.append(f"  snapshot {s['name']} ({s['moid']}){' [vzrep]' if s['ours'] else ''}")
+    app = result["appliance"]
+    lines.append(
+        f"appliance: {app['error']}" if "error" in app else f"appliance VM {app['name']} ({app['moid']})"
+    )
+    for moid, missing in result["missing_privileges"].items():
+        lines.append(f"missing privileges on {moid}: {', '.join(missing) if missing else 'none'}")
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
