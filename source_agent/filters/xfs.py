@@ -95,7 +95,8 @@ def log_is_clean(vol: Volume, sb: XfsSuper) -> bool:
         return vol.read_exact(base + (n % nbb) * 512, 512, "XFS log")
 
     def cycle(n: int) -> int:
-        return u32be(bb(n), 0)
+        b = bb(n)  # a record header carries its cycle in h_cycle; other blocks are stamped with it
+        return u32be(b, 4) if u32be(b, 0) == _LOG_MAGIC else u32be(b, 0)
 
     first, last = cycle(0), cycle(nbb - 1)
     if first == last:
