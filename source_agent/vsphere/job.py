@@ -1,20 +1,25 @@
 """One source pass of a vSphere job, as an async context manager.
 
-    async with vsphere_job(client, vm="web01", stored=..., recorded=..., work_dir=..., locator=...) as job:
-        for disk in job.disks:          # DiskReader, name, extents, mode, reason, new_change_id
-            ... replicate disk.reader, reading only disk.extents when not None ...
+    async with vsphere_job(client, vm="web01", recorded=..., work_dir=..., locator=...) as job:
+        for disk in job.disks:
+            plan = await disk.plan(StoredDiskState(change_id=...))  # what the target's map says
+            ... replicate disk.reader, reading only plan.extents when not None ...
             disk.finish()               # removes the disk's .vztemp filter file
         # commit: store job.change_ids() (and job.hardware) with the target map -- only now
 
+(``source_agent.vsphere.glue`` turns each disk into the core session's ``DiskJob`` with a planner.)
+Passing ``stored=`` plans every disk on entry instead.
+
 Entering: clean up orphans of this VM; find the VM and the appliance; check the hardware against the
 record (a change stops the pass; a grown disk is allowed); enable CBT if it is off; take the replication
-snapshot; plan each disk (CBT or differential, with the reason); HotAdd the snapshot disks to the
-appliance and open them. Leaving, always -- also on error or cancellation, shielded -- close the
-readers, detach the disks, remove the snapshot, delete the .vztemp files.
+snapshot; HotAdd the snapshot disks to the appliance and open them. Leaving, always -- also on error
+or cancellation, shielded -- close the readers, detach the disks, remove the snapshot, delete the
+.vztemp files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -29,13 +34,14 @@ from source_agent.filters.extents import ExtentList
 from source_agent.vsphere import hardware as hw
 from source_agent.vsphere.adapter import HotAddRequest, VSphereClient
 from source_agent.vsphere.appliance import PRODUCT_UUID, find_appliance
-from source_agent.vsphere.cbt import Mode, StoredDiskState, ensure_cbt, plan_disk, write_filter
+from source_agent.vsphere.cbt import DiskPlan, Mode, StoredDiskState, ensure_cbt, plan_disk, write_filter
 from source_agent.vsphere.cleanup import CleanupReport, cleanup_orphans, run_shielded
 from source_agent.vsphere.devices import Locator, find_block_device, locate
 from source_agent.vsphere.model import (
     REPLICATION_SNAPSHOT_PREFIX,
     SNAPSHOT_MARKER,
     AttachedDisk,
+    DiskInfo,
     SnapshotInfo,
     VmInfo,
 )
@@ -50,13 +56,40 @@ class VSphereDisk:
     key: int  # device key in the VM
     size: int
     reader: DiskReader
-    mode: Mode
-    reason: str | None  # why differential; None in cbt mode
-    extents: ExtentList | None  # read only these (None: the whole disk)
-    new_change_id: str | None  # store with the map at commit, not before
-    filter_path: Path | None  # the .vztemp file holding ``extents``
     device: Path
     attached: AttachedDisk
+    snapshot_disk: DiskInfo
+    #: the changeId to store with the target's map when the pass commits (None: CBT unusable)
+    new_change_id: str | None
+    mode: Mode = "differential"
+    reason: str | None = "not planned yet"  # why differential; None in cbt mode
+    extents: ExtentList | None = None  # read only these (None: the whole disk)
+    filter_path: Path | None = None  # the .vztemp file holding ``extents``
+    _job: VSphereJob | None = field(default=None, repr=False)
+
+    async def plan(self, stored: StoredDiskState) -> DiskPlan:
+        """Decide CBT or differential for this disk from what the target's map stores."""
+        job = self._job
+        assert job is not None
+        p = await plan_disk(
+            job.client,
+            vm_moid=job.vm.moid,
+            snapshot_moid=job.snapshot.moid,
+            disk=self.snapshot_disk,
+            stored=stored,
+            cbt_unavailable=job.cbt_unavailable,
+            grown=job.grown.get(self.key),
+        )
+        self.mode, self.reason, self.extents = p.mode, p.reason, p.extents
+        self.new_change_id = p.new_change_id
+        if p.reason:
+            job.events.append(f"disk {self.name}: differential: {p.reason}")
+        if p.extents is not None:
+            self.filter_path = await asyncio.to_thread(
+                write_filter, job.work_dir, self.name, p.extents, self.size
+            )
+            job.filters.append(self.filter_path)
+        return p
 
     def finish(self) -> None:
         """The disk is replicated: remove its .vztemp filter file (idempotent)."""
@@ -67,13 +100,18 @@ class VSphereDisk:
 
 @dataclass
 class VSphereJob:
+    client: VSphereClient
     vm: VmInfo
     appliance: VmInfo
     snapshot: SnapshotInfo
     hardware: hw.HardwareRecord  # store it at commit (it carries grown disk sizes)
+    work_dir: Path
+    cbt_unavailable: str | None
+    grown: dict[int, tuple[int, int]]
     disks: list[VSphereDisk] = field(default_factory=list)
     orphans: CleanupReport = field(default_factory=CleanupReport)
     events: list[str] = field(default_factory=list)  # what the agent did, for the pass report
+    filters: list[Path] = field(default_factory=list)
 
     def change_ids(self) -> dict[str, str | None]:
         """Per disk name, the changeId to commit with the target's map once the pass succeeded."""
@@ -85,9 +123,9 @@ async def vsphere_job(
     client: VSphereClient,
     *,
     vm: str,
-    stored: Mapping[str, StoredDiskState],
     recorded: hw.HardwareRecord | None,
     work_dir: str | os.PathLike[str],
+    stored: Mapping[str, StoredDiskState] | None = None,
     locator: Locator | None = None,
     appliance_vm: str | None = None,
     uuid_path: str | os.PathLike[str] = PRODUCT_UUID,
@@ -113,82 +151,64 @@ async def vsphere_job(
         f"{SNAPSHOT_MARKER} replication snapshot of a vzrep pass; removed when the pass ends",
         quiesce,
     )
-    job = VSphereJob(vm=info, appliance=appliance, snapshot=snapshot, hardware=current, orphans=orphans)
+    job = VSphereJob(
+        client=client,
+        vm=info,
+        appliance=appliance,
+        snapshot=snapshot,
+        hardware=current,
+        work_dir=Path(work_dir),
+        cbt_unavailable=cbt_unavailable,
+        grown=diff.grown,
+        orphans=orphans,
+    )
     job.events += orphans.lines()
     if not info.cbt_enabled and cbt_unavailable is None:
         job.events.append("Changed Block Tracking was off: enabled it (with a snapshot stun/unstun cycle)")
     attached: list[AttachedDisk] = []
-    filters: list[Path] = []
-    wdir = Path(work_dir)
     try:
         snap_disks = await client.snapshot_disks(snapshot.moid)
-        requests = []
-        for d in snap_disks:
-            rec = current.disk(d.key)
-            name = rec.name if rec else f"disk{d.key}"
-            plan = await plan_disk(
-                client,
-                vm_moid=info.moid,
-                snapshot_moid=snapshot.moid,
-                disk=d,
-                stored=stored.get(name, StoredDiskState()),
-                cbt_unavailable=cbt_unavailable,
-                grown=diff.grown.get(d.key),
-            )
-            if plan.reason:
-                job.events.append(f"disk {name}: differential: {plan.reason}")
-            fpath = None
-            if plan.extents is not None:
-                fpath = write_filter(wdir, name, plan.extents, d.capacity)
-                filters.append(fpath)
-            requests.append((d, name, plan, fpath))
+        owner = f"{info.moid}/{snapshot.moid}"
         attached = await client.hotadd(
             appliance.moid,
-            [
-                HotAddRequest(
-                    d.file_name, d.capacity, "independent_nonpersistent", f"{info.moid}/{snapshot.moid}"
-                )
-                for d, *_ in requests
-            ],
+            [HotAddRequest(d.file_name, d.capacity, "independent_nonpersistent", owner) for d in snap_disks],
         )
         loc = locator or find_block_device
-        for (d, name, plan, fpath), att in zip(requests, attached, strict=True):
+        for d, att in zip(snap_disks, attached, strict=True):
+            rec = current.disk(d.key)
+            name = rec.name if rec else f"disk{d.key}"
             device = await locate(loc, att, locate_timeout)
             reader = RawReader(device, name)
+            disk = VSphereDisk(
+                name=name,
+                key=d.key,
+                size=d.capacity,
+                reader=reader,
+                device=device,
+                attached=att,
+                snapshot_disk=d,
+                new_change_id=None if cbt_unavailable else d.change_id,
+                _job=job,
+            )
+            job.disks.append(disk)
             if reader.size != d.capacity:
-                reader.close()
                 raise VSphereError(
                     f"the HotAdded device {device} of disk {name} has {reader.size} bytes but vSphere says "
                     f"{d.capacity}; the device lookup found the wrong disk"
                 )
-            job.disks.append(
-                VSphereDisk(
-                    name=name,
-                    key=d.key,
-                    size=d.capacity,
-                    reader=reader,
-                    mode=plan.mode,
-                    reason=plan.reason,
-                    extents=plan.extents,
-                    new_change_id=plan.new_change_id,
-                    filter_path=fpath,
-                    device=device,
-                    attached=att,
-                )
-            )
+        if stored is not None:
+            for disk in job.disks:
+                await disk.plan(stored.get(disk.name, StoredDiskState()))
         yield job
     finally:
-        await run_shielded(lambda: _cleanup(client, job, attached, filters))
+        await run_shielded(lambda: _cleanup(client, job, attached))
 
 
-async def _cleanup(
-    client: VSphereClient, job: VSphereJob, attached: list[AttachedDisk], filters: list[Path]
-) -> None:
+async def _cleanup(client: VSphereClient, job: VSphereJob, attached: list[AttachedDisk]) -> None:
     errors: list[str] = []
     for d in job.disks:
         d.reader.close()
-        d.finish()
-    for f in filters:  # written for disks that never got attached
+    for f in job.filters:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f)
     if attached:
