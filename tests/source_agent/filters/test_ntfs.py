@@ -11,7 +11,7 @@ import pytest
 from source_agent.filters.extents import ExtentList
 from source_agent.filters.ntfs import Ntfs
 from source_agent.filters.volume import Volume
-from tests.source_agent.filters.helpers import MiB, FileReader, abm, make_files, replicate, run, write_at
+from tests.source_agent.filters.helpers import FileReader, MiB, abm, make_files, replicate, run, write_at
 
 SIZE = 96 * MiB
 FILES = {f"f{i}.bin": (i * 7919 + 1) * 997 % (4 * MiB) + 1 for i in range(14)}
