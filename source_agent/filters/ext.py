@@ -103,7 +103,9 @@ class Super:
     def base_meta(self, g: int) -> list[Range]:
         """Block ranges of group ``g``'s superblock and descriptor copies (ext2fs_super_and_bgd_loc2)."""
         # on 1 KiB-block bigalloc the first data block is 0 but the superblock still sits in block 1
-        first = max(self.group_first_block(g), 1024 // self.block_size) if g == 0 else self.group_first_block(g)
+        first = (
+            max(self.group_first_block(g), 1024 // self.block_size) if g == 0 else self.group_first_block(g)
+        )
         sup = 1 if self.has_super(g) else 0
         out = [(first, first + sup)] if sup else []
         meta_bg = bool(self.incompat & INCOMPAT_META_BG)

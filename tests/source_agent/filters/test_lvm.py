@@ -120,5 +120,9 @@ def test_lvm_metadata_text_parser() -> None:
     cfg = parse_config(text)
     vg = cfg["vg"]
     assert isinstance(vg, dict) and vg["extent_size"] == 8192
-    lv = vg["logical_volumes"]["lv"]  # type: ignore[index]
-    assert lv["segment1"]["stripes"] == ["pv0", 3]  # type: ignore[index]
+    lvs = vg["logical_volumes"]
+    assert isinstance(lvs, dict)
+    lv = lvs["lv"]
+    assert isinstance(lv, dict)
+    seg = lv["segment1"]
+    assert isinstance(seg, dict) and seg["stripes"] == ["pv0", 3]
