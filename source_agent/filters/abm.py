@@ -122,8 +122,7 @@ def _probe(vol: Volume, opts: AbmOptions, depth: int, *, in_partition: bool) -> 
         else:
             ranges, notes = _HANDLERS[kind](vol, opts)
             out = list(vol.to_disk(ranges))
-        active = ExtentList(out).total
-        log.info("abm.parsed", volume=vol.label, kind=kind, size=vol.size, active=active, notes=notes)
+        log.info("abm.parsed", volume=vol.label, kind=kind, size=vol.size, ranges=len(out), notes=notes)
         return out
     except NotParsed as exc:
         reason = str(exc)
