@@ -210,9 +210,12 @@ class SourceSession:
                     self.progress(scanner.reader.name, chunk.end, scanner.size)
             await self.tunnel.drain()
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(produce())
-            tg.create_task(consume())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(produce())
+                tg.create_task(consume())
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
 
     async def run(self, jobs: list[DiskJob], report: PassReport) -> None:
         try:
@@ -241,6 +244,19 @@ class SourceSession:
             await asyncio.wait_for(self.tunnel.drain(), 5)
         except (VzrepError, ProtocolError, OSError, TimeoutError):
             pass
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error a user should see from a task group: ours first, then anything else."""
+    flat: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            flat.append(exc)
+    return next((e for e in flat if isinstance(e, VzrepError)), flat[0])
 
 
 async def run_pass(

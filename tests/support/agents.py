@@ -67,7 +67,7 @@ class Target:
 
     def spec(self, port: int | None = None) -> TargetSpec:
         p = port or self.port
-        return TargetSpec("127.0.0.1", p, self.keys.client_key, self.keys.known_hosts(self.port))
+        return TargetSpec("127.0.0.1", p, self.keys.client_key, self.keys.known_hosts(p, f"kh-{p}"))
 
     def vm(self, name: str = "vm1") -> Path:
         return self.data_dir / name

@@ -1,0 +1,100 @@
+"""A TCP proxy on 127.0.0.1 that can cut the connection after N bytes from the client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CutProxy:
+    upstream_port: int
+    cut_after: int | None = None  # client->server bytes to forward before cutting both sides
+    #: after this many client bytes, hold back the newest byte and cut once the client goes quiet:
+    #: the cut lands inside the last packet the client sent before waiting for an answer
+    cut_when_quiet_after: int | None = None
+    quiet: float = 0.5
+    port: int = 0
+    c2s: int = 0
+    s2c: int = 0
+    #: client->server byte offset when each server->client chunk was forwarded
+    s2c_marks: list[int] = field(default_factory=list)
+    cut: asyncio.Event = field(default_factory=asyncio.Event)
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> CutProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def c2s_quiet(arm: int) -> None:
+            held = b""
+            while True:
+                try:
+                    data = await asyncio.wait_for(cr.read(65536), self.quiet if self.c2s >= arm else None)
+                except TimeoutError:
+                    self.cut.set()  # the held byte never reaches the server
+                    return
+                if not data:
+                    return
+                data = held + data
+                if self.c2s + len(data) >= arm:
+                    data, held = data[:-1], data[-1:]
+                else:
+                    held = b""
+                sw.write(data)
+                self.c2s += len(data)
+                await sw.drain()
+
+        async def c2s() -> None:
+            if self.cut_when_quiet_after is not None:
+                await c2s_quiet(self.cut_when_quiet_after)
+                return
+            while data := await cr.read(65536):
+                if self.cut_after is not None and self.c2s + len(data) >= self.cut_after:
+                    keep = self.cut_after - self.c2s
+                    sw.write(data[:keep])
+                    self.c2s += keep
+                    with contextlib.suppress(ConnectionError):
+                        await sw.drain()
+                    self.cut.set()
+                    break
+                sw.write(data)
+                self.c2s += len(data)
+                await sw.drain()
+
+        async def s2c() -> None:
+            while data := await sr.read(65536):
+                if self.cut.is_set():
+                    break
+                self.s2c_marks.append(self.c2s)
+                cw.write(data)
+                self.s2c += len(data)
+                await cw.drain()
+
+        tasks = [asyncio.ensure_future(c2s()), asyncio.ensure_future(s2c())]
+        for t in tasks:
+            self._tasks.add(t)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for w in (cw, sw):
+                w.close()
+            for t in tasks:
+                self._tasks.discard(t)
