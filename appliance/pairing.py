@@ -59,7 +59,6 @@ DEFAULT_EXPIRY = 15 * 60.0
 MAX_ATTEMPTS = 5
 
 
-
 class RemoteProtocolError(PairingError):
     """The peer sent something the pairing protocol does not allow."""
 

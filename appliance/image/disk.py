@@ -47,11 +47,11 @@ def syslinux_cfg(root_uuid: str) -> str:
     # The serial console comes last so that /dev/console (and boot messages) go to ttyS0, which the
     # smoke test logs; tty1 keeps the vzrep console through the getty override.
     return (
-        "DEFAULT vzrep\nPROMPT 0\nTIMEOUT 0\n"
+        "SERIAL 0 115200\nDEFAULT vzrep\nPROMPT 0\nTIMEOUT 0\n"
         "LABEL vzrep\n"
         "  LINUX /vmlinuz\n"
         "  INITRD /initrd.img\n"
-        f"  APPEND root=UUID={root_uuid} ro quiet console=tty0 console=ttyS0,115200n8\n"
+        f"  APPEND root=UUID={root_uuid} ro quiet systemd.show_status=1 console=tty0 console=ttyS0,115200n8\n"
     )
 
 

@@ -1,0 +1,1 @@
+"""``vzrep-console``: the field engineer's Textual console on tty1 (and over SSH)."""

@@ -1,0 +1,3 @@
+from appliance.console.app import main
+
+raise SystemExit(main())

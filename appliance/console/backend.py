@@ -1,0 +1,336 @@
+"""Everything the console does to the machine, behind one class.
+
+The console talks to the agent only through its CLI's ``--json`` output and its control commands
+(``status``, ``rollback``, ``pair``, ``pair-status``, ``unpair``), never its internals. Tests replace
+this class (pilot tests) or point it at a temporary root and a real agent (the tmux test).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tarfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance import netconfig, ovfenv
+from appliance.layout import Layout
+
+SECRET_NAMES = ("ssh_host_ed25519_key", "id_ed25519", "token")
+
+
+@dataclass
+class CommandResult:
+    rc: int
+    output: str
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """What the network page edits; ``validate`` turns it into networkd settings or says why not."""
+
+    mode: str = "dhcp"
+    address: str = ""
+    gateway: str = ""
+    dns: str = ""
+    hostname: str = ""
+
+    def validate(
+        self,
+    ) -> tuple[ovfenv.StaticIPv4 | None, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+        """Raises ValueError with a message for the user."""
+        static = None
+        if self.mode == "static":
+            try:
+                interface = ovfenv.parse_interface(self.address.strip(), "")
+            except ValueError as exc:
+                raise ValueError(f"Address: {exc} (write it as 10.0.0.5/24)") from None
+            gateway = None
+            if self.gateway.strip():
+                try:
+                    gateway = ipaddress.IPv4Address(self.gateway.strip())
+                except ValueError:
+                    raise ValueError("Gateway: not an IPv4 address") from None
+                if gateway not in interface.network or gateway == interface.ip:
+                    raise ValueError(f"Gateway: not a host in {interface.network}")
+            static = ovfenv.StaticIPv4(interface, gateway)
+        elif self.mode != "dhcp":
+            raise ValueError("Mode: choose DHCP or static")
+        dns = []
+        for item in filter(None, (s.strip() for s in self.dns.split(","))):
+            try:
+                dns.append(ipaddress.ip_address(item))
+            except ValueError:
+                raise ValueError(f"DNS: {item!r} is not an IP address") from None
+        if self.hostname and not ovfenv._HOSTNAME.match(self.hostname):
+            raise ValueError("Hostname: letters, digits and '-' only, at most 63")
+        return static, dns
+
+
+@dataclass
+class Backend:
+    layout: Layout = field(default_factory=Layout)
+    agent_cli: dict[str, list[str]] = field(
+        default_factory=lambda: {"target": ["vzrep-target"], "source": ["vzrep-source"]}
+    )
+    systemd: bool = True  # False in tests on a temporary root: no systemctl/networkctl/journalctl
+    pairing_process: subprocess.Popen[str] | None = None
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.layout.appliance_json.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def role(self) -> str:
+        role = self.config().get("role")
+        return role if role in ("source", "target") else "target"
+
+    def hostname(self) -> str:
+        try:
+            return (self.layout.root / "etc" / "hostname").read_text().strip() or platform.node()
+        except OSError:
+            return platform.node()
+
+    def addresses(self) -> list[str]:
+        if not shutil.which("ip"):
+            return []
+        out = self._run(["ip", "-j", "-4", "addr", "show", "scope", "global"]).output
+        try:
+            return [
+                f"{a['local']}/{a['prefixlen']} ({i['ifname']})"
+                for i in json.loads(out)
+                for a in i["addr_info"]
+            ]
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    def problems(self) -> list[str]:
+        try:
+            return [line for line in self.layout.problems.read_text().splitlines() if line]
+        except OSError:
+            return []
+
+    def agent_health(self) -> str:
+        if not self.systemd:
+            return "unknown (no systemd)"
+        return self._run(["systemctl", "is-active", f"vzrep-{self.role}.service"]).output.strip() or "unknown"
+
+    def pairing_status(self) -> dict[str, Any]:
+        result = self._agent(["pair-status", "--keys-dir", str(self.layout.keys_dir), "--json"])
+        try:
+            data = json.loads(result.output)
+            return data if isinstance(data, dict) else {}
+        except ValueError:
+            return {"error": result.output.strip()[-200:]}
+
+    def replication_status(self) -> dict[str, Any]:
+        if self.role != "target":
+            return {"vms": []}
+        result = self._agent(["status", "--data-dir", str(self.layout.data_dir), "--json"])
+        try:
+            data = json.loads(result.output)
+            return data if isinstance(data, dict) else {"vms": []}
+        except ValueError:
+            return {"vms": [], "error": result.output.strip()[-300:] or f"status exited {result.rc}"}
+
+    def agent_log(self, lines: int = 300) -> str:
+        if self.systemd:
+            unit = f"vzrep-{self.role}.service"
+            return self._run(
+                [
+                    "journalctl",
+                    "-u",
+                    unit,
+                    "-u",
+                    "vzrep-pairing.service",
+                    "-u",
+                    "vzrep-firstboot.service",
+                    "-n",
+                    str(lines),
+                    "--no-pager",
+                ]
+            ).output
+        log = self.layout.state_dir / "agent.log"
+        try:
+            return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no agent log)"
+
+    def network(self) -> NetworkSettings:
+        try:
+            static, dns, _ = netconfig.parse_network(self.layout.network_file.read_text())
+        except (OSError, ValueError):
+            static, dns = None, []
+        if static is None:
+            return NetworkSettings("dhcp", "", "", ", ".join(dns), self.hostname())
+        return NetworkSettings(
+            "static",
+            static.interface.with_prefixlen,
+            str(static.gateway or ""),
+            ", ".join(dns),
+            self.hostname(),
+        )
+
+    # --- acting ----------------------------------------------------------------------------------
+
+    def apply_network(self, settings: NetworkSettings) -> str:
+        """Write the new settings (keeping the old ones for revert) and apply them."""
+        static, dns = settings.validate()
+        _, _, ntp = netconfig.parse_network(self._read(self.layout.network_file))
+        backup = self.layout.network_file.with_suffix(".network.previous")
+        if self.layout.network_file.exists():
+            shutil.copy2(self.layout.network_file, backup)
+        self.layout.network_file.parent.mkdir(parents=True, exist_ok=True)
+        self.layout.network_file.write_text(netconfig.render_network(static, dns, ntp))
+        if settings.hostname and settings.hostname != self.hostname():
+            (self.layout.root / "etc" / "hostname").write_text(settings.hostname + "\n")
+            if self.systemd:
+                self._run(["hostnamectl", "set-hostname", settings.hostname])
+        self._reload_network()
+        return "applied: " + ("static " + str(static.interface) if static else "DHCP")
+
+    def revert_network(self) -> str:
+        backup = self.layout.network_file.with_suffix(".network.previous")
+        if not backup.exists():
+            return "nothing to revert"
+        os.replace(backup, self.layout.network_file)
+        self._reload_network()
+        return "reverted to the previous network settings"
+
+    def _reload_network(self) -> None:
+        if self.systemd:
+            self._run(["networkctl", "reload"])
+            self._run(["networkctl", "reconfigure", "--", *self._ether_links()])
+
+    def _ether_links(self) -> list[str]:
+        out = self._run(["networkctl", "list", "--no-legend"]).output
+        return [f.split()[1] for f in out.splitlines() if len(f.split()) > 2 and f.split()[2] == "ether"]
+
+    def rollback(self, vm: str) -> CommandResult:
+        return self._agent(["rollback", "--data-dir", str(self.layout.data_dir), "--vm", vm])
+
+    def start_pairing_code(self, code: str) -> None:
+        """Target: serve the pairing port with ``code`` in the background until paired or expired."""
+        self.stop_pairing()
+        argv = [*self.agent_cli["target"], "pair", "--keys-dir", str(self.layout.keys_dir), "--code", code]
+        self.pairing_process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def pairing_result(self) -> CommandResult | None:
+        """None while the pairing port is still open."""
+        proc = self.pairing_process
+        if proc is None or proc.poll() is None:
+            return None
+        output = proc.stdout.read() if proc.stdout else ""
+        self.pairing_process = None
+        if proc.returncode == 0 and self.systemd:
+            self._run(["systemctl", "try-restart", "vzrep-target.service"])
+        return CommandResult(proc.returncode, output)
+
+    def stop_pairing(self) -> None:
+        if self.pairing_process is not None and self.pairing_process.poll() is None:
+            self.pairing_process.terminate()
+            self.pairing_process.wait(5)
+        self.pairing_process = None
+
+    def pair_with(self, host: str, code: str) -> CommandResult:
+        return self._agent(["pair", "--keys-dir", str(self.layout.keys_dir), host, code])
+
+    def unpair(self) -> CommandResult:
+        return self._agent(["unpair", "--keys-dir", str(self.layout.keys_dir)])
+
+    def write_support_bundle(self, path: Path) -> Path:
+        """A tar.gz of logs, configs without secrets, versions and pairing fingerprints."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts = {
+            "versions.txt": self._versions(),
+            "agent.log": self.agent_log(2000),
+            "pair-status.json": json.dumps(self.pairing_status(), indent=2),
+            "status.json": json.dumps(self.replication_status(), indent=2),
+        }
+        files = [
+            self.layout.appliance_json,
+            self.layout.agent_env,
+            self.layout.problems,
+            self.layout.network_file,
+            self.layout.keys_dir / "peer.json",
+            self.layout.known_hosts,
+            self.layout.authorized_keys,
+        ]
+        with tarfile.open(path, "w:gz") as tar:
+            for name, text in texts.items():
+                _add_text(tar, f"vzrep-support/{name}", text)
+            for f in files:
+                if f.is_file() and f.name not in SECRET_NAMES:
+                    tar.add(f, arcname=f"vzrep-support/files/{f.relative_to(self.layout.root)}")
+        path.chmod(0o600)
+        return path
+
+    def _versions(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            vz = version("vzrep")
+        except PackageNotFoundError:
+            vz = "unknown"
+        os_release = self._read(self.layout.root / "etc" / "os-release")
+        return f"vzrep {vz}\nkernel {platform.release()}\npython {platform.python_version()}\n\n{os_release}"
+
+    def check_admin_password(self, password: str) -> bool:
+        """Against vzadmin's hash in /etc/shadow (the console runs as root on tty1)."""
+        try:
+            lines = (self.layout.root / "etc" / "shadow").read_text().splitlines()
+        except OSError:
+            return False
+        entry = next((line.split(":") for line in lines if line.startswith("vzadmin:")), None)
+        if entry is None or len(entry) < 2 or not entry[1] or entry[1][0] in "!*":
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # deprecated, but the only stdlib way to check yescrypt/SHA-512 hashes
+
+        return crypt.crypt(password, entry[1]) == entry[1]
+
+    def shell_command(self) -> list[str]:
+        return ["login", "-f", "vzadmin"] if os.geteuid() == 0 else [os.environ.get("SHELL", "/bin/sh")]
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _agent(self, args: list[str]) -> CommandResult:
+        return self._run([*self.agent_cli[self.role], *args])
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return CommandResult(127, str(exc))
+        return CommandResult(proc.returncode, proc.stdout + proc.stderr)
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        try:
+            return path.read_text()
+        except OSError:
+            return ""
+
+
+def _add_text(tar: tarfile.TarFile, name: str, text: str) -> None:
+    import io
+
+    data = text.encode()
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
+    tar.addfile(info, io.BytesIO(data))
