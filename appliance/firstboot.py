@@ -77,6 +77,8 @@ def apply(settings: ovfenv.Settings, problems: tuple[str, ...], layout: Layout) 
         d.mkdir(parents=True, exist_ok=True)
     hostname = settings.hostname or f"vzrep-{settings.role.value}"
     atomic_write(layout.root / "etc" / "hostname", f"{hostname}\n".encode())
+    if layout.root == Path("/"):  # systemd set the old name before we ran
+        subprocess.run(["hostname", hostname], check=False, capture_output=True)
     atomic_write(
         layout.root / "etc" / "hosts",
         f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost\n".encode(),

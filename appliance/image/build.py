@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--mirror", default=os.environ.get("VZREP_DEBIAN_MIRROR"))
     ap.add_argument("--python", default=sys.executable, help="python whose pip stages the wheels")
+    ap.add_argument("--stage-only", action="store_true", help="only stage wheels and scripts (for packer)")
     args = ap.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     log("staging wheels")
     stage(out / "vzrep-stage", args.python)
+    if args.stage_only:
+        log(f"staged {out / 'vzrep-stage'}")
+        return 0
     log(f"mmdebstrap bookworm -> {out / 'base'} (cached)")
     build_base(out / "base", args.mirror)
     log(f"provisioning {rootdir} ({time.monotonic() - t0:.0f}s)")

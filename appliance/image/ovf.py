@@ -229,3 +229,20 @@ def make_ova(raw: Path, outdir: Path, hw: Hardware = Hardware()) -> Path:
     ova = outdir / f"{hw.name}.ova"
     pack_ova(ova, ovf_file, mf_file, [vmdk])
     return ova
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m appliance.image.ovf RAW OUTDIR``: pack a raw disk (e.g. from packer) as an OVA."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m appliance.image.ovf", description=main.__doc__)
+    ap.add_argument("raw", type=Path)
+    ap.add_argument("outdir", type=Path)
+    ap.add_argument("--name", default=Hardware.name)
+    args = ap.parse_args(argv)
+    print(make_ova(args.raw, args.outdir, Hardware(name=args.name)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

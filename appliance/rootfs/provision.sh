@@ -17,7 +17,7 @@ fi
 # The agents and the console, from the project's wheel, in a venv of their own.
 python3 -m venv /opt/vzrep/venv
 /opt/vzrep/venv/bin/pip install -q --no-index --find-links "$STAGE/wheels" vzrep
-/opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.pairing, spake2, asyncssh'
+/opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.autopair, appliance.console.app, target_agent.cli, spake2, asyncssh'
 
 # Accounts: the agent runs unprivileged; admins log in as vzadmin (key-only SSH, password set at
 # first boot from the OVF environment or left locked).
@@ -53,7 +53,9 @@ Type=ether
 DHCP=yes
 NET
 
-# Nothing secret or machine-specific stays in the image.
+# Nothing secret or machine-specific stays in the image (first boot sets the real host name).
+echo vzrep > /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tvzrep\n::1\tlocalhost ip6-localhost\n' > /etc/hosts
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id

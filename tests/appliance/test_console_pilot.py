@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from textual.widgets import DataTable, Input, RadioButton, Static

@@ -19,6 +19,7 @@ def test_vsphere_environment_configures_a_static_target(tmp_path):
     assert "DNS=10.20.30.2" in network and "NTP=ntp1.example.com" in network and "DHCP" not in network
     static, dns, ntp = netconfig.parse_network(network)
     assert static is not None and str(static.interface) == "10.20.30.41/24" and dns == ["10.20.30.2", "10.20.30.3"]
+    assert ntp == ["ntp1.example.com", "10.20.30.2"]
     assert (tmp_path / "etc/hostname").read_text() == "dr-target-01\n"
     config = json.loads(layout.appliance_json.read_text())
     assert config["role"] == "target" and config["peer"] == {"host": "10.20.99.7", "port": 2223}

@@ -1,0 +1,79 @@
+"""Auto-pairing from the deployment's pairing token (``vzrep-pairing.service``).
+
+Both appliances were deployed with the same token. The target serves the pairing port with it
+until a source pairs or the token expires (15 minutes); the source keeps trying its peer until the
+target answers (the target may boot later), then pairs once. Either way the token file is deleted:
+it is single use, and the unit's ``ConditionPathExists`` keeps it from starting again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from appliance.layout import Layout
+from appliance.pairing_cli import _standalone
+from vzcommon.errors import ExitCode
+
+RETRY_SECONDS = 10.0
+SOURCE_DEADLINE = 20 * 60.0
+
+
+def run(
+    config: dict[str, object], layout: Layout, retry: float = RETRY_SECONDS, deadline: float = SOURCE_DEADLINE
+) -> int:
+    if not layout.token_file.exists():
+        print("no pairing token: nothing to do")
+        return 0
+    keys_dir = str(layout.keys_dir)
+    if config.get("role") == "target":
+        return _standalone(
+            "target",
+            [
+                "pair",
+                "--keys-dir",
+                keys_dir,
+                "--code-file",
+                str(layout.token_file),
+                "--listen",
+                f"0.0.0.0:{config.get('pairing_port', 2223)}",
+            ],
+        )
+    peer = config.get("peer")
+    if not isinstance(peer, dict) or not isinstance(peer.get("host"), str):
+        print("a source needs its peer's address to pair: set vzrep.peer or pair from the console")
+        layout.token_file.unlink(missing_ok=True)
+        return int(ExitCode.INPUT)
+    token = layout.token_file.read_text().strip()
+    stop_at = time.monotonic() + deadline
+    try:
+        while True:
+            rc = _standalone(
+                "source",
+                ["pair", "--keys-dir", keys_dir, "--port", str(peer.get("port", 2223)), peer["host"], token],
+            )
+            if rc != ExitCode.CONNECTION or time.monotonic() + retry > stop_at:
+                return rc
+            time.sleep(retry)
+    finally:
+        layout.token_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m appliance.autopair", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=Layout().appliance_json)
+    ap.add_argument("--root", type=Path, default=Path("/"))
+    args = ap.parse_args(argv)
+    try:
+        config = json.loads(args.config.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {args.config}: {exc}", file=sys.stderr)
+        return int(ExitCode.INPUT)
+    return run(config, Layout(args.root))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
