@@ -58,3 +58,5 @@ clean:
 
 # Area fragments (vSphere/vcsim, appliance image, ...) add targets and EXTRA_APT_PACKAGES.
 -include mk/*.mk
+# Prerequisites the fragments add (vcsim for the vSphere tests); listed here, after the includes.
+unit: $(UNIT_PREREQS)

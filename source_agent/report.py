@@ -39,16 +39,18 @@ def totals(report: PassReport) -> dict[str, Any]:
     return out
 
 
-def as_json(report: PassReport) -> str:
+def as_json(report: PassReport, events: list[str] | None = None) -> str:
     data = report_dict(report)
     data["total"] = totals(report)
+    data["events"] = list(events or [])
     return json.dumps(data, indent=2)
 
 
-def as_text(report: PassReport) -> str:
+def as_text(report: PassReport, events: list[str] | None = None) -> str:
     lines = [
         f"vzrep pass of VM {report.vm} to {report.target}: {'committed, generation ' + report.generation if report.ok else 'FAILED'}"
     ]
+    lines += [f"  {event}" for event in events or []]
     for d in report.disks:
         lines.append(
             f"  disk {d.name} ({human(d.size)}), {d.mode}{' (' + d.reason + ')' if d.reason else ''}, map {d.map_status}"

@@ -71,6 +71,8 @@ class DiskJob:
     change_id: str = ""
     #: decides the plan once the target said what it has; None: differential
     planner: Planner | None = None
+    #: removes the disk's working files (filters) when the disk is done, whatever happened
+    cleanup: Callable[[], None] | None = None
 
 
 @dataclass
@@ -178,6 +180,9 @@ class SourceSession:
         except BaseException:
             builder.abort()
             raise
+        finally:
+            if job.cleanup:
+                await asyncio.to_thread(job.cleanup)
         st.seconds = time.monotonic() - t0
         self._builders[reader.name] = builder
         return st

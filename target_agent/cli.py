@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -158,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     except VzrepError as exc:
         print(f"vzrep-target: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except Exception as exc:  # a bug: one line for the user, the traceback with VZREP_DEBUG=1
+        if os.environ.get("VZREP_DEBUG"):
+            raise
+        print(f"vzrep-target: internal error: {type(exc).__name__}: {exc} (rerun with VZREP_DEBUG=1 and report it)", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
     except KeyboardInterrupt:
         return int(ExitCode.INTERNAL)
 

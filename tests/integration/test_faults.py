@@ -137,7 +137,7 @@ def test_sigkill_target_mid_pass_then_restart(tmp_path: Path, session_keys: Keys
         assert time.monotonic() < deadline and src_proc.poll() is None, "pass ended before it could be killed"
         time.sleep(0.01)
     tp.kill()  # SIGKILL in the middle of writing blocks
-    out, err = src_proc.communicate(timeout=60)
+    _out, err = src_proc.communicate(timeout=60)
     assert src_proc.returncode == ExitCode.CONNECTION, err
     assert err.decode().count("\n") == 1  # one clear line
     # The replica is half written now; the restarted agent rolls it back before accepting work.

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from source_agent.cli import add_filters
 from source_agent.disks import open_disk
+from source_agent.planning import AbmSettings
 from source_agent.session import DiskJob, PassOptions, PassReport, run_pass
 from source_agent.tunnel import TargetSpec
 from target_agent.server import Stream, start_server
@@ -74,14 +76,22 @@ class Target:
 
 
 async def replicate(
-    target_spec: TargetSpec, vm: str, disks: list[Path] | dict[str, Path], state_dir: Path, **opts: Any
+    target_spec: TargetSpec,
+    vm: str,
+    disks: list[Path] | dict[str, Path],
+    state_dir: Path,
+    *,
+    abm: AbmSettings | None = None,
+    **opts: Any,
 ) -> PassReport:
+    """One pass through the same code the CLI uses (planners and filters included)."""
     items = disks.items() if isinstance(disks, dict) else [(p.name.split(".")[0], p) for p in disks]
     readers = [open_disk(Path(p), name) for name, p in items]
     try:
-        return await run_pass(
-            target_spec, vm, [DiskJob(reader=r) for r in readers], PassOptions(state_dir=state_dir, **opts)
-        )
+        jobs = [DiskJob(reader=r) for r in readers]
+        if abm is not None:
+            add_filters(jobs, state_dir / "work" / vm, abm)
+        return await run_pass(target_spec, vm, jobs, PassOptions(state_dir=state_dir, **opts))
     finally:
         for r in readers:
             r.close()
