@@ -54,6 +54,9 @@ class ConfirmScreen(ModalScreen[bool]):
 class Page(Screen[None]):
     """A console page: header, body, footer with the page keys."""
 
+    # Focus the first control, not the scroll container, so Enter works right after switching pages.
+    AUTO_FOCUS = "Input, Button, RadioSet, DataTable"
+
     @property
     def backend(self) -> Backend:
         app = self.app
@@ -385,8 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ROLE=COMMAND",
         help="command line of an agent CLI, e.g. 'target=python -m target_agent.cli'",
     )
+    ap.add_argument(
+        "--pairing-listen", metavar="HOST:PORT", help="pairing port address (default 0.0.0.0:2223)"
+    )
     args = ap.parse_args(argv)
-    backend = Backend(Layout(args.root), systemd=not args.no_systemd)
+    backend = Backend(Layout(args.root), systemd=not args.no_systemd, pairing_listen=args.pairing_listen)
     for item in args.agent_cli:
         role, _, command = item.partition("=")
         backend.agent_cli[role] = command.split()

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -81,6 +82,7 @@ class Backend:
         default_factory=lambda: {"target": ["vzrep-target"], "source": ["vzrep-source"]}
     )
     systemd: bool = True  # False in tests on a temporary root: no systemctl/networkctl/journalctl
+    pairing_listen: str | None = None  # HOST:PORT for the target's pairing port (default: all, 2223)
     pairing_process: subprocess.Popen[str] | None = None
 
     # --- reading ---------------------------------------------------------------------------------
@@ -124,8 +126,20 @@ class Backend:
 
     def agent_health(self) -> str:
         if not self.systemd:
-            return "unknown (no systemd)"
+            return self._probe_agent()
         return self._run(["systemctl", "is-active", f"vzrep-{self.role}.service"]).output.strip() or "unknown"
+
+    def _probe_agent(self) -> str:
+        port = self.config().get("agent_port", 2222)
+        try:
+            with socket.create_connection(("127.0.0.1", int(str(port))), timeout=2) as sock:
+                sock.settimeout(2)
+                banner = sock.recv(64)
+        except (OSError, ValueError):
+            return f"not answering on port {port}"
+        return (
+            f"answering on port {port}" if banner.startswith(b"SSH-") else f"unexpected reply on port {port}"
+        )
 
     def pairing_status(self) -> dict[str, Any]:
         result = self._agent(["pair-status", "--keys-dir", str(self.layout.keys_dir), "--json"])
@@ -225,6 +239,11 @@ class Backend:
         """Target: serve the pairing port with ``code`` in the background until paired or expired."""
         self.stop_pairing()
         argv = [*self.agent_cli["target"], "pair", "--keys-dir", str(self.layout.keys_dir), "--code", code]
+        if self.pairing_listen:
+            argv += ["--listen", self.pairing_listen]
+        port = self.config().get("agent_port")
+        if isinstance(port, int):
+            argv += ["--agent-port", str(port)]
         self.pairing_process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -1,0 +1,27 @@
+# Appliance area: packer templates, the offline image build and its QEMU smoke test (docs/appliance.md).
+#
+# `make test` needs packer (validate) and tmux (the console's end-to-end test); qemu-utils makes the
+# small VMDK in the OVF packaging tests.
+EXTRA_APT_PACKAGES += packer tmux qemu-utils
+# The image build and boot need more; `make appliance` installs these itself.
+APPLIANCE_APT_PACKAGES ?= mmdebstrap qemu-system-x86 qemu-utils syslinux mtools dosfstools fdisk e2fsprogs
+APPLIANCE_OUT ?= build/appliance
+
+.PHONY: appliance appliance-deps appliance-test
+
+appliance-deps:
+	@missing=""; for p in $(APPLIANCE_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing appliance build tools:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# mmdebstrap root (cached in $(APPLIANCE_OUT)/base), provision, raw disk, streamOptimized VMDK, OVA.
+appliance: appliance-deps venv
+	$(PY) -m appliance.image.build --out $(APPLIANCE_OUT)
+
+# Boot the built VMDK in QEMU (TCG) and check multi-user, the agent service and its port.
+appliance-test: appliance
+	VZREP_APPLIANCE_IMAGE=$(APPLIANCE_OUT)/ova/vzrep-disk1.vmdk $(VENV)/bin/pytest -q -s -m appliance tests/appliance/test_image_boot.py
