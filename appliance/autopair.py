@@ -39,7 +39,7 @@ def run(
                 "--code-file",
                 str(layout.token_file),
                 "--listen",
-                f"0.0.0.0:{config.get('pairing_port', 2223)}",
+                f"{config.get('pairing_host', '0.0.0.0')}:{config.get('pairing_port', 2223)}",
             ],
         )
     peer = config.get("peer")

@@ -1,0 +1,56 @@
+"""Two appliances deployed with the same pairing token pair by themselves (vzrep-pairing.service)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from appliance import autopair, pins
+from appliance.layout import Layout
+from vzcommon.errors import ExitCode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_same_token_pairs_and_the_token_is_used_up(tmp_path):
+    port = free_port()
+    target, source = Layout(tmp_path / "t"), Layout(tmp_path / "s")
+    for layout in (target, source):
+        layout.pairing_dir.mkdir(parents=True)
+        layout.token_file.write_text("correct-horse-battery\n")
+    rc: dict[str, int] = {}
+    thread = threading.Thread(
+        target=lambda: rc.setdefault("target", autopair.run({"role": "target", "pairing_host": "127.0.0.1", "pairing_port": port}, target))
+    )
+    thread.start()
+    # The source starts first in real life too: it retries until the target's port is open.
+    config = {"role": "source", "peer": {"host": "127.0.0.1", "port": port}}
+    rc["source"] = autopair.run(config, source, retry=0.2, deadline=30)
+    thread.join(30)
+    assert rc == {"target": 0, "source": 0}
+    assert not target.token_file.exists() and not source.token_file.exists()
+    target_peer, source_peer = pins.load(target.peer_json), pins.load(source.peer_json)
+    assert target_peer is not None and source_peer is not None
+    assert source_peer.address == f"127.0.0.1:{2222}"
+    # Run again: no token, nothing to do.
+    assert autopair.run(config, source) == 0
+
+
+def test_source_gives_up_when_the_target_never_answers(tmp_path):
+    layout = Layout(tmp_path)
+    layout.pairing_dir.mkdir(parents=True)
+    layout.token_file.write_text("correct-horse-battery")
+    config = {"role": "source", "peer": {"host": "127.0.0.1", "port": free_port()}}
+    assert autopair.run(config, layout, retry=0.1, deadline=0.5) == ExitCode.CONNECTION
+    assert not layout.token_file.exists()
+
+
+def test_source_without_peer_is_an_input_error(tmp_path):
+    layout = Layout(tmp_path)
+    layout.pairing_dir.mkdir(parents=True)
+    layout.token_file.write_text("correct-horse-battery")
+    assert autopair.run({"role": "source"}, layout) == ExitCode.INPUT
