@@ -105,7 +105,7 @@ class TargetSession:
         committed = False
         try:
             while not committed:
-                data = await stream.read()
+                data = await self._read(stream)
                 self.received_bytes += len(data)
                 self.conn.receive_data(data)
                 while True:
@@ -127,6 +127,36 @@ class TargetSession:
             await asyncio.shield(self._fail(exc))
         finally:
             await stream.close()
+
+    async def _read(self, stream: Stream) -> bytes:
+        """Read from the tunnel while the writer works; keep the writer fed; fail fast if it fails.
+
+        Adaptive group commit: whenever the writer is idle it gets whatever is queued, so batches
+        grow only while the disk is the bottleneck.
+        """
+        reader: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                inflight = self._inflight
+                if inflight is not None and inflight.done():
+                    self._inflight = None
+                    await inflight  # raises the writer's error, if it failed
+                    inflight = None
+                if inflight is None and self._batch:
+                    await self._submit()
+                    inflight = self._inflight
+                if reader is None:
+                    reader = asyncio.ensure_future(stream.read())
+                if inflight is None:
+                    return await reader
+                waiting: set[asyncio.Future[Any]] = {reader, inflight}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if reader.done():
+                    return reader.result()
+        finally:
+            if reader is not None and not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
 
     async def _send(self, msg: Message) -> None:
         assert self._stream is not None

@@ -3,7 +3,6 @@ and the next pass succeeds and matches the source."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import time
@@ -12,29 +11,12 @@ from pathlib import Path
 import pytest
 
 from target_agent.session import TargetSession
-from target_agent.storage.transaction import vm_status
-from tests.support.agents import Keys, Target, TargetProcess, replicate
+from tests.support.agents import Keys, Target, TargetProcess, replicate, snapshot, wait_idle
 from tests.support.proxy import CutProxy
-from tests.support.tools import change_blocks, make_image, qemu_compare, sha256
+from tests.support.tools import change_blocks, make_image, qemu_compare
 from vzcommon.errors import ExitCode, StorageError, VzrepError
 
 MiB = 1 << 20
-
-
-async def wait_idle(vdir: Path, timeout: float = 20) -> None:
-    """Wait until the target has finished (or rolled back) whatever pass it had for this VM."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = vm_status(vdir)
-        if not st["pass_running"] and not st["pending_rollback"]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"target still busy with {vdir.name}: {vm_status(vdir)}")
-
-
-def snapshot(vdir: Path) -> dict[str, str]:
-    """sha256 of the replica's flat extents, descriptors and maps."""
-    return {p.name: sha256(p) for p in sorted(vdir.iterdir()) if p.name.endswith((".vmdk", ".vzmap"))}
 
 
 async def _prepared(target: Target, tmp_path: Path, vm: str) -> tuple[Path, Path, dict[str, str]]:

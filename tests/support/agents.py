@@ -19,6 +19,8 @@ from source_agent.session import DiskJob, PassOptions, PassReport, run_pass
 from source_agent.tunnel import TargetSpec
 from target_agent.server import Stream, start_server
 from target_agent.session import TargetSession
+from target_agent.storage.transaction import vm_status
+from tests.support.tools import sha256
 from vzcommon.keys import generate, known_hosts_line
 
 
@@ -151,3 +153,19 @@ class TargetProcess:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+async def wait_idle(vdir: Path, limit: float = 20) -> None:
+    """Wait until the target has finished (or rolled back) whatever pass it had for this VM."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        st = vm_status(vdir)
+        if not st["pass_running"] and not st["pending_rollback"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"target still busy with {vdir.name}: {vm_status(vdir)}")
+
+
+def snapshot(vdir: Path) -> dict[str, str]:
+    """sha256 of the replica's flat extents, descriptors and maps."""
+    return {p.name: sha256(p) for p in sorted(vdir.iterdir()) if p.name.endswith((".vmdk", ".vzmap"))}

@@ -1,0 +1,248 @@
+"""Hostile or broken input reaches a real target over SSH: each gets a clear error, nothing is written."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from protocol import codec, framing
+from protocol.messages import MsgType
+from protocol.version import PROTOCOL_VERSION
+from source_agent.tunnel import TargetSpec, Tunnel, open_tunnel
+from tests.support.agents import Keys, Target, replicate, snapshot, wait_idle
+from tests.support.tools import BS, make_image
+from vzcommon import tunnel_policy
+from vzcommon.errors import AuthError, CipherError, ExitCode, HostKeyError
+from vzcommon.keys import generate, known_hosts_line
+
+MiB = 1 << 20
+SIZE = 4 * MiB
+
+
+def frame(msg_type: int, fields: list) -> bytes:
+    return framing.encode_frame(msg_type, codec.pack(fields))
+
+
+def hello_fields(vm: str = "victim", version: int = PROTOCOL_VERSION) -> list:
+    return [version, "hostile", vm, ["blake3-256"], ["none"], BS]
+
+
+async def read_frames(tunnel: Tunnel, until_error: bool = True) -> list[tuple[int, list]]:
+    """Read frames from the target until it sends ERROR or closes."""
+    buf = b""
+    out: list[tuple[int, list]] = []
+    while True:
+        data = await asyncio.wait_for(tunnel.read(), 15)
+        if not data:
+            return out
+        buf += data
+        while len(buf) >= framing.HEADER_SIZE:
+            mtype, length, _ = framing.parse_header(buf[: framing.HEADER_SIZE], framing.ABSOLUTE_MAX_BODY)
+            if len(buf) < framing.HEADER_SIZE + length:
+                break
+            out.append((mtype, codec.unpack(buf[framing.HEADER_SIZE : framing.HEADER_SIZE + length])))
+            buf = buf[framing.HEADER_SIZE + length :]
+            if mtype == MsgType.ERROR and until_error:
+                return out
+
+
+async def opened(target: Target) -> Tunnel:
+    """A session that shook hands and opened disk 'd' of the existing replica."""
+    tunnel = await open_tunnel(target.spec())
+    tunnel.write(frame(MsgType.HELLO, hello_fields()))
+    tunnel.write(frame(MsgType.OPEN_DISK, [0, "d", SIZE, "", ""]))
+    buf = b""
+    while MsgType.MAP_END not in [t for t, _ in _parse_all(buf)]:
+        data = await asyncio.wait_for(tunnel.read(), 15)
+        assert data, f"target closed the session: {_parse_all(buf)}"
+        buf += data
+    return tunnel
+
+
+def _parse_all(buf: bytes) -> list[tuple[int, list]]:
+    out = []
+    while len(buf) >= framing.HEADER_SIZE:
+        mtype, length, _ = framing.parse_header(buf[: framing.HEADER_SIZE], framing.ABSOLUTE_MAX_BODY)
+        if len(buf) < framing.HEADER_SIZE + length:
+            break
+        out.append((mtype, codec.unpack(buf[framing.HEADER_SIZE : framing.HEADER_SIZE + length])))
+        buf = buf[framing.HEADER_SIZE + length :]
+    return out
+
+
+@pytest.fixture
+async def victim(target: Target, tmp_path: Path) -> dict[str, str]:
+    src = make_image(tmp_path / "d.img", SIZE, data_blocks=20)
+    await replicate(target.spec(), "victim", [src], tmp_path / "state")
+    return snapshot(target.vm("victim"))
+
+
+def _valid_block(offset: int = 0) -> list:
+    data = b"\x42" * BS
+    from vzcommon.blockhash import hash_block
+
+    return [0, offset, BS, hash_block(data), 0, data]
+
+
+BAD_AFTER_OPEN = [
+    (
+        "malformed frame (bad CRC)",
+        lambda: frame(MsgType.BLOCK, _valid_block())[:-1] + b"\x00",
+        "CRC",
+        ExitCode.PROTOCOL,
+    ),
+    (
+        "oversized frame",
+        lambda: framing.HEADER.pack(framing.MAGIC, 1, MsgType.BLOCK, 64 << 20, 0),
+        "exceeds the limit",
+        ExitCode.PROTOCOL,
+    ),
+    ("unknown message type", lambda: frame(99, [1, 2]), "unknown message type 99", ExitCode.PROTOCOL),
+    (
+        "unknown disk",
+        lambda: frame(MsgType.BLOCK, [7, *_valid_block()[1:]]),
+        "not the disk open",
+        ExitCode.PROTOCOL,
+    ),
+    (
+        "offset beyond the end",
+        lambda: frame(MsgType.BLOCK, _valid_block(SIZE + BS)),
+        "beyond the end",
+        ExitCode.PROTOCOL,
+    ),
+    (
+        "hash mismatch",
+        lambda: frame(MsgType.BLOCK, [*_valid_block(3 * BS)[:3], b"\x00" * 31 + b"\x01", 0, b"\x42" * BS]),
+        "does not match its hash",
+        ExitCode.INTEGRITY,
+    ),
+    (
+        "message out of order",
+        lambda: frame(MsgType.HELLO, hello_fields()),
+        "not allowed in state streaming",
+        ExitCode.PROTOCOL,
+    ),
+]
+
+
+@pytest.mark.parametrize("what, make, match, code", BAD_AFTER_OPEN, ids=[b[0] for b in BAD_AFTER_OPEN])
+async def test_bad_frame_after_open(target: Target, victim: dict[str, str], what, make, match, code) -> None:
+    tunnel = await opened(target)
+    try:
+        # A few valid blocks first, so that there is something to roll back.
+        for i in range(3):
+            tunnel.write(frame(MsgType.BLOCK, _valid_block(i * BS)))
+        tunnel.write(make())
+        replies = await read_frames(tunnel)
+    finally:
+        await tunnel.close()
+    errors = [f for t, f in replies if t == MsgType.ERROR]
+    assert errors, f"{what}: no ERROR from the target"
+    assert match in errors[0][1] and errors[0][0] == code, errors
+    await wait_idle(target.vm("victim"))
+    assert snapshot(target.vm("victim")) == victim
+
+
+async def test_wrong_protocol_version(target: Target, victim: dict[str, str]) -> None:
+    tunnel = await open_tunnel(target.spec())
+    try:
+        tunnel.write(frame(MsgType.HELLO, hello_fields(version=PROTOCOL_VERSION + 1)))
+        replies = await read_frames(tunnel)
+    finally:
+        await tunnel.close()
+    (code, message) = next(f for t, f in replies if t == MsgType.ERROR)
+    assert code == ExitCode.PROTOCOL
+    assert f"protocol version {PROTOCOL_VERSION + 1}" in message and f"version {PROTOCOL_VERSION}" in message
+    assert snapshot(target.vm("victim")) == victim
+
+
+async def test_vm_name_with_dot_dot(target: Target, tmp_path: Path) -> None:
+    tunnel = await open_tunnel(target.spec())
+    try:
+        tunnel.write(frame(MsgType.HELLO, hello_fields(vm="../escape")))
+        replies = await read_frames(tunnel)
+    finally:
+        await tunnel.close()
+    (code, message) = next(f for t, f in replies if t == MsgType.ERROR)
+    assert "invalid VM name" in message and code == ExitCode.PROTOCOL
+    assert not (target.data_dir.parent / "escape").exists()
+    assert not target.data_dir.exists() or not any(target.data_dir.iterdir())
+
+
+async def test_wrong_client_key(target: Target, tmp_path: Path) -> None:
+    generate(tmp_path / "stranger")
+    spec = target.spec()
+    spec = TargetSpec(spec.host, spec.port, tmp_path / "stranger", spec.known_hosts)
+    with pytest.raises(AuthError, match="refused our key"):
+        await open_tunnel(spec)
+
+
+async def test_wrong_host_key(target: Target, tmp_path: Path) -> None:
+    pub, _ = generate(tmp_path / "impostor")
+    kh = tmp_path / "kh"
+    kh.write_text(known_hosts_line("127.0.0.1", target.port, pub))
+    spec = target.spec()
+    with pytest.raises(HostKeyError, match="not the one pinned"):
+        await open_tunnel(TargetSpec(spec.host, spec.port, spec.identity, kh))
+
+
+async def test_client_offering_only_aes128_is_refused(target: Target) -> None:
+    spec = target.spec()
+    with pytest.raises(asyncssh.KeyExchangeFailed):
+        await asyncssh.connect(
+            "127.0.0.1",
+            target.port,
+            username="x",
+            client_keys=[str(spec.identity)],
+            known_hosts=str(spec.known_hosts),
+            encryption_algs=["aes128-ctr", "aes128-gcm@openssh.com"],
+            config=[],
+            agent_path=None,
+        )
+
+
+async def test_target_offering_only_aes128_is_refused(tmp_path: Path, session_keys: Keys) -> None:
+    """The source refuses a server (here OpenSSH's sshd) that offers no AES-256 cipher."""
+    sshd = "/usr/sbin/sshd"
+    assert Path(sshd).exists(), "openssh-server is missing: run `make sysdeps`"
+    cfg = tmp_path / "sshd_config"
+    port_file = tmp_path / "port"
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    port_file.write_text(str(port))
+    host_key = tmp_path / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    cfg.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nCiphers aes128-ctr\n"
+        f"AuthorizedKeysFile {session_keys.authorized_keys}\nUsePAM no\nStrictModes no\nPidFile {tmp_path}/pid\n"
+    )
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        kh = tmp_path / "kh"
+        kh.write_text(
+            known_hosts_line("127.0.0.1", port, (tmp_path / "ssh_host_ed25519_key.pub").read_text().strip())
+        )
+        with pytest.raises(CipherError, match="no AES-256 cipher") as exc:
+            await open_tunnel(TargetSpec("127.0.0.1", port, session_keys.client_key, kh))
+        assert exc.value.exit_code == ExitCode.CIPHER
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_policy_offers_only_aes256() -> None:
+    assert all(alg.startswith("aes256-") for alg in tunnel_policy.ENCRYPTION_ALGS)
+    assert all("etm" in mac and "sha2" in mac for mac in tunnel_policy.MAC_ALGS)
