@@ -1,0 +1,227 @@
+"""The target's storage primitives, broken on purpose: torn undo tails, crashes at every commit step,
+interrupted rollbacks, a second pass on a busy VM."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from protocol.messages import MapStatus
+from target_agent.storage import transaction as txn
+from target_agent.storage.replica import ReplicaPaths, rollback_disk
+from target_agent.storage.transaction import VmPass, recover_vm
+from target_agent.storage.undo import HEADER_SIZE, RecordKind, encode_record, read_records
+from tests.support.tools import sha256_py
+from vzcommon.blockhash import hash_block
+from vzcommon.errors import BusyError
+from vzcommon.vzmap import MapFile
+
+BS = 64 * 1024
+SIZE = 2 * 1024 * 1024
+
+
+def rand(seed: int, n: int = BS) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def first_pass(data_dir: Path, vm: str = "vm") -> dict[str, str]:
+    p = VmPass(data_dir, vm, block_size=BS)
+    p.begin()
+    w, res = p.open_disk("d", SIZE, "", "cid-1")
+    assert res.map_status == MapStatus.EMPTY
+    for i in range(0, SIZE // BS, 3):
+        data = rand(i)
+        w.write_block(i * BS, data, hash_block(data))
+    w.flush()
+    p.commit({"result": "ok"})
+    p.close()
+    return state(data_dir / vm)
+
+
+def state(vdir: Path) -> dict[str, str]:
+    return {p.name: sha256_py(p) for p in sorted(vdir.iterdir()) if p.name.endswith((".vmdk", ".vzmap"))}
+
+
+def start_second_pass(data_dir: Path, vm: str = "vm") -> VmPass:
+    p = VmPass(data_dir, vm, block_size=BS)
+    p.begin()
+    w, res = p.open_disk("d", SIZE + 4 * BS, "", "cid-2")  # grows too
+    assert res.map_status == MapStatus.SENDING
+    for i in range(0, (SIZE + 4 * BS) // BS, 2):
+        data = rand(1000 + i)
+        w.write_block(i * BS, data, hash_block(data))
+    w.write_zeros(3 * BS, BS)
+    w.flush()
+    return p
+
+
+def crash(p: VmPass) -> None:
+    """Simulate a process death: drop file descriptors and the lock without any clean-up."""
+    for w in p.disks.values():
+        for fd in (w._fd, w.builder._fd if w.builder else -1):
+            if fd >= 0:
+                os.close(fd)
+        w._fd = -1
+        if w.builder:
+            w.builder._fd = -1
+        if w._undo:
+            w._undo.close()
+    p._lock.release()
+    p._active = False
+
+
+def test_commit_then_second_pass_rolled_back_after_crash(tmp_path: Path) -> None:
+    before = first_pass(tmp_path)
+    p = start_second_pass(tmp_path)
+    assert state(tmp_path / "vm") != before  # blocks really were overwritten
+    assert (tmp_path / "vm" / "vzundo-script").exists()
+    crash(p)
+    assert "rolled back" in (recover_vm(tmp_path, "vm") or "")
+    assert state(tmp_path / "vm") == before
+    assert recover_vm(tmp_path, "vm") is None  # idempotent: nothing left to do
+    assert not list((tmp_path / "vm").glob("*.vzundo")) and not (tmp_path / "vm" / "vzundo-script").exists()
+
+
+def test_torn_tail_record_is_ignored(tmp_path: Path) -> None:
+    before = first_pass(tmp_path)
+    p = start_second_pass(tmp_path)
+    w = p.disks["d"]
+    # A record that was being appended when the power went: its block was never written.
+    rec = encode_record(5 * BS, RecordKind.DATA, b"\xee" * BS)
+    undo = w.paths.undo
+    good = len(list(read_records(undo)))
+    with open(undo, "ab") as f:
+        f.write(rec[: len(rec) // 2])
+    assert len(list(read_records(undo))) == good
+    crash(p)
+    recover_vm(tmp_path, "vm")
+    assert state(tmp_path / "vm") == before
+
+
+def test_corrupt_record_stops_replay_at_it(tmp_path: Path) -> None:
+    path = tmp_path / "u"
+    from target_agent.storage.undo import UndoLog
+
+    log = UndoLog.create(path, old_size=0, created=False, pass_id="p", disk="d")
+    log.append(encode_record(0, RecordKind.DATA, b"a" * 10) + encode_record(10, RecordKind.ZERO, length=5))
+    log.close()
+    raw = bytearray(path.read_bytes())
+    assert len(list(read_records(path))) == 2
+    raw[HEADER_SIZE + 25] ^= 0xFF  # flip a data byte of the first record
+    path.write_bytes(bytes(raw))
+    assert list(read_records(path)) == []
+
+
+@pytest.mark.parametrize("step", ["after_prepare", "after_commit_point", "after_rename", "after_unlink"])
+def test_crash_at_each_commit_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """Crash between the documented commit steps: recovery gives the old state or the new, never a mix."""
+    before = first_pass(tmp_path)
+    reference = tmp_path / "ref"
+    shutil.copytree(tmp_path / "vm", reference / "vm", ignore=shutil.ignore_patterns(".lock"))
+    p = start_second_pass(tmp_path)
+
+    class Crash(Exception):
+        pass
+
+    def boom(*a, **k):
+        raise Crash
+
+    if step == "after_prepare":
+        monkeypatch.setattr(
+            txn.VmPass, "_journal", lambda self, state, status=None: boom() if state == "committed" else None
+        )
+    elif step == "after_commit_point":
+        monkeypatch.setattr(txn, "roll_forward_disk", boom)
+    elif step == "after_rename":
+        monkeypatch.setattr(
+            txn,
+            "unlink_durable",
+            lambda *a: boom() if any(str(x).endswith("vzundo-script") for x in a) else None,
+        )
+    else:
+        monkeypatch.setattr(txn, "_write_status", boom)
+    with pytest.raises(Crash):
+        p.commit({"result": "ok"})
+    monkeypatch.undo()
+    crash(p)
+    recover_vm(tmp_path, "vm")
+    after = state(tmp_path / "vm")
+    if step == "after_prepare":
+        assert after == before
+    else:
+        assert after != before
+        assert (tmp_path / "vm" / "d-flat.vmdk").stat().st_size == SIZE + 4 * BS
+        m = MapFile.open(tmp_path / "vm" / "d-flat.vmdk.vzmap")  # the new map, checksum valid
+        assert m.header.change_id == "cid-2" and m.header.disk_size == SIZE + 4 * BS
+        m.close()
+    leftovers = [
+        x.name
+        for x in (tmp_path / "vm").iterdir()
+        if x.name.endswith((".next", ".vzundo", "-script", ".vzpass"))
+    ]
+    assert leftovers == []
+
+
+def test_rollback_interrupted_and_repeated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = first_pass(tmp_path)
+    p = start_second_pass(tmp_path)
+    crash(p)
+    paths = ReplicaPaths(tmp_path / "vm", "d")
+    # The first rollback dies after restoring some records (before it could delete the undo log).
+    import target_agent.storage.replica as replica
+
+    real = replica.undo.read_records
+    monkeypatch.setattr(
+        replica.undo, "read_records", lambda path: (r for i, r in enumerate(real(path)) if i < 3)
+    )
+    monkeypatch.setattr(replica, "unlink_durable", lambda *a: (_ for _ in ()).throw(OSError(5, "EIO")))
+    with pytest.raises(OSError):
+        rollback_disk(paths)
+    monkeypatch.undo()
+    recover_vm(tmp_path, "vm")
+    assert state(tmp_path / "vm") == before
+
+
+def test_first_pass_rolled_back_removes_the_new_disk(tmp_path: Path) -> None:
+    p = VmPass(tmp_path, "new", block_size=BS)
+    p.begin()
+    w, _ = p.open_disk("d", SIZE, "", "")
+    w.write_block(0, rand(1), hash_block(rand(1)))
+    w.flush()
+    crash(p)
+    recover_vm(tmp_path, "new")
+    left = [x.name for x in (tmp_path / "new").iterdir() if not x.name.startswith(".")]
+    assert left == ["vzrep-status.json"]  # only the record of the failed pass remains
+    assert txn.vm_status(tmp_path / "new")["last_failure"]
+
+
+def test_second_pass_on_busy_vm_is_refused(tmp_path: Path) -> None:
+    first_pass(tmp_path)
+    p = VmPass(tmp_path, "vm", block_size=BS)
+    p.begin()
+    try:
+        with pytest.raises(BusyError, match="already running"):
+            VmPass(tmp_path, "vm", block_size=BS).begin()
+        # Another VM is not affected.
+        q = VmPass(tmp_path, "other", block_size=BS)
+        q.begin()
+        q.close()
+    finally:
+        p.close()
+
+
+def test_untouched_blocks_are_not_written_and_equal_blocks_skip_undo(tmp_path: Path) -> None:
+    first_pass(tmp_path)
+    p = VmPass(tmp_path, "vm", block_size=BS)
+    p.begin()
+    w, _ = p.open_disk("d", SIZE, "", "")
+    same = rand(0)  # block 0 already holds exactly this
+    w.write_block(0, same, hash_block(same))
+    w.write_zeros(BS, BS)  # block 1 was a hole already
+    w.flush()
+    assert w.stats.blocks_unchanged == 1 and w.stats.undo_bytes == 0 and w.stats.bytes_zeroed == 0
+    p.close()  # closing without commit rolls back
