@@ -16,13 +16,17 @@ import pytest
 from appliance.image.boot import BootedVM
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = Path(os.environ.get("VZREP_APPLIANCE_IMAGE", REPO / "build" / "appliance" / "ova" / "vzrep-disk1.vmdk"))
+# Opt-in: `make appliance-test` sets VZREP_APPLIANCE_IMAGE, so `make test` never boots a stale image.
+IMAGE = Path(os.environ.get("VZREP_APPLIANCE_IMAGE", ""))
 BOOT_TIMEOUT = float(os.environ.get("VZREP_BOOT_TIMEOUT", "600"))
 
 pytestmark = [
     pytest.mark.appliance,
     pytest.mark.slow,
-    pytest.mark.skipif(not IMAGE.exists(), reason=f"no appliance image at {IMAGE}: run `make appliance-test`"),
+    pytest.mark.skipif(
+        not os.environ.get("VZREP_APPLIANCE_IMAGE") or not IMAGE.is_file(),
+        reason="boots the appliance image for minutes: run `make appliance-test`",
+    ),
 ]
 
 ENV = """<?xml version="1.0" encoding="UTF-8"?>
@@ -46,7 +50,10 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
         try:
             vm.wait_for_banner("ssh", BOOT_TIMEOUT)
             ssh_up = time.monotonic() - vm.started
-            banner = vm.wait_for_banner("agent", 120)
+            try:
+                banner = vm.wait_for_banner("agent", 120)
+            except TimeoutError:
+                banner = b""
             agent_up = time.monotonic() - vm.started
             async with asyncssh.connect("127.0.0.1", port=vm.ports["ssh"], username="vzadmin", client_keys=[admin],
                                         known_hosts=None, connect_timeout=60) as conn:
@@ -58,6 +65,7 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
                 failed = await sh("systemctl --failed --no-legend --plain")
                 multi_user = (await sh("systemctl is-active multi-user.target")).strip()
                 agent = (await sh("systemctl is-active vzrep-target.service")).strip()
+                agent_log = await sh("systemctl status --no-pager -n 40 vzrep-target.service 2>&1")
                 hostname = (await sh("hostname")).strip()
                 problems = await sh("cat /etc/vzrep/firstboot-problems.txt")
                 hardening = await sh("systemctl show vzrep-target.service -p ProtectSystem -p NoNewPrivileges "
@@ -73,8 +81,9 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
             print(vm.serial()[-6000:])
             raise
     print(f"\nboot: SSH up after {ssh_up:.0f}s, agent answering after {agent_up:.0f}s under TCG; {analyze}")
-    assert banner.startswith(b"SSH-2.0-")
-    assert multi_user == "active" and agent == "active"
+    assert agent == "active", agent_log
+    assert banner.startswith(b"SSH-2.0-"), agent_log
+    assert multi_user == "active"
     assert state in ("running", "degraded"), state
     assert state == "running", f"failed units: {failed}"
     assert hostname == "smoke-target"
