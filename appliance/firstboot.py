@@ -141,7 +141,14 @@ def _chown_agent_files(layout: Layout) -> None:
     if uid is None:
         return
     gid = pwd.getpwuid(uid).pw_gid
-    for path in (layout.keys_dir, *layout.keys_dir.iterdir(), layout.data_dir):
+    paths = (
+        layout.keys_dir,
+        *layout.keys_dir.iterdir(),
+        layout.data_dir,
+        layout.pairing_dir,
+        *layout.pairing_dir.iterdir(),
+    )
+    for path in paths:
         os.chown(path, uid, gid)
 
 

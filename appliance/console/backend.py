@@ -256,7 +256,7 @@ class Backend:
         output = proc.stdout.read() if proc.stdout else ""
         self.pairing_process = None
         if proc.returncode == 0 and self.systemd:
-            self._run(["systemctl", "try-restart", "vzrep-target.service"])
+            self._run(["systemctl", "restart", "vzrep-target.service"])
         return CommandResult(proc.returncode, output)
 
     def stop_pairing(self) -> None:

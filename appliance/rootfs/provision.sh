@@ -28,7 +28,7 @@ passwd -l vzadmin >/dev/null
 passwd -l root >/dev/null
 install -d -m 0755 -o root -g root /etc/vzrep /var/lib/vzrep
 install -d -m 0750 -o vzrep -g vzrep /var/lib/vzrep/data /var/lib/vzrep/keys
-install -d -m 0700 -o root -g root /var/lib/vzrep/pairing
+install -d -m 0700 -o vzrep -g vzrep /var/lib/vzrep/pairing
 
 # systemd units and hardening.
 install -m 0644 "$STAGE"/systemd/*.service /etc/systemd/system/

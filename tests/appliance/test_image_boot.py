@@ -6,14 +6,20 @@ port, its unit is hardened, and nothing else listens. Takes 2-4 minutes; skipped
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 
 import asyncssh
 import pytest
 
+from appliance import keys
 from appliance.image.boot import BootedVM
+from appliance.pairing import SourcePaired, WrongCode
+from appliance.pairing_net import pair_with_target
+from vzcommon.errors import VzrepError
 
 REPO = Path(__file__).resolve().parents[2]
 # Opt-in: `make appliance-test` sets VZREP_APPLIANCE_IMAGE, so `make test` never boots a stale image.
@@ -29,6 +35,7 @@ pytestmark = [
     ),
 ]
 
+TOKEN = "smoke-test-token-42"
 ENV = """<?xml version="1.0" encoding="UTF-8"?>
 <Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1">
   <PropertySection>
@@ -36,6 +43,7 @@ ENV = """<?xml version="1.0" encoding="UTF-8"?>
     <Property oe:key="vzrep.hostname" oe:value="smoke-target"/>
     <Property oe:key="vzrep.dns" oe:value="10.0.2.3, not-an-ip"/>
     <Property oe:key="vzrep.admin_ssh_key" oe:value="{key}"/>
+    <Property oe:key="vzrep.pairing_token" oe:value="{token}"/>
   </PropertySection>
 </Environment>
 """
@@ -44,12 +52,18 @@ ENV = """<?xml version="1.0" encoding="UTF-8"?>
 async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
     admin = asyncssh.generate_private_key("ssh-ed25519")
     env = tmp_path / "ovfenv.xml"
-    env.write_text(ENV.format(key=admin.export_public_key().decode().strip()))
+    env.write_text(ENV.format(key=admin.export_public_key().decode().strip(), token=TOKEN))
+    source_key = tmp_path / "id_ed25519"
+    client_public = keys.generate(source_key, "smoke-source")
     serial = tmp_path / "serial.log"
     with BootedVM(IMAGE, serial, env) as vm:
         try:
             vm.wait_for_banner("ssh", BOOT_TIMEOUT)
             ssh_up = time.monotonic() - vm.started
+            # Act as a source deployed with the same token: the target's auto-pairing pins our key and
+            # starts its agent.
+            paired = await pair_until_open(vm.ports["pairing"], client_public)
+            pairing_closed = await port_closed(vm.ports["pairing"])
             try:
                 banner = vm.wait_for_banner("agent", 120)
             except TimeoutError:
@@ -72,6 +86,7 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
                                      "-p PrivateTmp -p ReadWritePaths -p User -p Restart")
                 listening = await sh("ss -H -tln")
                 analyze = (await sh("systemd-analyze time")).strip()
+            replicated = await replicate_into(vm.ports["agent"], paired.host_key, source_key, tmp_path)
             with pytest.raises(asyncssh.PermissionDenied):  # password logins are refused
                 async with asyncssh.connect("127.0.0.1", port=vm.ports["ssh"], username="vzadmin",
                                             password="x", client_keys=None, known_hosts=None,
@@ -81,6 +96,8 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
             print(vm.serial()[-6000:])
             raise
     print(f"\nboot: SSH up after {ssh_up:.0f}s, agent answering after {agent_up:.0f}s under TCG; {analyze}")
+    assert pairing_closed, "the pairing port stayed open after pairing"
+    assert replicated in (None, 0), f"vzrep-source pass into the appliance exited {replicated}"
     assert agent == "active", agent_log
     assert banner.startswith(b"SSH-2.0-"), agent_log
     assert multi_user == "active"
@@ -98,3 +115,60 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
         if not host.startswith(("127.", "[::1]", "[::ffff:127.")):
             exposed.add(int(port))
     assert exposed <= {22, 2222, 2223}, listening
+
+
+async def pair_until_open(port: int, client_public: str, timeout: float = 180) -> SourcePaired:
+    """Pair as the source; until the guest's pairing service listens, QEMU accepts and closes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await pair_with_target("127.0.0.1", port, TOKEN, client_public, "smoke-source")
+        except WrongCode:
+            raise
+        except VzrepError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(3)
+
+
+async def port_closed(port: int, timeout: float = 60) -> bool:
+    """True once the guest refuses the port (QEMU's forward then closes the connection at once)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return True
+        try:
+            data = await asyncio.wait_for(reader.read(1), 5)
+        except TimeoutError:
+            data = b"?"
+        writer.close()
+        if data == b"":
+            return True
+        await asyncio.sleep(2)
+    return False
+
+
+async def replicate_into(agent_port: int, host_key: str, identity: Path, tmp_path: Path) -> int | None:
+    """One real `vzrep-source pass` into the appliance over the forwarded agent port (None: no source CLI)."""
+    try:
+        import source_agent.cli  # noqa: F401
+    except ImportError:
+        return None
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(keys.known_hosts_line("127.0.0.1", agent_port, host_key) + "\n")
+    disk = tmp_path / "disk0.raw"
+    with disk.open("wb") as f:
+        f.truncate(4 << 20)
+        f.seek(1 << 20)
+        f.write(os.urandom(128 << 10))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "source_agent.cli", "pass", "--target", f"127.0.0.1:{agent_port}",
+        "--identity", str(identity), "--known-hosts", str(known_hosts), "--vm", "smoke", "--disk", f"disk0={disk}",
+        "--state-dir", str(tmp_path / "state"), "--no-progress", "--json", cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    print(out.decode()[-2000:])
+    return proc.returncode
