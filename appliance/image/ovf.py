@@ -8,6 +8,7 @@ Nobody has imported the result into a real ESXi yet; the descriptor follows what
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
@@ -221,7 +222,11 @@ def make_ova(raw: Path, outdir: Path, hw: Hardware = Hardware()) -> Path:
     """raw disk -> streamOptimized VMDK -> descriptor + manifest -> ``outdir/<name>.ova``."""
     outdir.mkdir(parents=True, exist_ok=True)
     vmdk = outdir / f"{hw.name}-disk1.vmdk"
-    convert_to_stream_vmdk(raw, vmdk)
+    # Convert beside and rename, so a VM still booting the previous image keeps its file.
+    tmp = outdir / f".{vmdk.name}.tmp"
+    tmp.unlink(missing_ok=True)
+    convert_to_stream_vmdk(raw, tmp)
+    os.replace(tmp, vmdk)
     ovf_file = outdir / f"{hw.name}.ovf"
     ovf_file.write_bytes(descriptor(vmdk.name, vmdk.stat().st_size, raw.stat().st_size, hw))
     mf_file = outdir / f"{hw.name}.mf"
