@@ -14,6 +14,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import warnings
@@ -79,7 +80,7 @@ class NetworkSettings:
 class Backend:
     layout: Layout = field(default_factory=Layout)
     agent_cli: dict[str, list[str]] = field(
-        default_factory=lambda: {"target": ["vzrep-target"], "source": ["vzrep-source"]}
+        default_factory=lambda: {"target": [_sibling("vzrep-target")], "source": [_sibling("vzrep-source")]}
     )
     systemd: bool = True  # False in tests on a temporary root: no systemctl/networkctl/journalctl
     pairing_listen: str | None = None  # HOST:PORT for the target's pairing port (default: all, 2223)
@@ -344,6 +345,12 @@ class Backend:
             return path.read_text()
         except OSError:
             return ""
+
+
+def _sibling(command: str) -> str:
+    """The agent CLI installed beside this Python (the appliance's venv is not on getty's PATH)."""
+    candidate = Path(sys.executable).parent / command
+    return str(candidate) if candidate.exists() else command
 
 
 def _add_text(tar: tarfile.TarFile, name: str, text: str) -> None:

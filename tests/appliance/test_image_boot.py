@@ -81,6 +81,7 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
                 agent = (await sh("systemctl is-active vzrep-target.service")).strip()
                 agent_log = await sh("systemctl status --no-pager -n 40 vzrep-target.service 2>&1")
                 hostname = (await sh("hostname")).strip()
+                console = await sh("systemctl is-active getty@tty1.service; pgrep -a -f appliance.console")
                 problems = await sh("cat /etc/vzrep/firstboot-problems.txt")
                 hardening = await sh("systemctl show vzrep-target.service -p ProtectSystem -p NoNewPrivileges "
                                      "-p PrivateTmp -p ReadWritePaths -p User -p Restart")
@@ -104,6 +105,7 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
     assert state in ("running", "degraded"), state
     assert state == "running", f"failed units: {failed}"
     assert hostname == "smoke-target"
+    assert console.startswith("active") and "appliance.console" in console, console
     assert "not-an-ip" in problems
     for expected in ("ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                      "ReadWritePaths=/var/lib/vzrep/data", "User=vzrep", "Restart=on-failure"):
