@@ -33,6 +33,7 @@ async def test_full_then_incremental_passes(target: Target, tmp_path: Path) -> N
     state = tmp_path / "state"
     r1 = await replicate(target.spec(), "vm1", [src], state)
     assert r1.ok and r1.disks[0].blocks_changed == 300 and r1.disks[0].map_status == "empty"
+    assert r1.disks[0].bytes_read == 300 * BS  # holes of the sparse source were never read
     qemu_compare(src, target.vm("vm1") / "disk0.vmdk")
     assert sha256(src) == sha256(flat(target, "vm1", "disk0"))
     # The replica is thin: only the data blocks are allocated.
@@ -197,3 +198,33 @@ def test_cli_subprocess_pass_json(tmp_path: Path, session_keys) -> None:
         assert status["vms"][0]["pending_rollback"] is False
     finally:
         assert tp.stop() == 0
+
+
+async def test_several_vms_at_once_and_a_second_pass_for_a_busy_vm(target: Target, tmp_path: Path) -> None:
+    import asyncio
+
+    from vzcommon.errors import BusyError, ExitCode, VzrepError
+
+    a = make_image(tmp_path / "a.img", 32 * MiB, data_blocks=300, seed=1)
+    b = make_image(tmp_path / "b.img", 32 * MiB, data_blocks=300, seed=2)
+    ra, rb = await asyncio.gather(
+        replicate(target.spec(), "vma", [a], tmp_path / "sa"), replicate(target.spec(), "vmb", [b], tmp_path / "sb")
+    )
+    assert ra.ok and rb.ok
+    qemu_compare(a, target.vm("vma") / "a.vmdk")
+    qemu_compare(b, target.vm("vmb") / "b.vmdk")
+    # A pass for a VM that already has one running is refused with a clear error over the wire.
+    from target_agent.storage.transaction import VmPass
+
+    running = VmPass(target.data_dir, "vma", block_size=BS)
+    running.begin()
+    try:
+        with pytest.raises(VzrepError, match="already running") as exc:
+            await replicate(target.spec(), "vma", [a], tmp_path / "sa")
+        assert exc.value.exit_code == ExitCode.BUSY == BusyError.exit_code
+    finally:
+        running.close()
+    change_blocks(a, 3)
+    r = await replicate(target.spec(), "vma", [a], tmp_path / "sa")  # and works once the VM is free
+    assert r.disks[0].blocks_changed == 3
+    qemu_compare(a, target.vm("vma") / "a.vmdk")
