@@ -1,7 +1,7 @@
 """The programs a benchmark runs and how they are measured: a throwaway sshd, dd | ssh, rsync, vzrep.
 
-Every measured run is a subprocess. Peak RSS comes from the kernel: ``wait4`` gives a child's
-``ru_maxrss``, and for processes we do not reap (the sshd session, ``cat``, rsync's server side,
+Every measured run is a subprocess. Peak RSS comes from the kernel: ``/usr/bin/time`` reports a
+child's ``ru_maxrss`` (see :func:`timed`), and for processes we do not reap (the sshd session, ``cat``, rsync's server side,
 the long-running target agent) a poller reads ``VmHWM`` (the process's own peak RSS) from
 ``/proc/PID/status`` of every descendant of a root process. All traffic stays on 127.0.0.1.
 """
@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -141,40 +142,40 @@ class Finished:
     returncode: int
     stdout: bytes
     stderr: bytes
-    max_rss: int  # bytes (wait4 ru_maxrss)
+    max_rss: int  # bytes
     seconds: float
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None) -> Finished:
-    """Run a command to completion; its wall time and peak RSS (from wait4)."""
+def timed(cmd: list[str], rss_file: Path) -> list[str]:
+    """``cmd`` under ``/usr/bin/time``, which writes its peak RSS (KiB) to ``rss_file``.
+
+    Not ``wait4`` from here: Python spawns children with vfork, and Linux carries the parent's
+    high-water RSS across exec into the child's ``ru_maxrss``; ``time`` is a small C parent.
+    """
+    return [tool("time"), "-f", "%M", "-o", str(rss_file), *cmd]
+
+
+def read_rss(rss_file: Path) -> int:
+    try:
+        lines = [ln for ln in rss_file.read_text().split("\n") if ln.strip().isdigit()]
+    finally:
+        rss_file.unlink(missing_ok=True)
+    return int(lines[-1]) * 1024 if lines else 0
+
+
+def rss_path() -> Path:
+    fd, name = tempfile.mkstemp(prefix="vzrep-bench-rss-")
+    os.close(fd)
+    return Path(name)
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Finished:
+    """Run a command to completion; its wall time and peak RSS (of it and its reaped children)."""
+    rss = rss_path()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    out, err = _drain(proc)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Finished(proc.returncode, out, err, usage.ru_maxrss * 1024, time.perf_counter() - t0)
-
-
-def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """Read stdout and stderr to EOF without reaping the process (wait4 does that)."""
-    chunks: dict[str, list[bytes]] = {"out": [], "err": []}
-
-    def pump(stream: Any, key: str) -> None:
-        for block in iter(lambda: stream.read(65536), b""):
-            chunks[key].append(block)
-        stream.close()
-
-    threads = [
-        threading.Thread(target=pump, args=(proc.stdout, "out")),
-        threading.Thread(target=pump, args=(proc.stderr, "err")),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return b"".join(chunks["out"]), b"".join(chunks["err"])
+    proc = subprocess.run(timed(cmd, rss), capture_output=True, env=env)
+    seconds = time.perf_counter() - t0
+    return Finished(proc.returncode, proc.stdout, proc.stderr, read_rss(rss), seconds)
 
 
 # ---------------------------------------------------------------- OpenSSH peer
@@ -280,24 +281,25 @@ def ssh_transferred(stderr: bytes) -> tuple[int, int]:
 def dd_ssh(sshd: Sshd, image: Path, dest: Path) -> dict[str, Any]:
     """``dd if=IMAGE bs=1M | ssh -c aes256-gcm@openssh.com 127.0.0.1 'cat > DEST'``."""
     assert sshd.proc is not None
+    rss_dd, rss_ssh = rss_path(), rss_path()
     with TreeRss(sshd.proc.pid) as remote:
         t0 = time.perf_counter()
         dd = subprocess.Popen(
-            [tool("dd"), f"if={image}", "bs=1M", "status=none"], stdout=subprocess.PIPE
+            timed([tool("dd"), f"if={image}", "bs=1M", "status=none"], rss_dd), stdout=subprocess.PIPE
         )
         ssh = subprocess.Popen(
-            [*sshd.ssh_args(), "127.0.0.1", f"cat > {dest}"],
+            timed([*sshd.ssh_args(), "127.0.0.1", f"cat > {dest}"], rss_ssh),
             stdin=dd.stdout,
             stderr=subprocess.PIPE,
         )
         assert dd.stdout is not None
         dd.stdout.close()
-        err = ssh.stderr.read() if ssh.stderr else b""
-        _, st_ssh, ru_ssh = os.wait4(ssh.pid, 0)
-        _, st_dd, ru_dd = os.wait4(dd.pid, 0)
+        _, err = ssh.communicate()
+        dd.wait()
         seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(st_ssh) or os.waitstatus_to_exitcode(st_dd):
+    if ssh.returncode or dd.returncode:
         raise RuntimeError(f"dd | ssh failed: {err.decode(errors='replace')[-800:]}")
+    ru_ssh, ru_dd = read_rss(rss_ssh), read_rss(rss_dd)
     sent, recv = ssh_transferred(err)
     size = image.stat().st_size
     server = remote.by_name()
@@ -308,8 +310,8 @@ def dd_ssh(sshd: Sshd, image: Path, dest: Path) -> dict[str, Any]:
         "app_bytes_received": 0,
         "ssh_bytes_sent": sent,
         "ssh_bytes_received": recv,
-        "rss_source": max(ru_ssh.ru_maxrss, ru_dd.ru_maxrss) * 1024,
-        "rss_source_detail": {"ssh": ru_ssh.ru_maxrss * 1024, "dd": ru_dd.ru_maxrss * 1024},
+        "rss_source": max(ru_ssh, ru_dd),
+        "rss_source_detail": {"ssh": ru_ssh, "dd": ru_dd},
         "rss_target": max(server.values(), default=0),
         "rss_target_detail": server,
     }
@@ -341,7 +343,7 @@ def rsync(sshd: Sshd, image: Path, dest: Path) -> dict[str, Any]:
         "app_bytes_received": _num(_RSYNC_RECV.search(done.stdout)),
         "ssh_bytes_sent": sent,
         "ssh_bytes_received": recv,
-        # wait4 covers the rsync client and its ssh child (RUSAGE of the reaped tree's largest member)
+        # /usr/bin/time: the largest of the rsync client and its ssh child (reaped descendants count)
         "rss_source": done.max_rss,
         "rss_target": max(server.values(), default=0),
         "rss_target_detail": server,
