@@ -90,25 +90,7 @@ def test_sigkill_target_mid_pass_then_restart(tmp_path: Path, session_keys: Keys
     src = make_image(tmp_path / "d.img", 96 * MiB, data_blocks=600)
     tp = TargetProcess(data, session_keys, tmp_path / "target.log").start()
     state = tmp_path / "state"
-    kh = session_keys.known_hosts(tp.port, "kh-kill")
-    base = [
-        ".venv/bin/vzrep-source",
-        "pass",
-        "--target",
-        f"127.0.0.1:{tp.port}",
-        "--identity",
-        str(session_keys.client_key),
-        "--known-hosts",
-        str(kh),
-        "--vm",
-        "k",
-        "--disk",
-        str(src),
-        "--state-dir",
-        str(state),
-        "--compress",
-        "none",
-    ]
+    base = tp.source_cmd("k", src, state, "--compress", "none")
     subprocess.run(base, check=True, capture_output=True)
     before = snapshot(data / "k")
     change_blocks(src, 1200, seed=41)  # ~75 MiB of changes: the pass takes a while
@@ -141,25 +123,7 @@ def test_undo_script_rolls_back_by_hand(tmp_path: Path, session_keys: Keys) -> N
     data = tmp_path / "data"
     src = make_image(tmp_path / "d.img", 64 * MiB, data_blocks=300)
     tp = TargetProcess(data, session_keys, tmp_path / "t.log").start()
-    kh = session_keys.known_hosts(tp.port, "kh-script")
-    base = [
-        ".venv/bin/vzrep-source",
-        "pass",
-        "--target",
-        f"127.0.0.1:{tp.port}",
-        "--identity",
-        str(session_keys.client_key),
-        "--known-hosts",
-        str(kh),
-        "--vm",
-        "s",
-        "--disk",
-        str(src),
-        "--state-dir",
-        str(tmp_path / "st"),
-        "--compress",
-        "none",
-    ]
+    base = tp.source_cmd("s", src, tmp_path / "st", "--compress", "none")
     subprocess.run(base, check=True, capture_output=True)
     before = snapshot(data / "s")
     change_blocks(src, 900, seed=5)

@@ -167,24 +167,7 @@ def test_cli_subprocess_pass_json(tmp_path: Path, session_keys) -> None:
     src = make_image(tmp_path / "disk.img", 8 * MiB, data_blocks=30)
     tp = TargetProcess(tmp_path / "data", session_keys, tmp_path / "target.log").start()
     try:
-        kh = session_keys.known_hosts(tp.port, "kh-cli")
-        cmd = [
-            ".venv/bin/vzrep-source",
-            "pass",
-            "--target",
-            f"127.0.0.1:{tp.port}",
-            "--identity",
-            str(session_keys.client_key),
-            "--known-hosts",
-            str(kh),
-            "--vm",
-            "clivm",
-            "--disk",
-            f"boot={src}",
-            "--json",
-            "--state-dir",
-            str(tmp_path / "st"),
-        ]
+        cmd = tp.source_cmd("clivm", f"boot={src}", tmp_path / "st", "--json")
         res = run(*cmd, check=False)
         assert res.returncode == 0, res.stderr
         report = json.loads(res.stdout)
@@ -208,7 +191,8 @@ async def test_several_vms_at_once_and_a_second_pass_for_a_busy_vm(target: Targe
     a = make_image(tmp_path / "a.img", 32 * MiB, data_blocks=300, seed=1)
     b = make_image(tmp_path / "b.img", 32 * MiB, data_blocks=300, seed=2)
     ra, rb = await asyncio.gather(
-        replicate(target.spec(), "vma", [a], tmp_path / "sa"), replicate(target.spec(), "vmb", [b], tmp_path / "sb")
+        replicate(target.spec(), "vma", [a], tmp_path / "sa"),
+        replicate(target.spec(), "vmb", [b], tmp_path / "sb"),
     )
     assert ra.ok and rb.ok
     qemu_compare(a, target.vm("vma") / "a.vmdk")

@@ -136,6 +136,29 @@ class TargetProcess:
         self.port = int(ready.read_text())
         return self
 
+    def source_cmd(self, vm: str, disk: str | Path, state_dir: Path, *extra: str) -> list[str]:
+        """The `vzrep-source pass` command line against this target (keys pinned for its port)."""
+        kh = self.keys.known_hosts(self.port, f"kh-{self.port}")
+        return [
+            sys.executable,
+            "-m",
+            "source_agent.cli",
+            "pass",
+            "--target",
+            f"127.0.0.1:{self.port}",
+            "--identity",
+            str(self.keys.client_key),
+            "--known-hosts",
+            str(kh),
+            "--vm",
+            vm,
+            "--disk",
+            str(disk),
+            "--state-dir",
+            str(state_dir),
+            *extra,
+        ]
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
