@@ -8,12 +8,12 @@ APT_STAMP := .apt-done
 # Debian packages the core needs (others are added by the fragments in mk/).
 APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync
 
-.PHONY: all demo test lint typecheck unit fuzz bench clean sysdeps venv
+.PHONY: all demo test lint typecheck unit fuzz bench clean sysdeps sysdeps-core venv
 
 all: test
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || python3 -m venv $(VENV) || { $(MAKE) --no-print-directory APT_PACKAGES=python3-venv EXTRA_APT_PACKAGES= sysdeps && python3 -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Install the system tools that are missing; `apt-get update` runs once, before the first install.
+# `make demo` needs only the core tools; the test suite also needs the areas' (EXTRA_APT_PACKAGES).
+sysdeps-core:
+	@$(MAKE) --no-print-directory sysdeps EXTRA_APT_PACKAGES=
+
 sysdeps:
 	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -31,7 +35,7 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-demo: sysdeps venv
+demo: sysdeps-core venv
 	$(PY) -m bench.demo
 
 lint: venv

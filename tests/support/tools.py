@@ -19,7 +19,10 @@ def need(tool: str) -> str:
 
 
 def run(*cmd: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], check=check, capture_output=True, text=True)
+    argv = [str(c) for c in cmd]
+    if "/" not in argv[0]:
+        argv[0] = need(argv[0])  # finds /usr/sbin tools even when PATH lacks it
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
 def qemu_compare(a: Path, b: Path) -> None:
