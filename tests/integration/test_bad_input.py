@@ -173,24 +173,26 @@ async def test_vm_name_with_dot_dot(target: Target, tmp_path: Path) -> None:
     assert not target.data_dir.exists() or not any(target.data_dir.iterdir())
 
 
-async def test_wrong_client_key(target: Target, tmp_path: Path) -> None:
+async def test_wrong_client_key(target: Target, victim: dict[str, str], tmp_path: Path) -> None:
     generate(tmp_path / "stranger")
     spec = target.spec()
     spec = TargetSpec(spec.host, spec.port, tmp_path / "stranger", spec.known_hosts)
     with pytest.raises(AuthError, match="refused our key"):
         await open_tunnel(spec)
+    assert snapshot(target.vm("victim")) == victim
 
 
-async def test_wrong_host_key(target: Target, tmp_path: Path) -> None:
+async def test_wrong_host_key(target: Target, victim: dict[str, str], tmp_path: Path) -> None:
     pub, _ = generate(tmp_path / "impostor")
     kh = tmp_path / "kh"
     kh.write_text(known_hosts_line("127.0.0.1", target.port, pub))
     spec = target.spec()
     with pytest.raises(HostKeyError, match="not the one pinned"):
         await open_tunnel(TargetSpec(spec.host, spec.port, spec.identity, kh))
+    assert snapshot(target.vm("victim")) == victim
 
 
-async def test_client_offering_only_aes128_is_refused(target: Target) -> None:
+async def test_client_offering_only_aes128_is_refused(target: Target, victim: dict[str, str]) -> None:
     spec = target.spec()
     with pytest.raises(asyncssh.KeyExchangeFailed):
         await asyncssh.connect(
@@ -203,6 +205,7 @@ async def test_client_offering_only_aes128_is_refused(target: Target) -> None:
             config=[],
             agent_path=None,
         )
+    assert snapshot(target.vm("victim")) == victim
 
 
 async def test_target_offering_only_aes128_is_refused(tmp_path: Path, session_keys: Keys) -> None:
