@@ -43,6 +43,10 @@ systemctl enable vzrep-firstboot.service vzrep-target.service vzrep-pairing.serv
 systemctl disable networking.service >/dev/null 2>&1 || true
 systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1 || true
 
+# Nothing listens but SSH, the agent and (while pairing) the pairing port: no LLMNR/mDNS responder.
+install -d /etc/systemd/resolved.conf.d
+printf '[Resolve]\nLLMNR=no\nMulticastDNS=no\n' > /etc/systemd/resolved.conf.d/vzrep.conf
+
 # DHCP on every Ethernet port until first boot writes the deployment's network config.
 install -d /etc/systemd/network
 cat > /etc/systemd/network/90-vzrep-default.network <<'NET'
