@@ -25,6 +25,7 @@ from .images import ChangeSet, build_mixed
 from .peers import GiB, MiB
 
 Table = tuple[str, list[str], list[list[str]]]
+CONCLUSIONS = "## Conclusions"
 
 
 def mib(n: float) -> str:
@@ -162,7 +163,7 @@ def markdown(tabs: list[Table], rep: dict[str, Any]) -> str:
     ]
     for title, head, rows in tabs:
         lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -257,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(rep, indent=2, default=str))
     print(f"figures: {args.json}")
     if args.results:
-        args.results.write_text(markdown(tabs, rep))
+        # keep the hand-written conclusions (everything from "## Conclusions" on) across reruns
+        old = args.results.read_text() if args.results.exists() else ""
+        keep = old[old.index(CONCLUSIONS) :] if CONCLUSIONS in old else ""
+        args.results.write_text(markdown(tabs, rep) + ("\n" + keep if keep else ""))
         print(f"tables: {args.results}")
     return 0
 

@@ -22,7 +22,7 @@ from .images import BLOCK, ChangeSet, build_text_ext4, mixed_sample, real_text
 from .peers import MiB
 
 # asyncssh's own defaults are 2 MiB / 32 KiB; vzrep ships 16 MiB / 256 KiB (tunnel_policy).
-WINDOWS = [(2 << 20, 32 << 10), (16 << 20, 32 << 10), (16 << 20, 256 << 10), (64 << 20, 256 << 10), (4 << 20, 128 << 10)]
+WINDOWS = [(2 << 20, 32 << 10), (16 << 20, 32 << 10), (16 << 20, 256 << 10), (64 << 20, 256 << 10)]
 WINDOWS_QUICK = [(2 << 20, 32 << 10), (16 << 20, 256 << 10)]
 BLOCK_SIZES = ["64K", "256K", "1M", "4M"]
 
