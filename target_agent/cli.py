@@ -24,6 +24,7 @@ from vzcommon.log import setup_logging
 from .server import Stream, start_server
 from .session import TargetSession
 from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir, vm_status
+from .vsphere.cli import add_serve_arguments, settings_from_args
 
 log = structlog.get_logger("vzrep.target")
 
@@ -38,7 +39,13 @@ def parse_listen(value: str) -> tuple[str, int]:
 async def serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    recovered = await asyncio.to_thread(recover_all, data_dir)  # before accepting any work
+    replicas = settings_from_args(args)
+    recovered: dict[str, str] = {}
+    if replicas is not None:  # re-attach the replica disks of interrupted passes and roll them back
+        from .vsphere.job import recover_devices
+
+        recovered.update(await recover_devices(replicas, data_dir))
+    recovered.update(await asyncio.to_thread(recover_all, data_dir))  # before accepting any work
     for vm, what in recovered.items():
         log.warning("startup_recovery", vm=vm, what=what)
     sessions: set[asyncio.Task[None]] = set()
@@ -48,7 +55,7 @@ async def serve(args: argparse.Namespace) -> int:
         assert task is not None
         sessions.add(task)
         try:
-            await TargetSession(data_dir, peer).run(stream)
+            await TargetSession(data_dir, peer, replicas=replicas).run(stream)
         finally:
             sessions.discard(task)
 
@@ -122,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ready-file", type=Path, help="write the bound port here once listening (for scripts and tests)"
     )
+    add_serve_arguments(p)
     p.set_defaults(func=lambda a: asyncio_run(serve(a)))
     p = sub.add_parser("rollback", help="roll back an interrupted pass of a VM (safe to repeat)")
     p.add_argument("--data-dir", type=Path, required=True)

@@ -5,6 +5,11 @@ events into storage operations. Blocks are verified (decompressed, length and ha
 written in batches in a worker thread, one batch in flight while the next is received, so receiving
 and writing overlap and memory stays bounded. Any failure rolls the pass back (shielded from
 cancellation) and is reported to the source as an ERROR with an exit code.
+
+With a vSphere target (``replicas``), the pass writes the replica VM's disks HotAdded to this
+appliance (``target_agent.vsphere.job``): they are attached at HELLO, written through the same core
+writer (device-backed), rolled back through ``.vzundo`` while still attached, detached at the end, and
+a restore point is taken after a commit -- before COMMITTED is sent.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import zstandard
@@ -46,6 +51,9 @@ from vzcommon.vzmap import entries_for
 from .server import Stream
 from .storage.replica import DiskWriter
 from .storage.transaction import VmPass
+
+if TYPE_CHECKING:  # the vSphere area (and pyVmomi) is imported only when a vCenter is configured
+    from .vsphere.job import ReplicaPass, ReplicaSettings
 
 log = structlog.get_logger("vzrep.target.session")
 
@@ -85,9 +93,16 @@ def _apply_batch(ops: list[Op]) -> None:
 
 class TargetSession:
     def __init__(
-        self, data_dir: Path, peer: str, *, on_pass_end: Callable[[dict[str, Any]], None] | None = None
+        self,
+        data_dir: Path,
+        peer: str,
+        *,
+        on_pass_end: Callable[[dict[str, Any]], None] | None = None,
+        replicas: ReplicaSettings | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.replicas = replicas
+        self.replica: ReplicaPass | None = None
         self.peer = peer
         self.conn = TargetConnection()
         self.vm_pass: VmPass | None = None
@@ -194,6 +209,11 @@ class TargetSession:
         self.vm_pass = vm_pass
         if recovered:
             log.warning("recovered_before_pass", vm=msg.vm, what=recovered)
+        if self.replicas is not None:
+            from .vsphere.job import ReplicaPass
+
+            self.replica = ReplicaPass(self.replicas, msg.vm, vm_pass.vdir)
+            await self.replica.start()
         log.info(
             "pass_started", vm=msg.vm, peer=self.peer, pass_id=vm_pass.pass_id, block_size=msg.block_size
         )
@@ -201,8 +221,12 @@ class TargetSession:
 
     async def _open_disk(self, msg: OpenDisk) -> None:
         assert self.vm_pass is not None
+        kw: dict[str, Any] = {}
+        if self.replica is not None:
+            dev = self.replica.device(msg.name, msg.size)
+            kw = {"device": dev.path, "device_info": dev.info, "fresh": dev.fresh}
         writer, result = await asyncio.to_thread(
-            self.vm_pass.open_disk, msg.name, msg.size, msg.cached_generation, msg.change_id
+            self.vm_pass.open_disk, msg.name, msg.size, msg.cached_generation, msg.change_id, **kw
         )
         self.writers[msg.disk_id] = writer
         for note in result.notes:
@@ -265,8 +289,13 @@ class TargetSession:
             for w in self.writers.values()
         }
         generation = await asyncio.shield(asyncio.to_thread(self.vm_pass.commit, summary))
+        pass_id = self.vm_pass.pass_id
         await asyncio.to_thread(self.vm_pass.close)
         self.vm_pass = None
+        if self.replica is not None:  # detach, then the restore point (the data is committed)
+            replica, self.replica = self.replica, None
+            notes = await replica.finish(pass_id)
+            log.info("replica_pass_done", events=replica.events, notes=notes)
         log.info(
             "pass_committed",
             peer=self.peer,
@@ -286,12 +315,20 @@ class TargetSession:
             except BaseException as late:  # the batch's own failure is part of the same story
                 log.info("batch_failed_during_abort", error=str(late))
         rolled = "no pass was started"
-        if self.vm_pass is not None:
-            try:
-                rolled = await asyncio.to_thread(self.vm_pass.rollback)
-            finally:
-                await asyncio.to_thread(self.vm_pass.close)
-                self.vm_pass = None
+        try:
+            if self.vm_pass is not None:
+                try:
+                    rolled = await asyncio.to_thread(self.vm_pass.rollback)
+                finally:
+                    await asyncio.to_thread(self.vm_pass.close)
+                    self.vm_pass = None
+        finally:
+            if self.replica is not None:  # rolled back above while attached; now detach
+                replica, self.replica = self.replica, None
+                try:
+                    await replica.finish(None)
+                except VzrepError as late:
+                    log.error("replica_detach_failed", error=str(late))
         if isinstance(exc, VzrepError):
             code, text = exc.exit_code, str(exc)
         elif isinstance(exc, OSError):

@@ -7,12 +7,21 @@ Files of disk ``NAME`` in ``DATA_DIR/<vm>/``:
 * ``NAME-flat.vmdk.vzmap`` -- block hashes as of the last committed pass
 * ``NAME-flat.vmdk.vzundo`` -- original bytes of blocks this pass overwrote (exists only during a pass)
 * ``*.next`` -- descriptor and map of the pass being committed (exist only during a commit)
+
+**Device-backed replicas** (vSphere jobs): the flat bytes live in a given ``device`` -- the replica
+VM's disk HotAdded to the target appliance (a block device), or its ``-flat.vmdk`` on a datastore the
+appliance mounts (vcsim in the tests). vSphere owns that disk's descriptor, so none is written, and a
+device is never created, unlinked or truncated: growth happens in vSphere before the pass (the
+adapter extends the disk), and the undo header still records the old size. Map, undo log and journal
+stay in ``DATA_DIR/<vm>/`` under the same names, so recovery finds them; the journal records the
+device (see ``transaction``).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +48,7 @@ FLUSH_BYTES = 16 << 20
 class ReplicaPaths:
     vm_dir: Path
     disk: str
+    device: Path | None = None  # device-backed replica: the flat bytes live here (module docstring)
 
     @property
     def descriptor(self) -> Path:
@@ -46,7 +56,7 @@ class ReplicaPaths:
 
     @property
     def flat(self) -> Path:
-        return self.vm_dir / f"{self.disk}-flat.vmdk"
+        return self.device if self.device is not None else self.vm_dir / f"{self.disk}-flat.vmdk"
 
     @property
     def map(self) -> Path:
@@ -105,7 +115,7 @@ def trusted_map(paths: ReplicaPaths, size: int, block_size: int, notes: list[str
         reason = f"block size changed from {h.block_size} to {block_size}"
     elif h.disk_size != size:
         reason = f"map describes {h.disk_size} bytes, the replica has {size}"
-    else:
+    elif paths.device is None:  # a device's descriptor (and its CID) belongs to vSphere
         try:
             cid = read_descriptor(paths.descriptor).cid
         except InputError:
@@ -121,6 +131,27 @@ def trusted_map(paths: ReplicaPaths, size: int, block_size: int, notes: list[str
         log.warning("map_not_trusted", disk=paths.disk, reason=reason)
         return None
     return m
+
+
+def device_size(path: Path) -> int:
+    """Size of a device or file (``st_size`` is 0 for a block device, so seek to its end)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def _zero_range(fd: int, offset: int, length: int, *, block_device: bool) -> None:
+    """Make a range read as zeros: punch a hole in a file; write zeros to a block device (a discard
+    is not guaranteed to read back as zeros there)."""
+    if not block_device:
+        punch_hole(fd, offset, length)
+        return
+    zeros = zero_block(min(length, 1 << 20))
+    end = offset + length
+    while offset < end:
+        offset += os.pwrite(fd, zeros[: min(len(zeros), end - offset)], offset)
 
 
 def hash_replica(fd: int, size: int, block_size: int, builder: MapBuilder) -> None:
@@ -147,7 +178,14 @@ class DiskWriter:
     """Writes one disk of a pass: undo first, then the block, then the new map entry."""
 
     def __init__(
-        self, paths: ReplicaPaths, *, size: int, block_size: int, pass_id: str, change_id: str
+        self,
+        paths: ReplicaPaths,
+        *,
+        size: int,
+        block_size: int,
+        pass_id: str,
+        change_id: str,
+        fresh: bool = False,
     ) -> None:
         self.paths = paths
         self.size = size
@@ -157,6 +195,10 @@ class DiskWriter:
         self.stats = WriteStats()
         self.old_size = 0
         self.created = False
+        #: device-backed: the device is known to read as zeros (a disk created for this replica in this
+        #: pass), so it is neither hashed nor reported as holding data
+        self.fresh = fresh
+        self._block_device = False
         self.builder: MapBuilder | None = None
         self._undo: UndoLog | None = None
         self._fd = -1
@@ -171,7 +213,21 @@ class DiskWriter:
         """Check the replica and its map, then create the undo log and size the flat extent."""
         p = self.paths
         exists = p.flat.exists()
-        self.old_size = p.flat.stat().st_size if exists else 0
+        if p.device is not None:
+            if not exists:
+                raise StorageError(
+                    f"the device {p.device} of replica disk {p.disk!r} is gone (was it detached?);"
+                    " the pass is rolled back"
+                )
+            self.old_size = device_size(p.device)
+            self._block_device = stat.S_ISBLK(p.device.stat().st_mode)
+            if self.size > self.old_size:
+                raise StorageError(
+                    f"replica disk {p.disk!r} ({p.device}) has {self.old_size} bytes, the source disk"
+                    f" {self.size}: the replica's vSphere disk must be extended first"
+                )
+        else:
+            self.old_size = p.flat.stat().st_size if exists else 0
         self.created = not exists
         if exists and self.size < self.old_size:
             raise InputError(
@@ -180,9 +236,20 @@ class DiskWriter:
             )
         result = OpenResult(MapStatus.EMPTY, "", "", self.old_size)
         try:
-            base = trusted_map(p, self.old_size, self.block_size, result.notes) if exists else None
+            base = (
+                trusted_map(p, self.old_size, self.block_size, result.notes)
+                if exists and not self.fresh
+                else None
+            )
             self.builder = MapBuilder(p.map_next, self.block_size, self.size, base)
-            if base is not None:
+            if base is None and self.fresh:
+                self.builder.fill(0, entries_for(self.size, self.block_size), zero_hash(self.block_size))
+                if self.size % self.block_size:
+                    self.builder.set_range(
+                        self.size // self.block_size, zero_hash(self.size % self.block_size)
+                    )
+                result.replica_size = 0  # a new, empty replica: the source may read allocated areas only
+            elif base is not None:
                 result.generation = base.header.generation
                 result.stored_change_id = base.header.change_id
                 result.map_status = (
@@ -197,10 +264,10 @@ class DiskWriter:
             self._undo = UndoLog.create(
                 p.undo, old_size=self.old_size, created=self.created, pass_id=self.pass_id, disk=p.disk
             )
-            self._fd = os.open(p.flat, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(p.flat, os.O_RDWR | (0 if p.device is not None else os.O_CREAT), 0o644)
             if self.created:
                 fsync_dir(p.vm_dir)
-            if self.size > self.old_size:
+            if self.size > self.old_size and p.device is None:
                 os.ftruncate(self._fd, self.size)  # sparse growth; rollback truncates to old_size
         except OSError as exc:
             raise _storage_error(exc, f"cannot prepare replica disk {p.disk!r}") from None
@@ -281,7 +348,7 @@ class DiskWriter:
                 self.stats.undo_bytes += len(records)
             for offset, what in self._pending_writes:
                 if isinstance(what, int):
-                    punch_hole(self._fd, offset, what)
+                    _zero_range(self._fd, offset, what, block_device=self._block_device)
                 else:
                     view = memoryview(what)
                     pos = offset
@@ -304,8 +371,9 @@ class DiskWriter:
         cid = secrets.randbits(32) or 1
         try:
             os.fsync(self._fd)
-            text = render_flat_descriptor(self.paths.flat.name, self.size, cid)
-            write_durable(self.paths.descriptor_next, text.encode())
+            if self.paths.device is None:  # vSphere owns a device's descriptor
+                text = render_flat_descriptor(self.paths.flat.name, self.size, cid)
+                write_durable(self.paths.descriptor_next, text.encode())
             self.builder.finish(generation=generation, cid=cid, change_id=self.change_id)
         except OSError as exc:
             raise _storage_error(exc, f"cannot commit replica disk {self.paths.disk!r}") from None
@@ -329,7 +397,7 @@ def rollback_disk(paths: ReplicaPaths) -> str:
             head = undo.read_header(paths.undo)
         except (IntegrityError, OSError):
             head = None  # the log's header never became durable, so the replica was never touched
-        if head is not None and head.created:
+        if head is not None and head.created and paths.device is None:
             unlink_durable(paths.flat, paths.descriptor)
             done = "removed the disk this pass had created"
         elif head is not None:
@@ -337,16 +405,23 @@ def rollback_disk(paths: ReplicaPaths) -> str:
             try:
                 fd = os.open(paths.flat, os.O_RDWR)
             except FileNotFoundError:
+                if paths.device is not None:  # keep the undo log: the device may come back
+                    raise StorageError(
+                        f"cannot roll back replica disk {paths.disk!r}: its device {paths.device} is not"
+                        " there; re-attach the disk and roll back again (rollback is safe to repeat)"
+                    ) from None
                 fd = -1
             if fd >= 0:
                 try:
+                    block_device = stat.S_ISBLK(os.fstat(fd).st_mode)
                     for rec in undo.read_records(paths.undo):
                         if rec.kind is RecordKind.DATA:
                             os.pwrite(fd, rec.data, rec.offset)
                         else:
-                            punch_hole(fd, rec.offset, rec.length)
+                            _zero_range(fd, rec.offset, rec.length, block_device=block_device)
                         restored += 1
-                    if os.fstat(fd).st_size != head.old_size:
+                    # a device is never resized by a pass (vSphere grows it before), so never truncated
+                    if paths.device is None and os.fstat(fd).st_size != head.old_size:
                         os.ftruncate(fd, head.old_size)
                     os.fsync(fd)
                 except OSError as exc:

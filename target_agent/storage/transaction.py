@@ -15,6 +15,14 @@ Commit order (a crash at any step recovers to the old or the new state):
 Recovery: a journal in state ``committed`` redoes steps 4-6 (roll forward). A journal in state
 ``active``, or undo logs without a journal, mean the pass never reached the commit point: every disk
 is restored from its undo log, ``.next`` files are removed (roll back). Both are idempotent.
+
+Device-backed disks (vSphere jobs, see ``replica``): the journal's ``devices`` maps each such disk to
+where its flat bytes were written and to what the caller needs to find that disk again after a
+restart (for vSphere: the replica disk's datastore path, so it can be HotAdded again). A block device
+node is not trusted across a restart -- ``/dev/sdb`` may be another disk by then -- so recovering
+such a pass needs the caller to say where the disk is now (``devices=``); without that the VM stays
+pending and :class:`DeviceNotAttached` says what to do. A regular file (a datastore the appliance
+mounts) is the disk itself and is used where it is.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import shlex
+import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,7 @@ import structlog
 
 from protocol.messages import valid_name
 from vzcommon.durable import atomic_write, fsync_dir, unlink_durable
-from vzcommon.errors import InputError, IntegrityError
+from vzcommon.errors import InputError, IntegrityError, StorageError
 from vzcommon.records import read_record, write_record
 
 from .lock import VmLock
@@ -53,6 +63,10 @@ def vm_dir(data_dir: Path, vm: str) -> Path:
     if not valid_name(vm):
         raise InputError(f"invalid VM name {vm!r}: use letters, digits, '.', '_', '+' or '-', without '..'")
     return data_dir / vm
+
+
+class DeviceNotAttached(StorageError):
+    """A pending pass wrote to a device that recovery cannot find now; the VM stays pending."""
 
 
 def pending_disks(vdir: Path) -> list[str]:
@@ -78,21 +92,54 @@ def read_journal(vdir: Path) -> dict[str, Any] | None:
         return {"state": "active", "disks": []}
 
 
-def recover_locked(vdir: Path) -> str | None:
-    """Finish or undo an interrupted pass of the VM in ``vdir`` (lock held). Returns what was done."""
+def journal_devices(journal: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The device-backed disks of a journaled pass: name -> {"path": ..., and the caller's details}."""
+    devices = (journal or {}).get("devices") or {}
+    return {str(k): dict(v) for k, v in devices.items() if isinstance(v, dict) and v.get("path")}
+
+
+def _device_paths(
+    vdir: Path, journal: Mapping[str, Any] | None, given: Mapping[str, Path] | None
+) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for name, info in journal_devices(journal).items():
+        path = (given or {}).get(name)
+        if path is None:
+            stored = Path(info["path"])
+            try:
+                is_file = stat.S_ISREG(stored.stat().st_mode)
+            except OSError:
+                is_file = False
+            if not is_file:
+                raise DeviceNotAttached(
+                    f"the interrupted pass {(journal or {}).get('pass_id', '?')} of VM {vdir.name} wrote replica"
+                    f" disk {name!r} through {stored} ({info.get('file_name') or 'a device'}), which is not"
+                    " known to be attached now: start `vzrep-target serve` with the job's --vcenter options"
+                    " so it attaches the disk again and rolls the pass back"
+                )
+            path = stored
+        out[name] = path
+    return out
+
+
+def recover_locked(vdir: Path, devices: Mapping[str, Path] | None = None) -> str | None:
+    """Finish or undo an interrupted pass of the VM in ``vdir`` (lock held). Returns what was done.
+
+    ``devices``: where the device-backed disks of the pass are now (module docstring)."""
     journal = read_journal(vdir)
     disks = sorted(set(pending_disks(vdir)) | set(journal.get("disks", []) if journal else []))
     if journal is None and not disks and not (vdir / SCRIPT).exists():
         return None
     if journal is not None and journal.get("state") == "committed":
         for d in disks:
-            roll_forward_disk(ReplicaPaths(vdir, d))
+            roll_forward_disk(ReplicaPaths(vdir, d))  # moves map files only: no device needed
         unlink_durable(vdir / SCRIPT)
         _write_status(vdir, journal.get("status", {}))
         unlink_durable(vdir / JOURNAL)
         log.info("recovered_forward", vm=vdir.name, disks=disks)
         return f"finished the committed pass {journal.get('pass_id', '?')} ({len(disks)} disks)"
-    details = [f"{d}: {rollback_disk(ReplicaPaths(vdir, d))}" for d in disks]
+    paths = _device_paths(vdir, journal, devices)
+    details = [f"{d}: {rollback_disk(ReplicaPaths(vdir, d, paths.get(d)))}" for d in disks]
     unlink_durable(vdir / SCRIPT)
     status = _read_status(vdir)
     if journal is not None:
@@ -103,22 +150,29 @@ def recover_locked(vdir: Path) -> str | None:
     return "rolled back the interrupted pass" + (f" ({'; '.join(details)})" if details else "")
 
 
-def recover_vm(data_dir: Path, vm: str) -> str | None:
+def recover_vm(data_dir: Path, vm: str, devices: Mapping[str, Path] | None = None) -> str | None:
     vdir = vm_dir(data_dir, vm)
     if not vdir.is_dir():
         raise InputError(f"no replica of VM {vm!r} in {data_dir}")
     with VmLock(vdir, vm):
-        return recover_locked(vdir)
+        return recover_locked(vdir, devices)
 
 
 def recover_all(data_dir: Path) -> dict[str, str]:
-    """Start-up recovery: every pending pass is rolled back (or forward) before work is accepted."""
+    """Start-up recovery: every pending pass is rolled back (or forward) before work is accepted.
+
+    A VM whose pending pass needs a device that is not attached stays pending and is reported; its
+    next pass is refused with the same message until it is recovered."""
     done: dict[str, str] = {}
     if not data_dir.is_dir():
         return done
     for vdir in sorted(p for p in data_dir.iterdir() if p.is_dir() and valid_name(p.name)):
         with VmLock(vdir, vdir.name):
-            what = recover_locked(vdir)
+            try:
+                what = recover_locked(vdir)
+            except DeviceNotAttached as exc:
+                log.error("recovery_needs_device", vm=vdir.name, error=str(exc))
+                what = f"NOT recovered: {exc}"
         if what:
             done[vdir.name] = what
     return done
@@ -179,19 +233,22 @@ class VmPass:
         self.peer = peer
         self.pass_id = secrets.token_hex(8)
         self.disks: dict[str, DiskWriter] = {}
+        self.devices: dict[str, dict[str, Any]] = {}  # device-backed disks, as journaled
         self.started = now()
         self._lock = VmLock(self.vdir, vm)
         self._active = False
 
-    def begin(self) -> str | None:
-        """Lock the VM, recover leftovers of an earlier pass, journal this one, write the undo script."""
+    def begin(self, devices: Mapping[str, Path] | None = None) -> str | None:
+        """Lock the VM, recover leftovers of an earlier pass, journal this one, write the undo script.
+
+        ``devices``: where the device-backed disks of an interrupted earlier pass are now."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.vdir.exists():
             self.vdir.mkdir(mode=0o750)
             fsync_dir(self.data_dir)
         self._lock.acquire()
         try:
-            recovered = recover_locked(self.vdir)
+            recovered = recover_locked(self.vdir, devices)
             self._journal("active")
             self._write_script()
             self._active = True
@@ -208,6 +265,8 @@ class VmPass:
             "started": self.started,
             "peer": self.peer,
         }
+        if self.devices:
+            body["devices"] = self.devices
         if status is not None:
             body["status"] = status
         write_record(self.vdir / JOURNAL, JOURNAL_MAGIC, body)
@@ -232,19 +291,32 @@ class VmPass:
         atomic_write(self.vdir / SCRIPT, text.encode(), mode=0o750)
 
     def open_disk(
-        self, name: str, size: int, cached_generation: str, change_id: str
+        self,
+        name: str,
+        size: int,
+        cached_generation: str,
+        change_id: str,
+        *,
+        device: Path | None = None,
+        device_info: Mapping[str, Any] | None = None,
+        fresh: bool = False,
     ) -> tuple[DiskWriter, OpenResult]:
+        """Open a disk of the pass; ``device`` makes it device-backed (``replica`` module docstring),
+        ``device_info`` is journaled with it so recovery can find the disk again after a restart."""
         if not valid_name(name):
             raise InputError(f"invalid disk name {name!r}")
         writer = DiskWriter(
-            ReplicaPaths(self.vdir, name),
+            ReplicaPaths(self.vdir, name, device),
             size=size,
             block_size=self.block_size,
             pass_id=self.pass_id,
             change_id=change_id,
+            fresh=fresh,
         )
         self.disks[name] = writer
-        self._journal("active")  # the journal lists every disk before its undo log exists
+        if device is not None:
+            self.devices[name] = {**(device_info or {}), "path": str(device)}
+        self._journal("active")  # the journal lists every disk (and device) before its undo log exists
         try:
             result = writer.open(cached_generation)
         except BaseException:
@@ -284,7 +356,8 @@ class VmPass:
     def rollback(self) -> str:
         for w in self.disks.values():
             w.close()
-        what = recover_locked(self.vdir) or "nothing to undo"
+        here = {n: Path(d["path"]) for n, d in self.devices.items()}  # still attached: this pass's own
+        what = recover_locked(self.vdir, here) or "nothing to undo"
         self._active = False
         return what
 

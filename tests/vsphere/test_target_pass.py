@@ -1,0 +1,218 @@
+"""The target side of a vSphere job against vcsim: a pass writes the replica VM's disk through HotAdd.
+
+Source VM (vcsim) -> the source's HotAdd + CBT pass -> loopback SSH -> a target agent configured with
+the same vcsim (``replicas=``) -> the replica VM ``<vm>_replica``'s disk, HotAdded to the target
+appliance and resolved to its ``-flat.vmdk`` in vcsim's datastore directory. Judged by qemu-img
+compare between the source VM's and the replica VM's flat files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from source_agent.session import PassOptions, run_pass
+from source_agent.vsphere.glue import disk_jobs
+from source_agent.vsphere.hardware import HardwareRecord
+from source_agent.vsphere.job import vsphere_job
+from source_agent.vsphere.model import AttachedDisk, VmInfo
+from target_agent.server import Stream, start_server
+from target_agent.session import TargetSession
+from target_agent.storage import transaction
+from target_agent.storage.replica import ReplicaPaths
+from target_agent.storage.transaction import vm_status
+from target_agent.vsphere.job import ReplicaSettings
+from target_agent.vsphere.restore_points import list_restore_points
+from tests.support.agents import Keys
+from tests.support.proxy import CutProxy
+from tests.support.tools import qemu_compare, sha256
+from tests.vsphere.conftest import BLOCK, Lab, Vcsim
+from vzcommon.errors import VzrepError
+
+pytestmark = pytest.mark.vcsim
+
+TARGET_APPLIANCE = "DC0_C0_RP0_VM0"
+
+
+class VSphereTarget:
+    """An in-process ``vzrep-target serve --vcenter ...`` writing replica VMs in vcsim."""
+
+    def __init__(self, data_dir: Path, keys: Keys, settings: ReplicaSettings) -> None:
+        self.data_dir, self.keys, self.settings = data_dir, keys, settings
+        self.server: object = None
+        self.port = 0
+
+    async def start(self) -> VSphereTarget:
+        async def handle(stream: Stream, peer: str) -> None:
+            await TargetSession(self.data_dir, peer, replicas=self.settings).run(stream)
+
+        self.server, self.port = await start_server(
+            handle, "127.0.0.1", 0, self.keys.host_key, self.keys.authorized_keys
+        )
+        return self
+
+    def spec(self, port: int | None = None):  # type: ignore[no-untyped-def]
+        from source_agent.tunnel import TargetSpec
+
+        p = port or self.port
+        return TargetSpec("127.0.0.1", p, self.keys.client_key, self.keys.known_hosts(p, f"kh-{p}"))
+
+
+@pytest.fixture
+async def vtarget(tmp_path: Path, session_keys: Keys, vcsim: Vcsim, lab: Lab) -> AsyncIterator[VSphereTarget]:
+    settings = ReplicaSettings(
+        connect=vcsim.options(),
+        appliance_vm=TARGET_APPLIANCE,
+        restore_points=2,
+        datastore_roots=lab.roots,
+        locate_timeout=5.0,
+    )
+    t = await VSphereTarget(tmp_path / "target", session_keys, settings).start()
+    try:
+        yield t
+    finally:
+        t.server.close()  # type: ignore[attr-defined]
+        await t.server.wait_closed()  # type: ignore[attr-defined]
+        try:
+            rep = await lab.client.find_vm(f"{lab.vm.name}_replica")
+        except VzrepError:
+            pass
+        else:
+            await lab.client.destroy_vm(rep.moid)
+
+
+async def source_pass(
+    lab: Lab, target: VSphereTarget, hw: HardwareRecord | None, port: int | None = None
+) -> tuple[HardwareRecord, object]:
+    async with vsphere_job(
+        lab.client,
+        vm=lab.vm.name,
+        recorded=hw,
+        work_dir=lab.work_dir,
+        locator=lab.locator,
+        uuid_path=lab.uuid_path,
+    ) as job:
+        report = await run_pass(
+            target.spec(port),
+            lab.vm.name,
+            disk_jobs(job),
+            PassOptions(block_size=BLOCK, state_dir=lab.work_dir.parent / "state"),
+        )
+        return job.hardware, report
+
+
+async def replica_of(lab: Lab) -> VmInfo:
+    return await lab.client.find_vm(f"{lab.vm.name}_replica")
+
+
+async def no_hotadds(lab: Lab, limit: float = 10) -> None:
+    app = await lab.client.find_vm(TARGET_APPLIANCE)
+    deadline = time.monotonic() + limit
+    while (left := await lab.client.list_hotadded(app.moid)) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    assert left == [], f"disks left HotAdded to the target appliance: {left}"
+
+
+def last_written(target: VSphereTarget, lab: Lab) -> dict[str, int]:
+    last = vm_status(target.data_dir / lab.vm.name)["last_pass"]
+    (disk,) = last["disks_written"].values()
+    return dict(disk)
+
+
+async def test_passes_write_the_replica_vm_and_keep_n_restore_points(
+    lab: Lab, vtarget: VSphereTarget
+) -> None:
+    src_flat = lab.flat_file(lab.vm.disks[0].file_name)
+
+    lab.write_blocks({0: 0x11, 3: 0x33, 40: 0x44})
+    hw, r = await source_pass(lab, vtarget, None)
+    replica = await replica_of(lab)
+    assert replica.annotation.startswith("[vzrep] replica")
+    assert [(d.capacity, d.slot) for d in replica.disks] == [(d.capacity, d.slot) for d in lab.vm.disks]
+    rep_flat = lab.flat_file(replica.disks[0].file_name)
+    qemu_compare(src_flat, rep_flat)
+    assert last_written(vtarget, lab)["blocks_written"] == 3
+    vdir = vtarget.data_dir / lab.vm.name
+    assert not list(vdir.glob("*.vmdk")), "a vSphere replica keeps no descriptor or flat file in DATA_DIR"
+    assert list(vdir.glob("*.vzmap")) and not list(vdir.glob("*.vzundo"))
+    first = await list_restore_points(lab.client, replica.moid)
+    assert len(first) == 1 and first[0].description.startswith("[vzrep] restore point")
+    await no_hotadds(lab)
+    await lab.client.create_snapshot(replica.moid, "admin-check", "taken by hand on the replica", False)
+
+    lab.write_blocks({3: 0x34, 17: 0x77})  # the guest changes one block and writes a new one
+    hw, r = await source_pass(lab, vtarget, hw)
+    (d,) = r.disks  # type: ignore[attr-defined]
+    assert d.mode == "cbt", d.reason
+    assert d.blocks_changed == 2 and d.payload_raw == 2 * BLOCK
+    assert last_written(vtarget, lab)["blocks_written"] == 2  # only the changed blocks were written
+    qemu_compare(src_flat, rep_flat)
+    assert (await replica_of(lab)).moid == replica.moid  # adopted, not created again
+    await no_hotadds(lab)
+
+    lab.write_blocks({5: 0x55})
+    hw, r = await source_pass(lab, vtarget, hw)
+    qemu_compare(src_flat, rep_flat)
+    points = await list_restore_points(lab.client, replica.moid)
+    assert len(points) == 2 and first[0].moid not in {p.moid for p in points}  # the oldest went
+    names = [s.name for s in await lab.client.list_snapshots(replica.moid)]
+    assert "admin-check" in names and len(names) == 3  # a foreign snapshot is never counted or removed
+    await no_hotadds(lab)
+
+
+async def test_a_cut_pass_rolls_the_replica_disk_back_before_detaching(
+    lab: Lab, vtarget: VSphereTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab.write_blocks({1: 0x21, 2: 0x22})
+    hw, _ = await source_pass(lab, vtarget, None)
+    replica = await replica_of(lab)
+    rep_flat = lab.flat_file(replica.disks[0].file_name)
+    before = sha256(rep_flat)
+    points = await list_restore_points(lab.client, replica.moid)
+
+    # 48 blocks of incompressible data; the connection is cut after about half of them crossed
+    path = lab.flat_file(lab.vm.disks[0].file_name)
+    with open(path, "r+b") as f:
+        f.seek(8 * BLOCK)
+        f.write(secrets.token_bytes(48 * BLOCK))
+        os.fsync(f.fileno())
+    rollbacks: list[tuple[str, list[AttachedDisk]]] = []
+    real_rollback = transaction.rollback_disk
+
+    def spy(paths: ReplicaPaths) -> str:  # what was attached while the rollback ran
+        app = asyncio.run_coroutine_threadsafe(lab.client.list_hotadded(app_moid), loop).result(10)
+        done = real_rollback(paths)
+        rollbacks.append((done, app))
+        return done
+
+    loop = asyncio.get_running_loop()
+    app_moid = (await lab.client.find_vm(TARGET_APPLIANCE)).moid
+    monkeypatch.setattr(transaction, "rollback_disk", spy)
+    proxy = await CutProxy(vtarget.port, cut_after=24 * BLOCK).start()
+    try:
+        with pytest.raises(VzrepError):
+            await source_pass(lab, vtarget, hw, port=proxy.port)
+    finally:
+        await proxy.stop()
+    await no_hotadds(lab)  # detached: after the rollback, which the session runs first
+    (done, attached_then), *_ = rollbacks
+    assert done.startswith("restored ") and not done.startswith("restored 0 "), done
+    assert [a.file_name for a in attached_then] == [replica.disks[0].file_name]
+    vdir = vtarget.data_dir / lab.vm.name
+    deadline = time.monotonic() + 10
+    while vm_status(vdir)["pass_running"] and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    status = vm_status(vdir)
+    assert not status["pending_rollback"] and status["last_failure"]
+    assert sha256(rep_flat) == before, "the replica disk was not rolled back"
+    assert [p.moid for p in await list_restore_points(lab.client, replica.moid)] == [p.moid for p in points]
+
+    await source_pass(lab, vtarget, hw)  # the next pass succeeds and matches
+    qemu_compare(path, rep_flat)
+    await no_hotadds(lab)
