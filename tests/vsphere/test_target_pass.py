@@ -9,8 +9,12 @@ compare between the source VM's and the replica VM's flat files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -216,3 +220,114 @@ async def test_a_cut_pass_rolls_the_replica_disk_back_before_detaching(
     await source_pass(lab, vtarget, hw)  # the next pass succeeds and matches
     qemu_compare(path, rep_flat)
     await no_hotadds(lab)
+
+
+class StallProxy:
+    """Forwards client->server bytes up to ``limit``, then holds the rest: the pass stalls mid-way."""
+
+    def __init__(self, upstream: int, limit: int) -> None:
+        self.upstream, self.limit, self.port = upstream, limit, 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> StallProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self._writers += [cw, sw]
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, limit: int | None) -> None:
+            sent = 0
+            with contextlib.suppress(ConnectionError):
+                while data := await r.read(65536):
+                    if limit is not None:
+                        data = data[: max(0, limit - sent)]
+                    sent += len(data)
+                    w.write(data)
+                    await w.drain()
+
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(pipe(cr, sw, self.limit), pipe(sr, cw, None))
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        for w in self._writers:
+            w.close()
+        self._server.close()
+
+
+async def test_target_killed_mid_pass_restarts_reattaches_and_rolls_back(
+    lab: Lab, vcsim: Vcsim, session_keys: Keys, tmp_path: Path
+) -> None:
+    """SIGKILL ``vzrep-target serve --vcenter`` while it writes the replica disk; the restarted agent
+    detaches the killed run's HotAdd, attaches the replica disk again, rolls it back, detaches it."""
+    creds = tmp_path / "vcenter.cred"
+    creds.write_text(f"user = {vcsim.user}\npassword = {vcsim.password}\n")
+    creds.chmod(0o600)
+    data = tmp_path / "tdata"
+    roots = [a for ds, d in lab.roots.items() for a in ("--datastore-root", f"{ds}={d}")]
+    extra = ["--vcenter", f"{vcsim.host}:{vcsim.port}", "--credentials", str(creds), "--thumbprint"]
+    extra += [vcsim.thumbprint, "--appliance-vm", TARGET_APPLIANCE, "--restore-points", "2", *roots]
+
+    def start(log: str, port: int = 0) -> tuple[subprocess.Popen[bytes], int]:
+        ready = tmp_path / f"ready-{log}"
+        cmd = [sys.executable, "-m", "target_agent.cli", "serve", "--data-dir", str(data)]
+        cmd += ["--listen", f"127.0.0.1:{port}", "--host-key", str(session_keys.host_key)]
+        cmd += ["--authorized-keys", str(session_keys.authorized_keys), "--ready-file", str(ready), *extra]
+        with open(tmp_path / log, "wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=out, env={**os.environ, "VZREP_LOG_FORMAT": "json"}
+            )
+        deadline = time.monotonic() + 30
+        while not (ready.exists() and ready.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / log).read_text()
+            time.sleep(0.05)
+        return proc, int(ready.read_text())
+
+    proc, port = start("t1.log")
+    try:
+        t = VSphereTarget(data, session_keys, None)  # type: ignore[arg-type]
+        t.port = port
+        lab.write_blocks({1: 0x21})
+        hw, _ = await source_pass(lab, t, None)
+        replica = await replica_of(lab)
+        rep_flat = lab.flat_file(replica.disks[0].file_name)
+        before = sha256(rep_flat)
+        path = lab.flat_file(lab.vm.disks[0].file_name)
+        with open(path, "r+b") as f:
+            f.seek(8 * BLOCK)
+            f.write(secrets.token_bytes(48 * BLOCK))
+            os.fsync(f.fileno())
+        proxy = await StallProxy(port, 24 * BLOCK).start()
+        pass_task = asyncio.ensure_future(source_pass(lab, t, hw, port=proxy.port))
+        undo = data / lab.vm.name / f"{hw.disks[0].name}-flat.vmdk.vzundo"
+        deadline = time.monotonic() + 30
+        while not (undo.exists() and sha256(rep_flat) != before):  # blocks written, undo first
+            assert time.monotonic() < deadline and not pass_task.done(), "the pass did not stall mid-way"
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        await proxy.stop()
+        with pytest.raises(VzrepError):
+            await pass_task
+        app = await lab.client.find_vm(TARGET_APPLIANCE)
+        assert [d.file_name for d in await lab.client.list_hotadded(app.moid)] == [replica.disks[0].file_name]
+
+        proc, port = start("t2.log", port)
+        log = (tmp_path / "t2.log").read_text()
+        assert "startup_recovery" in log and "attached again" in log, log
+        assert sha256(rep_flat) == before and not undo.exists()
+        assert await lab.client.list_hotadded(app.moid) == []
+        assert len(await list_restore_points(lab.client, replica.moid)) == 1
+        await source_pass(lab, t, hw)
+        qemu_compare(path, rep_flat)
+        await no_hotadds(lab)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        with contextlib.suppress(VzrepError):
+            await lab.client.destroy_vm((await replica_of(lab)).moid)
