@@ -60,9 +60,10 @@ class BootedVM:
 
     def __enter__(self) -> BootedVM:
         self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        with self.qemu_log.open("wb") as err:  # qemu's own messages; a pipe could fill and stall it
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,6 +74,10 @@ class BootedVM:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.serial_log.with_suffix(".qemu.log")
 
     def serial(self) -> str:
         try:
@@ -85,7 +90,7 @@ class BootedVM:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = self.qemu_log.read_text(errors="replace")
                 raise RuntimeError(f"qemu exited with {self.process.returncode}: {err}")
             try:
                 with socket.create_connection(("127.0.0.1", self.ports[name]), timeout=5) as s:
