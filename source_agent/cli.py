@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from vzcommon.climain import asyncio_run, run_main
 from vzcommon.durable import atomic_write
-from vzcommon.errors import ExitCode, InputError, VzrepError
+from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
-from vzcommon.log import setup_logging
 
 from .disks import DiskReader, open_disk, parse_disk_spec
 from .planning import AbmSettings, cleanup, with_abm
@@ -239,31 +239,8 @@ def _extend(sub: Any, pass_parser: argparse.ArgumentParser, module: str) -> None
         mod.add_source_commands(sub)
 
 
-def asyncio_run(coro: Any) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return int(asyncio.run(coro))
-    return int(uvloop.run(coro))
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        return int(args.func(args))
-    except VzrepError as exc:
-        print(f"vzrep-source: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except Exception as exc:  # a bug: one line for the user, the traceback with VZREP_DEBUG=1
-        if os.environ.get("VZREP_DEBUG"):
-            raise
-        print(f"vzrep-source: internal error: {type(exc).__name__}: {exc} (rerun with VZREP_DEBUG=1 and report it)", file=sys.stderr)
-        return int(ExitCode.INTERNAL)
-    except KeyboardInterrupt:
-        print("vzrep-source: interrupted; the target rolls the pass back", file=sys.stderr)
-        return int(ExitCode.CONNECTION)
+    return run_main("vzrep-source", build_parser(), argv, "the target rolls the pass back")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 
 import structlog
 
-from vzcommon.errors import ExitCode, InputError, VzrepError
+from vzcommon.climain import asyncio_run, run_main
+from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
-from vzcommon.log import setup_logging
 
 from .server import Stream, start_server
 from .session import TargetSession
@@ -150,30 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def asyncio_run(coro: Any) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return int(asyncio.run(coro))
-    return int(uvloop.run(coro))
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        return int(args.func(args))
-    except VzrepError as exc:
-        print(f"vzrep-target: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except Exception as exc:  # a bug: one line for the user, the traceback with VZREP_DEBUG=1
-        if os.environ.get("VZREP_DEBUG"):
-            raise
-        print(f"vzrep-target: internal error: {type(exc).__name__}: {exc} (rerun with VZREP_DEBUG=1 and report it)", file=sys.stderr)
-        return int(ExitCode.INTERNAL)
-    except KeyboardInterrupt:
-        return int(ExitCode.INTERNAL)
+    return run_main(
+        "vzrep-target", build_parser(), argv, "interrupted passes are rolled back at the next start"
+    )
 
 
 if __name__ == "__main__":
