@@ -16,7 +16,11 @@ oversized frame costs the receiver nothing. The CRC catches corruption the SSH l
 from __future__ import annotations
 
 import struct
-import zlib
+
+try:  # ISA-L's CRC-32 is the same function as zlib's, ~8x faster (it was 18 % of a full pass)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    from zlib import crc32
 
 from .errors import RemoteProtocolError
 from .version import FRAME_VERSION
@@ -39,7 +43,7 @@ MAP_CHUNK_ENTRIES = 32768
 
 def encode_frame(msg_type: int, body: bytes) -> bytes:
     head = struct.pack(">2sBBI", MAGIC, FRAME_VERSION, msg_type, len(body))
-    crc = zlib.crc32(body, zlib.crc32(head))
+    crc = crc32(body, crc32(head))
     return head + struct.pack(">I", crc) + body
 
 
@@ -59,5 +63,5 @@ def parse_header(header: bytes | bytearray | memoryview, max_body: int) -> tuple
 
 
 def check_crc(header: bytes | bytearray | memoryview, body: bytes, crc: int) -> None:
-    if zlib.crc32(body, zlib.crc32(bytes(header[:8]))) != crc:
+    if crc32(body, crc32(bytes(header[:8]))) != crc:
         raise RemoteProtocolError("frame CRC mismatch: the frame was corrupted")

@@ -14,8 +14,9 @@ Per block:
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, fields
+from enum import Enum
 
 import zstandard
 
@@ -58,15 +59,58 @@ class DiskStats:
     def compression_ratio(self) -> float:
         return self.payload_raw / self.payload_wire if self.payload_wire else 1.0
 
+    def add(self, other: ChunkStats) -> None:
+        for f in fields(other):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class ChunkStats:
+    """Counters of one chunk, added to the disk's stats by the session (one writer, no races)."""
+
+    bytes_scanned: int = 0
+    bytes_read: int = 0
+    bytes_skipped_filter: int = 0
+    blocks_changed: int = 0
+    blocks_unchanged: int = 0
+    zero_blocks_skipped: int = 0
+    zero_blocks_sent: int = 0
+    payload_raw: int = 0
+    payload_wire: int = 0
+    blocks_compressed: int = 0
+
+
+class Compress(Enum):
+    OFF = "off"
+    ON = "on"
+    #: compress the chunk if its first changed block shrinks to under PROBE_RATIO
+    PROBE = "probe"
+
+
+PROBE_RATIO = 0.85
+GIVE_UP_AFTER = 4  # consecutive blocks that do not shrink: stop compressing the rest of the chunk
+
 
 @dataclass
 class Chunk:
     messages: list[Block | ZeroRange]
     end: int  # byte offset where the chunk ends
+    stats: ChunkStats
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One compressor per worker thread (a ZstdCompressor must not be shared between threads)."""
+    cctx: zstandard.ZstdCompressor | None = getattr(_local, "cctx", None)
+    if cctx is None:
+        cctx = _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return cctx
 
 
 class DiskScanner:
-    """Scans one disk chunk by chunk (call :meth:`scan` from a worker thread)."""
+    """Scans one disk chunk by chunk; :meth:`scan` runs in worker threads, several chunks at once."""
 
     def __init__(
         self,
@@ -82,114 +126,144 @@ class DiskScanner:
         self.bs = block_size
         self.size = reader.size
         self.builder = builder
-        self.stats = stats
         self.filter = filt.align(block_size).clip(self.size) if filt is not None else None
         self.nblocks = -(-self.size // block_size)
         self.chunk_blocks = max(2, CHUNK_BYTES // block_size)
-        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._zero_hash = zero_hash(block_size)
+        self._read_into = getattr(reader, "pread_into", None)
         stats.blocks_total = self.nblocks
 
     def chunks(self) -> range:
         return range(0, self.nblocks, self.chunk_blocks)
+
+    def new_buffer(self) -> bytearray:
+        return bytearray(self.chunk_blocks * self.bs)
 
     def _wanted(self, first: int, count: int) -> list[bool]:
         if self.filter is None:
             return [True] * count
         return [self.filter.overlaps((first + i) * self.bs, (first + i + 1) * self.bs) for i in range(count)]
 
-    def scan(self, first: int, compress: bool) -> Chunk:
-        bs, st = self.bs, self.stats
+    def scan(self, first: int, mode: Compress, buf: bytearray) -> Chunk:
+        """Scan the chunk starting at block ``first`` using ``buf`` (owned by this call until it returns)."""
+        bs = self.bs
+        st = ChunkStats()
         count = min(self.chunk_blocks, self.nblocks - first)
         start, end = first * bs, min((first + count) * bs, self.size)
         wanted = self._wanted(first, count)
         entries = self.builder.read_entries(first, count)
-        # Which blocks hold data at all: holes are zero without reading.
-        segs = list(self.reader.data_extents(start, end))
-        seg_starts = [s for s, _ in segs]
+        view = memoryview(buf)
         msgs: list[Block | ZeroRange] = []
         updates: list[tuple[int, bytes]] = []
         zero_run: list[int] = []  # [offset, length] of the pending zero range
+        compress = mode is Compress.ON
+        probing = mode is Compress.PROBE
+        misses = 0
 
         def flush_zero() -> None:
             if zero_run:
                 msgs.append(ZeroRange(self.disk_id, zero_run[0], zero_run[1]))
                 zero_run.clear()
 
-        i = 0
-        while i < count:
-            if not wanted[i]:
+        self._fill(buf, start, end, wanted, first, st)
+        for k in range(count):
+            off = (first + k) * bs
+            n = min(bs, self.size - off)
+            if not wanted[k]:
                 flush_zero()
-                st.bytes_skipped_filter += min(bs, self.size - (first + i) * bs)
-                i += 1
+                st.bytes_skipped_filter += n
                 continue
-            # Read a run of wanted blocks at once.
-            j = i
-            while j < count and wanted[j]:
-                j += 1
-            run_start, run_end = (first + i) * bs, min((first + j) * bs, self.size)
-            data = self._read_run(run_start, run_end, segs, seg_starts)
-            for k in range(i, j):
-                off = (first + k) * bs
-                n = min(bs, self.size - off)
-                block = data[(k - i) * bs : (k - i) * bs + n]
-                old = entries[k * HASH_LEN : (k + 1) * HASH_LEN]
-                st.bytes_scanned += n
-                if block == zero_block(n):
-                    zh = self._zero_hash if n == bs else zero_hash(n)
-                    if old == zh:
-                        st.zero_blocks_skipped += 1
-                        flush_zero()
-                        continue
-                    st.zero_blocks_sent += 1
-                    updates.append((first + k, zh))
-                    if zero_run and zero_run[0] + zero_run[1] == off:
-                        zero_run[1] += n
-                    else:
-                        flush_zero()
-                        zero_run.extend((off, n))
+            pos = k * bs
+            old = entries[k * HASH_LEN : (k + 1) * HASH_LEN]
+            st.bytes_scanned += n
+            if buf.startswith(zero_block(n), pos):  # a memcmp in place, no copy
+                zh = self._zero_hash if n == bs else zero_hash(n)
+                if old == zh:
+                    st.zero_blocks_skipped += 1
+                    flush_zero()
                     continue
-                flush_zero()
-                digest = hash_block(block)
-                if digest == old:
-                    st.blocks_unchanged += 1
-                    continue
-                payload, codec = block, Codec.NONE
-                if compress:
-                    packed = self._cctx.compress(block)
-                    if len(packed) < n - n // 32:  # keep it only if it saves at least ~3%
-                        payload, codec = packed, Codec.ZSTD
-                        st.blocks_compressed += 1
-                msgs.append(Block(self.disk_id, off, n, digest, codec, payload))
-                updates.append((first + k, digest))
-                st.blocks_changed += 1
-                st.payload_raw += n
-                st.payload_wire += len(payload)
-            i = j
+                st.zero_blocks_sent += 1
+                updates.append((first + k, zh))
+                if zero_run and zero_run[0] + zero_run[1] == off:
+                    zero_run[1] += n
+                else:
+                    flush_zero()
+                    zero_run.extend((off, n))
+                continue
+            flush_zero()
+            block = view[pos : pos + n]
+            digest = hash_block(block)
+            if digest == old:
+                st.blocks_unchanged += 1
+                continue
+            payload, codec = bytes(block), Codec.NONE
+            if compress or probing:
+                packed = _compressor().compress(payload)
+                if probing:  # the chunk's first changed block decides for the chunk
+                    probing, compress = False, len(packed) < n * PROBE_RATIO
+                if len(packed) < n - n // 32:  # keep it only if it saves at least ~3%
+                    payload, codec = packed, Codec.ZSTD
+                    st.blocks_compressed += 1
+                    misses = 0
+                else:
+                    misses += 1
+                    compress = compress and misses < GIVE_UP_AFTER
+            msgs.append(Block(self.disk_id, off, n, digest, codec, payload))
+            updates.append((first + k, digest))
+            st.blocks_changed += 1
+            st.payload_raw += n
+            st.payload_wire += len(payload)
         flush_zero()
         for idx, digest in updates:
             self.builder.set_range(idx, digest)
-        return Chunk(msgs, end)
+        return Chunk(msgs, end, st)
 
-    def _read_run(self, start: int, end: int, segs: list[tuple[int, int]], seg_starts: list[int]) -> bytes:
-        """Read ``[start, end)``, only where the source has data; holes stay zero."""
-        k = max(0, bisect.bisect_right(seg_starts, start) - 1)
-        parts: list[tuple[int, int]] = []
-        for s, n in segs[k:]:
-            if s >= end:
-                break
-            lo, hi = max(s, start), min(s + n, end)
-            if lo < hi:
-                parts.append((lo, hi))
-        if not parts:
-            return zero_block(end - start) if end - start <= self.bs else bytes(end - start)
-        if parts == [(start, end)]:
-            data = self.reader.pread(start, end - start)
-            self.stats.bytes_read += len(data)
-            return data.ljust(end - start, b"\0")
-        buf = bytearray(end - start)
-        for lo, hi in parts:
-            data = self.reader.pread(lo, hi - lo)
-            self.stats.bytes_read += len(data)
-            buf[lo - start : lo - start + len(data)] = data
-        return bytes(buf)
+    def _fill(
+        self, buf: bytearray, start: int, end: int, wanted: list[bool], first: int, st: ChunkStats
+    ) -> None:
+        """Put the chunk's bytes into ``buf``: data read from the disk, zeros for holes.
+
+        Only wanted blocks are read; holes of a sparse source are never read.
+        """
+        bs = self.bs
+        view = memoryview(buf)
+        zeros = memoryview(zero_block(min(len(buf), 1 << 20)))
+        filled = start  # everything before this offset (within wanted runs) is in buf
+        for seg_off, seg_len in self.reader.data_extents(start, end):
+            lo, hi = max(seg_off, start), min(seg_off + seg_len, end)
+            if lo >= hi:
+                continue
+            self._zero(view, zeros, filled - start, lo - start)
+            # Read only the wanted blocks of this data segment.
+            b = (lo - start) // bs
+            while lo < hi:
+                blk_end = min(start + (b + 1) * bs, hi)
+                if wanted[b]:
+                    run_end = blk_end
+                    while run_end < hi and wanted[(run_end - start) // bs]:
+                        run_end = min(start + ((run_end - start) // bs + 1) * bs, hi)
+                    got = self._read(view[lo - start : run_end - start], lo)
+                    st.bytes_read += got
+                    lo, b = run_end, (run_end - start) // bs
+                else:
+                    lo, b = blk_end, b + 1
+            filled = hi
+        self._zero(view, zeros, filled - start, end - start)
+
+    @staticmethod
+    def _zero(view: memoryview, zeros: memoryview, a: int, b: int) -> None:
+        while a < b:
+            n = min(b - a, len(zeros))
+            view[a : a + n] = zeros[:n]
+            a += n
+
+    def _read(self, target: memoryview, offset: int) -> int:
+        if self._read_into is not None:
+            got: int = self._read_into(offset, target)
+        else:
+            data = self.reader.pread(offset, len(target))
+            target[: len(data)] = data
+            got = len(data)
+        if got < len(target):
+            target[got:] = bytes(len(target) - got)
+        return got

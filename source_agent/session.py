@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +44,17 @@ from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError
 from vzcommon.vzmap import MapBuilder
 
 from .mapcache import MapCache
-from .pipeline import Chunk, DiskScanner, DiskStats
+from .pipeline import Chunk, Compress, DiskScanner, DiskStats
 from .tunnel import TargetSpec, Tunnel, open_tunnel
 
 log = structlog.get_logger("vzrep.source.session")
 
 AGENT = "vzrep-source/0.1"
 DEFAULT_BLOCK_SIZE = 64 * 1024
+#: chunks scanned at once (BLAKE3, zstd and reads release the GIL, so two threads use two cores)
+SCAN_THREADS = 2
+#: frames are written to the tunnel in runs of about this size (one SSH packet each)
+WRITE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -188,31 +193,57 @@ class SourceSession:
         return st
 
     async def _stream(self, scanner: DiskScanner, st: DiskStats) -> None:
-        """Scan in a thread and send on the loop, one chunk ahead; auto-compression decides per chunk."""
+        """Scan in worker threads and send on the loop, keeping chunks in order.
+
+        ``SCAN_THREADS`` chunks are scanned at once (each into its own reused buffer) while earlier
+        chunks are sent; frames are written in runs of about ``WRITE_BYTES`` (fewer, larger SSH
+        packets). Compression per chunk: ``zstd`` always, ``none`` never, ``auto`` when a probe block
+        of the chunk compresses well or when the sender is behind (the link is the bottleneck).
+        """
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=2)
-        auto = self.opts.compress == "auto" and Codec.ZSTD in self.conn.codecs
+        if Codec.ZSTD not in self.conn.codecs or self.opts.compress == "none":
+            base = Compress.OFF
+        else:
+            base = Compress.ON if self.opts.compress == "zstd" else Compress.PROBE
+        loop = asyncio.get_running_loop()
 
         async def produce() -> None:
-            compress = self.opts.compress == "zstd" and Codec.ZSTD in self.conn.codecs
-            for first in scanner.chunks():
-                chunk = await asyncio.to_thread(scanner.scan, first, compress)
-                if auto:
-                    compress = queue.full()  # the sender is behind: the link is the bottleneck
-                await queue.put(chunk)
-            await queue.put(None)
+            buffers = [scanner.new_buffer() for _ in range(SCAN_THREADS)]
+            inflight: deque[tuple[asyncio.Future[Chunk], bytearray]] = deque()
+            try:
+                for first in scanner.chunks():
+                    mode = Compress.ON if base is Compress.PROBE and queue.full() else base
+                    buf = buffers.pop()
+                    inflight.append((loop.run_in_executor(None, scanner.scan, first, mode, buf), buf))
+                    if len(inflight) >= SCAN_THREADS:
+                        fut, done_buf = inflight.popleft()
+                        chunk = await fut
+                        buffers.append(done_buf)
+                        await queue.put(chunk)
+                while inflight:
+                    fut, _ = inflight.popleft()
+                    await queue.put(await fut)
+                await queue.put(None)
+            finally:
+                if inflight:  # threads cannot be cancelled: let them finish before buffers go away
+                    await asyncio.gather(*(f for f, _ in inflight), return_exceptions=True)
 
         async def consume() -> None:
-            pending = 0
+            out = bytearray()
             while (chunk := await queue.get()) is not None:
+                st.add(chunk.stats)
                 for msg in chunk.messages:
-                    n = await self._send(msg)
-                    st.wire_bytes += n
-                    pending += n
-                    if pending >= 1 << 20:
+                    frame = self.conn.send(msg)
+                    out += frame
+                    st.wire_bytes += len(frame)
+                    if len(out) >= WRITE_BYTES:
+                        self.tunnel.write(bytes(out))
+                        out.clear()
                         await self.tunnel.drain()
-                        pending = 0
                 if self.progress:
                     self.progress(scanner.reader.name, chunk.end, scanner.size)
+            if out:
+                self.tunnel.write(bytes(out))
             await self.tunnel.drain()
 
         try:

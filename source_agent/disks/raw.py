@@ -36,6 +36,16 @@ class RawReader:
     def pread(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
+    def pread_into(self, offset: int, view: memoryview) -> int:
+        """Read into ``view`` without an intermediate copy; returns the bytes read (short at the end)."""
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n <= 0:
+                break
+            done += n
+        return done
+
     def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         stop = self.size if end is None else min(end, self.size)
         if self.is_device:

@@ -99,6 +99,28 @@ class VmdkFlatReader:
             pos += n
         return bytes(out)
 
+    def pread_into(self, offset: int, view: memoryview) -> int:
+        """Read into ``view`` across extents; ZERO extents and short extent files read as zeros."""
+        end = min(offset + len(view), self.size)
+        pos = offset
+        while pos < end:
+            i = self._locate(pos)
+            fd, foff, flen = self._parts[i]
+            within = pos - self._starts[i]
+            n = min(end - pos, flen - within)
+            target = view[pos - offset : pos - offset + n]
+            got = 0
+            if fd >= 0:
+                while got < n:
+                    r = os.preadv(fd, [target[got:]], foff + within + got)
+                    if r <= 0:
+                        break
+                    got += r
+            if got < n:
+                target[got:] = bytes(n - got)
+            pos += n
+        return end - offset if end > offset else 0
+
     def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         stop = self.size if end is None else min(end, self.size)
         pos = start
