@@ -62,15 +62,45 @@ class _SubsystemOnly(SSHServerStreamSession):  # type: ignore[type-arg]
         return False
 
 
+def load_authorized_keys(path: Path) -> Any:
+    """The authorized keys as they are now; an empty or missing file lets nobody in (unpaired target)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot read the authorized keys file {path}: {exc.strerror}") from None
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        return None
+    try:
+        return asyncssh.import_authorized_keys(text)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise InputError(f"the authorized keys file {path} is not valid: {exc}") from None
+
+
 class _Server(asyncssh.SSHServer):
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, authorized_keys: Path) -> None:
         self._handler = handler
+        self._authorized_keys = authorized_keys
         self._peer = "?"
+        self._conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self._peer = f"{peer[0]}:{peer[1]}"
         log.info("ssh_connection", peer=self._peer)
+
+    def begin_auth(self, username: str) -> bool:
+        """Re-read the authorized keys for every connection, so pairing takes effect without a restart."""
+        assert self._conn is not None
+        try:
+            keys = load_authorized_keys(self._authorized_keys)
+        except InputError as exc:
+            log.error("authorized_keys_unreadable", error=str(exc))
+            keys = None
+        self._conn.set_authorized_keys(keys)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -103,17 +133,15 @@ async def start_server(
     """Listen on ``host:port``; returns the server and the port actually bound."""
     try:
         keys = [asyncssh.read_private_key(str(host_key))]
-        authorized = asyncssh.read_authorized_keys(str(authorized_keys))
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
-        raise InputError(
-            f"cannot load the host key {host_key} or authorized keys {authorized_keys}: {exc}"
-        ) from None
+        raise InputError(f"cannot load the host key {host_key}: {exc}") from None
+    if load_authorized_keys(authorized_keys) is None:
+        log.warning("no_authorized_keys", path=str(authorized_keys), hint="pair a source, or add its public key")
     server = await asyncssh.create_server(
-        lambda: _Server(handler),
+        lambda: _Server(handler, authorized_keys),
         host,
         port,
         server_host_keys=keys,
-        authorized_client_keys=authorized,
         encryption_algs=list(policy.ENCRYPTION_ALGS),
         mac_algs=list(policy.MAC_ALGS),
         kex_algs=list(policy.KEX_ALGS),

@@ -228,12 +228,15 @@ async def test_target_offering_only_aes128_is_refused(tmp_path: Path, session_ke
     )
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
+        for _ in range(400):  # up to 20 s on a loaded machine
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 break
             except OSError:
+                assert proc.poll() is None, "sshd exited at start"
                 await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("sshd did not start listening")
         kh = tmp_path / "kh"
         kh.write_text(
             known_hosts_line("127.0.0.1", port, (tmp_path / "ssh_host_ed25519_key.pub").read_text().strip())
