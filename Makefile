@@ -8,7 +8,7 @@ APT_STAMP := .apt-done
 # Debian packages the core needs (others are added by the fragments in mk/).
 APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync
 
-.PHONY: all demo test lint typecheck unit fuzz bench clean sysdeps sysdeps-core venv
+.PHONY: all demo test check lint typecheck unit fuzz bench clean sysdeps sysdeps-core venv
 
 all: test
 
@@ -49,7 +49,11 @@ unit: sysdeps venv
 	@$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; exit $$rc
 
-test: sysdeps venv lint typecheck unit
+# The whole suite, as CI runs it: static checks, the tests, then the appliance image build and boot
+# test (about 4 minutes). `make check` is the same without the appliance image.
+test: sysdeps venv lint typecheck unit appliance-test
+
+check: sysdeps venv lint typecheck unit
 
 fuzz: venv
 	VZREP_FUZZ_INPUTS=2000000 $(VENV)/bin/pytest -q tests/protocol/test_fuzz.py

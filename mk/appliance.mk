@@ -10,13 +10,7 @@ APPLIANCE_OUT ?= build/appliance
 .PHONY: appliance appliance-deps appliance-test
 
 appliance-deps:
-	@missing=""; for p in $(APPLIANCE_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing appliance build tools:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	@$(MAKE) --no-print-directory sysdeps APT_PACKAGES="$(APPLIANCE_APT_PACKAGES)" EXTRA_APT_PACKAGES=
 
 # mmdebstrap root (cached in $(APPLIANCE_OUT)/base), provision, raw disk, streamOptimized VMDK, OVA.
 appliance: appliance-deps venv
