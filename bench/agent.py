@@ -3,7 +3,8 @@
 ``python -m bench.agent source|target ARGS...`` sets module attributes before calling the
 agent's ``main()``, so the tuning sweeps need no option in the shipped CLIs:
 
-* ``VZBENCH_NO_UVLOOP=1``: hide uvloop, so the CLI falls back to the default asyncio loop;
+* ``VZBENCH_NO_UVLOOP=1``: the default asyncio loop (sets the CLIs' ``VZREP_NO_UVLOOP=1`` and
+  also hides uvloop, for agents built before that switch);
 * ``VZBENCH_WINDOW`` / ``VZBENCH_PKTSIZE``: ``vzcommon.tunnel_policy.WINDOW`` / ``MAX_PKTSIZE``
   (both agents read them when they open the channel);
 * ``VZBENCH_ZSTD_LEVEL``: ``source_agent.pipeline.ZSTD_LEVEL``.
@@ -21,6 +22,7 @@ def main() -> int:
         return 2
     role, argv = sys.argv[1], sys.argv[2:]
     if os.environ.get("VZBENCH_NO_UVLOOP") == "1":
+        os.environ["VZREP_NO_UVLOOP"] = "1"
         sys.modules["uvloop"] = None  # type: ignore[assignment]  # `import uvloop` now raises ImportError
     from vzcommon import tunnel_policy
 

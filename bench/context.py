@@ -52,9 +52,9 @@ class Context:
         prepare(disk)
         target = VzrepTarget(self.data_dir, self.keys, self.work / "target.log", knobs)
         target.port = self._port
-        target.start()
-        self._port = target.port
         try:
+            target.start()
+            self._port = target.port
             return vzrep_pass(target, vm, disk, self.state_dir, block_size, compress, knobs)
         finally:
             target.stop()

@@ -409,6 +409,7 @@ class VzrepTarget:
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log, env=knob_env(self.knobs))
+        # stop() is safe from here on, even if we are interrupted while waiting for the port
         deadline = time.monotonic() + timeout
         while not ready.exists() or not ready.read_text().strip():
             if self.proc.poll() is not None or time.monotonic() > deadline:
