@@ -62,15 +62,15 @@ def link(ctx: Context, image: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     configs: dict[str, dict[str, Any]] = {
         f"{w >> 20} MiB / {p >> 10} KiB": {"window": w, "pktsize": p} for w, p in (WINDOWS_QUICK if ctx.quick else WINDOWS)
     }
-    configs["asyncio loop"] = {"no_uvloop": 1}  # default window / packet, default asyncio loop
+    configs["uvloop"] = {"uvloop": 1}  # default window / packet, on uvloop
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in configs}
     for _ in range(1 if ctx.quick else 3):
         for label, knobs in configs.items():
             vm = "link-" + "".join(c for c in label if c.isalnum())
             runs[label].append(ctx.vzrep(vm, image, knobs=knobs))
             ctx.forget(vm)
-    windows = {k: _median(v) for k, v in runs.items() if k != "asyncio loop"}
-    loops = {"uvloop": windows["16 MiB / 256 KiB"], "asyncio": _median(runs["asyncio loop"])}
+    windows = {k: _median(v) for k, v in runs.items() if k != "uvloop"}
+    loops = {"uvloop": _median(runs["uvloop"]), "asyncio": windows["16 MiB / 256 KiB"]}
     return windows, loops
 
 

@@ -185,7 +185,15 @@ async def _vsphere_pass(
     return report
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands and options that live in the vSphere and pairing areas; their modules (pyVmomi, SPAKE2)
+#: are imported only when the command line asks for them, so a plain pass starts faster.
+_AREAS = {
+    "source_agent.vsphere.cli": ("--vcenter", "vsphere-check"),
+    "appliance.pairing_cli": ("pair", "unpair", "pair-status"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vzrep-source", description="vzrep source agent")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -222,8 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=lambda a: asyncio_run(_pass(a)))
     add_keygen(sub)
-    for hook in ("source_agent.vsphere.cli", "appliance.pairing_cli"):
-        _extend(sub, p, hook)
+    words = sys.argv[1:] if argv is None else argv
+    everything = not words or "-h" in words or "--help" in words or "pass" not in words
+    for hook, triggers in _AREAS.items():
+        if everything or any(t in words for t in triggers):
+            _extend(sub, p, hook)
     return parser
 
 
@@ -240,7 +251,7 @@ def _extend(sub: Any, pass_parser: argparse.ArgumentParser, module: str) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main("vzrep-source", build_parser(), argv, "the target rolls the pass back")
+    return run_main("vzrep-source", build_parser(argv), argv, "the target rolls the pass back")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import structlog
 
 from protocol.messages import DiskReady
 from source_agent.disks.base import DiskReader
-from source_agent.filters import abm
 from source_agent.filters.extents import ExtentList
 
 from .session import Plan, Planner
@@ -38,6 +37,7 @@ def with_abm(reader: DiskReader, work_dir: Path, settings: AbmSettings, inner: P
         base = await inner(ready) if inner else Plan()
         if not settings.enabled:
             return base
+        from source_agent.filters import abm  # the filesystem parsers load only when ABM is on
         active = await asyncio.to_thread(
             abm.active_extents, reader, skip_swap=settings.skip_swap, skip_pagefile=settings.skip_pagefile
         )
@@ -56,4 +56,6 @@ def with_abm(reader: DiskReader, work_dir: Path, settings: AbmSettings, inner: P
 
 
 def cleanup(work_dir: Path, disk: str) -> None:
-    abm.remove_filters(work_dir, disk)
+    from source_agent.filters.abm import remove_filters
+
+    remove_filters(work_dir, disk)
