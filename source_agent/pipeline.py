@@ -165,7 +165,7 @@ class DiskScanner:
                 msgs.append(ZeroRange(self.disk_id, zero_run[0], zero_run[1]))
                 zero_run.clear()
 
-        self._fill(buf, start, end, wanted, first, st)
+        has_data = self._fill(buf, start, end, wanted, first, st)
         for k in range(count):
             off = (first + k) * bs
             n = min(bs, self.size - off)
@@ -176,7 +176,7 @@ class DiskScanner:
             pos = k * bs
             old = entries[k * HASH_LEN : (k + 1) * HASH_LEN]
             st.bytes_scanned += n
-            if buf.startswith(zero_block(n), pos):  # a memcmp in place, no copy
+            if not has_data[k] or buf.startswith(zero_block(n), pos):  # a hole, or a memcmp in place
                 zh = self._zero_hash if n == bs else zero_hash(n)
                 if old == zh:
                     st.zero_blocks_skipped += 1
@@ -220,21 +220,25 @@ class DiskScanner:
 
     def _fill(
         self, buf: bytearray, start: int, end: int, wanted: list[bool], first: int, st: ChunkStats
-    ) -> None:
-        """Put the chunk's bytes into ``buf``: data read from the disk, zeros for holes.
+    ) -> list[bool]:
+        """Read the chunk's wanted data into ``buf``; return which blocks hold any data at all.
 
-        Only wanted blocks are read; holes of a sparse source are never read.
+        Blocks that lie wholly in holes of a sparse source are neither read nor zero-filled (the
+        scan knows they are zero); only the hole parts of blocks that also hold data are zeroed.
         """
         bs = self.bs
+        count = len(wanted)
         view = memoryview(buf)
-        zeros = memoryview(zero_block(min(len(buf), 1 << 20)))
-        filled = start  # everything before this offset (within wanted runs) is in buf
+        segs: list[tuple[int, int]] = []
+        has_data = [False] * count
         for seg_off, seg_len in self.reader.data_extents(start, end):
             lo, hi = max(seg_off, start), min(seg_off + seg_len, end)
             if lo >= hi:
                 continue
-            self._zero(view, zeros, filled - start, lo - start)
-            # Read only the wanted blocks of this data segment.
+            segs.append((lo, hi))
+            for b in range((lo - start) // bs, (hi - 1 - start) // bs + 1):
+                has_data[b] = True
+            # Read only the wanted blocks of this data segment, in runs.
             b = (lo - start) // bs
             while lo < hi:
                 blk_end = min(start + (b + 1) * bs, hi)
@@ -242,20 +246,20 @@ class DiskScanner:
                     run_end = blk_end
                     while run_end < hi and wanted[(run_end - start) // bs]:
                         run_end = min(start + ((run_end - start) // bs + 1) * bs, hi)
-                    got = self._read(view[lo - start : run_end - start], lo)
-                    st.bytes_read += got
+                    st.bytes_read += self._read(view[lo - start : run_end - start], lo)
                     lo, b = run_end, (run_end - start) // bs
                 else:
                     lo, b = blk_end, b + 1
-            filled = hi
-        self._zero(view, zeros, filled - start, end - start)
-
-    @staticmethod
-    def _zero(view: memoryview, zeros: memoryview, a: int, b: int) -> None:
-        while a < b:
-            n = min(b - a, len(zeros))
-            view[a : a + n] = zeros[:n]
-            a += n
+        # Zero the hole parts of blocks that hold some data (at the edges of each gap).
+        prev = start
+        for lo, seg_hi in [*segs, (end, end)]:
+            if prev < lo:
+                for b in {(prev - start) // bs, (lo - 1 - start) // bs}:
+                    if has_data[b] and wanted[b]:
+                        a, z = max(prev, start + b * bs), min(lo, start + (b + 1) * bs)
+                        view[a - start : z - start] = zero_block(z - a)
+            prev = max(prev, seg_hi)
+        return has_data
 
     def _read(self, target: memoryview, offset: int) -> int:
         if self._read_into is not None:

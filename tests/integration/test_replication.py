@@ -212,3 +212,19 @@ async def test_several_vms_at_once_and_a_second_pass_for_a_busy_vm(target: Targe
     r = await replicate(target.spec(), "vma", [a], tmp_path / "sa")  # and works once the VM is free
     assert r.disks[0].blocks_changed == 3
     qemu_compare(a, target.vm("vma") / "a.vmdk")
+
+
+async def test_blocks_partly_in_holes_read_correctly_with_reused_buffers(target: Target, tmp_path: Path) -> None:
+    """Scan buffers are reused: the hole parts of a block that also holds data must read as zeros."""
+    src = tmp_path / "p.img"
+    rng = random.Random(3)
+    with open(src, "wb") as f:
+        f.write(rng.randbytes(32 * MiB))  # two chunks full of data leave both scan buffers dirty
+        f.truncate(96 * MiB)
+        for i in range(40):  # then 4 KiB islands inside otherwise sparse blocks
+            f.seek(32 * MiB + i * 977 * 4096)
+            f.write(rng.randbytes(4096))
+    r = await replicate(target.spec(), "partial", [src], tmp_path / "st")
+    assert r.ok
+    qemu_compare(src, target.vm("partial") / "p.vmdk")
+    assert r.disks[0].bytes_read < 33 * MiB  # the holes were not read
