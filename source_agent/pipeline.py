@@ -19,11 +19,12 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 
 import zstandard
+from blake3 import blake3
 
 from protocol.messages import Block, Codec, ZeroRange
 from source_agent.disks.base import DiskReader
 from source_agent.filters.extents import ExtentList
-from vzcommon.blockhash import HASH_LEN, hash_block, zero_block, zero_hash
+from vzcommon.blockhash import HASH_LEN, zero_block, zero_hash
 from vzcommon.vzmap import MapBuilder
 
 CHUNK_BYTES = 16 << 20  # per scanned chunk; at most ~4 chunks are in memory at once
@@ -166,21 +167,26 @@ class DiskScanner:
                 zero_run.clear()
 
         has_data = self._fill(buf, start, end, wanted, first, st)
+        # The hot loop: locals and inlined checks (it runs once per block of the disk).
+        zb, zh_full, startswith = zero_block(bs), self._zero_hash, buf.startswith
+        scanned = unchanged = 0
         for k in range(count):
             off = (first + k) * bs
-            n = min(bs, self.size - off)
+            n = bs if off + bs <= self.size else self.size - off
             if not wanted[k]:
-                flush_zero()
+                if zero_run:
+                    flush_zero()
                 st.bytes_skipped_filter += n
                 continue
             pos = k * bs
             old = entries[k * HASH_LEN : (k + 1) * HASH_LEN]
-            st.bytes_scanned += n
-            if not has_data[k] or buf.startswith(zero_block(n), pos):  # a hole, or a memcmp in place
-                zh = self._zero_hash if n == bs else zero_hash(n)
+            scanned += n
+            if not has_data[k] or startswith(zb if n == bs else zero_block(n), pos):  # hole, or memcmp
+                zh = zh_full if n == bs else zero_hash(n)
                 if old == zh:
                     st.zero_blocks_skipped += 1
-                    flush_zero()
+                    if zero_run:
+                        flush_zero()
                     continue
                 st.zero_blocks_sent += 1
                 updates.append((first + k, zh))
@@ -190,11 +196,12 @@ class DiskScanner:
                     flush_zero()
                     zero_run.extend((off, n))
                 continue
-            flush_zero()
+            if zero_run:
+                flush_zero()
             block = view[pos : pos + n]
-            digest = hash_block(block)
+            digest = blake3(block).digest()
             if digest == old:
-                st.blocks_unchanged += 1
+                unchanged += 1
                 continue
             payload, codec = bytes(block), Codec.NONE
             if compress or probing:
@@ -214,9 +221,20 @@ class DiskScanner:
             st.payload_raw += n
             st.payload_wire += len(payload)
         flush_zero()
-        for idx, digest in updates:
-            self.builder.set_range(idx, digest)
+        st.bytes_scanned += scanned
+        st.blocks_unchanged += unchanged
+        self._write_entries(updates)
         return Chunk(msgs, end, st)
+
+    def _write_entries(self, updates: list[tuple[int, bytes]]) -> None:
+        """New map entries, contiguous runs in one write each."""
+        i = 0
+        while i < len(updates):
+            j = i + 1
+            while j < len(updates) and updates[j][0] == updates[j - 1][0] + 1:
+                j += 1
+            self.builder.set_range(updates[i][0], b"".join(d for _, d in updates[i:j]))
+            i = j
 
     def _fill(
         self, buf: bytearray, start: int, end: int, wanted: list[bool], first: int, st: ChunkStats
