@@ -55,3 +55,32 @@ async def test_abm_skips_deleted_data_and_replica_is_clean(target: Target, tmp_p
     # With ABM off the same disk is read in full.
     off = await replicate(target.spec(), "abm-off", {"fs": fs}, tmp_path / "s2")
     assert off.disks[0].bytes_skipped_filter == 0 and off.disks[0].bytes_read > d.bytes_read
+
+
+async def test_abm_replication_of_ntfs_and_xfs_judged_by_their_own_tools(
+    target: Target, tmp_path: Path
+) -> None:
+    """NTFS and XFS through the real pass with ABM on: ntfsfix -n / xfs_repair -n pass on the replica
+    and every file reads back byte-identical (ntfscat; XFS through xfs_db's block map)."""
+    from tests.source_agent.filters.helpers import run as frun
+    from tests.source_agent.filters.test_ntfs import make_ntfs
+    from tests.source_agent.filters.test_xfs import make_xfs, read_file
+
+    (tmp_path / "n").mkdir()
+    (tmp_path / "x").mkdir()
+    ntfs, ntfs_files = make_ntfs(tmp_path / "n")
+    xfs, xfs_files = make_xfs(tmp_path / "x", ["-d", "agcount=4"])
+    r = await replicate(
+        target.spec(), "fs", {"ntfs": ntfs, "xfs": xfs}, tmp_path / "st", abm=AbmSettings(enabled=True)
+    )
+    assert [d.mode for d in r.disks] == ["differential+abm"] * 2
+    assert all(d.bytes_skipped_filter > 0 for d in r.disks)  # free space was never read
+    vdir = target.vm("fs")
+    res = frun("ntfsfix", "-n", vdir / "ntfs-flat.vmdk", check=False)
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    for name, data in ntfs_files.items():
+        assert frun("ntfscat", vdir / "ntfs-flat.vmdk", f"/{name}").stdout == data, name
+    res = frun("xfs_repair", "-n", "-f", vdir / "xfs-flat.vmdk", check=False)
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    for name, data in xfs_files.items():
+        assert read_file(vdir / "xfs-flat.vmdk", name) == data, name
