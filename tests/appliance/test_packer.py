@@ -17,13 +17,19 @@ DUMMY_VARS = {
 
 
 @pytest.mark.parametrize("template", sorted(DUMMY_VARS))
-def test_packer_validate(template):
+def test_packer_validate(template, tmp_path):
     packer = shutil.which("packer")
     if packer is None:
         reason = "packer is not installed (Debian package `packer`; `make sysdeps` installs it)"
         print(f"SKIP: {reason}")
         pytest.skip(reason)
-    proc = subprocess.run([packer, "validate", *DUMMY_VARS[template], str(PACKER_DIR / template)],
+    # The file provisioner's source must exist for validate; `make appliance` stages the real one,
+    # which a fresh clone does not have yet, so point validate at a stand-in stage directory.
+    stage = tmp_path / "vzrep-stage"
+    stage.mkdir()
+    (stage / "README").write_text("stand-in stage directory for packer validate\n")
+    proc = subprocess.run([packer, "validate", *DUMMY_VARS[template], "-var", f"stage_dir={stage}",
+                           str(PACKER_DIR / template)],
                           capture_output=True, text=True, timeout=60, cwd=PACKER_DIR.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
