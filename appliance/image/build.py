@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage_only:
         log(f"staged {out / 'vzrep-stage'}")
         return 0
-    log(f"mmdebstrap bookworm -> {out / 'base'} (cached)")
+    log(f"mmdebstrap bookworm -> {out / 'base'} (reused when its package list is unchanged)")
     build_base(out / "base", args.mirror)
     log(f"provisioning {rootdir} ({time.monotonic() - t0:.0f}s)")
     provision(out / "base", out / "vzrep-stage", rootdir)
