@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+from vzcommon.checksum import crc32
 from vzcommon.durable import fsync_dir
 from vzcommon.errors import IntegrityError
 
@@ -58,7 +58,7 @@ class UndoRecord:
 
 
 def _record_crc(offset: int, length: int, kind: int, data: bytes) -> int:
-    return zlib.crc32(data, zlib.crc32(struct.pack("<QIB", offset, length, kind)))
+    return crc32(data, crc32(struct.pack("<QIB", offset, length, kind)))
 
 
 def encode_record(offset: int, kind: RecordKind, data: bytes = b"", length: int = 0) -> bytes:
@@ -84,7 +84,7 @@ class UndoLog:
             head = _HEAD.pack(
                 MAGIC, VERSION, FLAG_CREATED if created else 0, old_size, pass_id.encode(), disk.encode()
             )
-            head += struct.pack("<I", zlib.crc32(head))
+            head += struct.pack("<I", crc32(head))
             os.write(fd, head.ljust(HEADER_SIZE, b"\0"))
             os.fsync(fd)
             fsync_dir(p.parent)
@@ -114,7 +114,7 @@ def read_header(path: str | os.PathLike[str]) -> UndoHeader:
     if len(raw) < _HEAD.size + 4 or raw[:8] != MAGIC:
         raise IntegrityError(f"{path} is not a vzrep undo log")
     (crc,) = struct.unpack_from("<I", raw, _HEAD.size)
-    if zlib.crc32(raw[: _HEAD.size]) != crc:
+    if crc32(raw[: _HEAD.size]) != crc:
         raise IntegrityError(f"{path}: undo log header fails its checksum")
     _, version, flags, old_size, pass_id, disk = _HEAD.unpack_from(raw)
     if version != VERSION:
