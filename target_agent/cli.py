@@ -102,9 +102,8 @@ def status(args: argparse.Namespace) -> int:
             f"{vm['vm']}: {state}; last pass {last.get('finished', 'never')} generation {last.get('generation', '-')}"
         )
         for name, d in vm["disks"].items():
-            print(
-                f"  {name}: {d['size']} bytes, {d['allocated']} allocated{'' if d['has_map'] else ', no map'}"
-            )
+            where = f"{d['allocated']} allocated" if d["allocated"] is not None else d["backing"]
+            print(f"  {name}: {d['size']} bytes, {where}{'' if d['has_map'] else ', no map'}")
         if vm["last_failure"]:
             print(f"  last failure: rolled back at {vm['last_failure'].get('rolled_back_at')}")
     return 0

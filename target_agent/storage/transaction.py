@@ -42,6 +42,7 @@ from protocol.messages import valid_name
 from vzcommon.durable import atomic_write, fsync_dir, unlink_durable
 from vzcommon.errors import InputError, IntegrityError, StorageError
 from vzcommon.records import read_record, write_record
+from vzcommon.vzmap import MapFile
 
 from .lock import VmLock
 from .replica import DiskWriter, OpenResult, ReplicaPaths, roll_forward_disk, rollback_disk
@@ -202,7 +203,19 @@ def vm_status(vdir: Path) -> dict[str, Any]:
             "size": st.st_size,
             "allocated": st.st_blocks * 512,
             "has_map": ReplicaPaths(vdir, name).map.exists(),
+            "backing": "file",
         }
+    # Device-backed replicas (vSphere: the bytes live in the replica VM's disk) have only a map here.
+    for vzmap in sorted(vdir.glob("*-flat.vmdk.vzmap")):
+        name = vzmap.name[: -len("-flat.vmdk.vzmap")]
+        if name in disks:
+            continue
+        try:
+            with MapFile.open(vzmap, verify=False) as m:
+                size = m.header.disk_size
+        except (IntegrityError, OSError):
+            size = 0
+        disks[name] = {"size": size, "allocated": None, "has_map": True, "backing": "vSphere replica disk"}
     pending = pending_disks(vdir)
     return {
         "vm": vdir.name,

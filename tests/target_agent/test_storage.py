@@ -225,3 +225,14 @@ def test_untouched_blocks_are_not_written_and_equal_blocks_skip_undo(tmp_path: P
     w.flush()
     assert w.stats.blocks_unchanged == 1 and w.stats.undo_bytes == 0 and w.stats.bytes_zeroed == 0
     p.close()  # closing without commit rolls back
+
+
+def test_status_lists_file_and_map_only_disks(tmp_path: Path) -> None:
+    first_pass(tmp_path)
+    vdir = tmp_path / "vm"
+    # A device-backed (vSphere) disk has only its map in DATA_DIR.
+    shutil.copy(vdir / "d-flat.vmdk.vzmap", vdir / "sys-flat.vmdk.vzmap")
+    st = txn.vm_status(vdir)
+    assert st["disks"]["d"]["backing"] == "file" and st["disks"]["d"]["size"] == SIZE
+    assert st["disks"]["sys"] == {"size": SIZE, "allocated": None, "has_map": True, "backing": "vSphere replica disk"}
+    assert st["pending_rollback"] is False and st["last_pass"]["result"] == "ok"
