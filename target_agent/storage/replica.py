@@ -93,6 +93,10 @@ class WriteStats:
     undo_bytes: int = 0
 
 
+class DeviceNotAttached(StorageError):
+    """A pending pass wrote to a disk that recovery cannot find now; the VM stays pending."""
+
+
 def _storage_error(exc: OSError, what: str) -> StorageError:
     return StorageError(
         f"{what}: {exc.strerror or exc}; the pass is rolled back and the replica keeps its previous state"
@@ -406,9 +410,17 @@ def rollback_disk(paths: ReplicaPaths) -> str:
                 fd = os.open(paths.flat, os.O_RDWR)
             except FileNotFoundError:
                 if paths.device is not None:  # keep the undo log: the device may come back
-                    raise StorageError(
+                    raise DeviceNotAttached(
                         f"cannot roll back replica disk {paths.disk!r}: its device {paths.device} is not"
                         " there; re-attach the disk and roll back again (rollback is safe to repeat)"
+                    ) from None
+                if next(undo.read_records(paths.undo), None) is not None:
+                    # Original bytes with nowhere to go (the disk was removed, or its device was not
+                    # recorded): keep them rather than lose them.
+                    raise DeviceNotAttached(
+                        f"cannot roll back replica disk {paths.disk!r}: {paths.flat} is missing but its undo"
+                        f" log {paths.undo} holds original blocks; the undo log is kept. Restore the disk"
+                        " (or start the agent with the vSphere options it used) and roll back again"
                     ) from None
                 fd = -1
             if fd >= 0:

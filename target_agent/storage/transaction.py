@@ -40,12 +40,12 @@ import structlog
 
 from protocol.messages import valid_name
 from vzcommon.durable import atomic_write, fsync_dir, unlink_durable
-from vzcommon.errors import InputError, IntegrityError, StorageError
+from vzcommon.errors import InputError, IntegrityError
 from vzcommon.records import read_record, write_record
 from vzcommon.vzmap import MapFile
 
 from .lock import VmLock
-from .replica import DiskWriter, OpenResult, ReplicaPaths, roll_forward_disk, rollback_disk
+from .replica import DeviceNotAttached, DiskWriter, OpenResult, ReplicaPaths, roll_forward_disk, rollback_disk
 
 log = structlog.get_logger("vzrep.target.pass")
 
@@ -64,10 +64,6 @@ def vm_dir(data_dir: Path, vm: str) -> Path:
     if not valid_name(vm):
         raise InputError(f"invalid VM name {vm!r}: use letters, digits, '.', '_', '+' or '-', without '..'")
     return data_dir / vm
-
-
-class DeviceNotAttached(StorageError):
-    """A pending pass wrote to a device that recovery cannot find now; the VM stays pending."""
 
 
 def pending_disks(vdir: Path) -> list[str]:

@@ -236,3 +236,20 @@ def test_status_lists_file_and_map_only_disks(tmp_path: Path) -> None:
     assert st["disks"]["d"]["backing"] == "file" and st["disks"]["d"]["size"] == SIZE
     assert st["disks"]["sys"] == {"size": SIZE, "allocated": None, "has_map": True, "backing": "vSphere replica disk"}
     assert st["pending_rollback"] is False and st["last_pass"]["result"] == "ok"
+
+
+def test_undo_log_is_kept_when_its_disk_cannot_be_found(tmp_path: Path) -> None:
+    """A pending pass whose disk is missing at recovery (moved, or a device whose journal entry was
+    lost) keeps its undo log and stays pending, instead of dropping the original bytes."""
+    before = first_pass(tmp_path)
+    p = start_second_pass(tmp_path)
+    crash(p)
+    vdir = tmp_path / "vm"
+    (vdir / ".vzpass").write_text("damaged at rest")  # the journal is unreadable
+    os.replace(vdir / "d-flat.vmdk", tmp_path / "moved-flat.vmdk")
+    done = txn.recover_all(tmp_path)
+    assert done["vm"].startswith("NOT recovered") and "undo log is kept" in done["vm"]
+    assert (vdir / "d-flat.vmdk.vzundo").exists()
+    os.replace(tmp_path / "moved-flat.vmdk", vdir / "d-flat.vmdk")  # the disk is back
+    assert "rolled back" in (recover_vm(tmp_path, "vm") or "")
+    assert state(vdir) == before
