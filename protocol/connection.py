@@ -124,10 +124,6 @@ class Connection:
             self.state = State.ERROR
             raise
 
-    @property
-    def trailing_data(self) -> int:
-        return len(self._buf) - self._pos
-
     # -- receiving ---------------------------------------------------------------------------------
 
     def _next_event(self) -> Event:

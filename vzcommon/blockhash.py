@@ -30,7 +30,3 @@ def zero_block(length: int) -> bytes:
 @lru_cache(maxsize=16)
 def zero_hash(length: int) -> bytes:
     return hash_block(zero_block(length))
-
-
-def is_zero(data: bytes) -> bool:
-    return data == zero_block(len(data))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import asyncssh
@@ -23,22 +22,8 @@ def generate(path: Path, comment: str = "vzrep") -> tuple[str, str]:
     return pub, key.get_fingerprint("sha256")
 
 
-def public_line_and_fingerprint(path: Path) -> tuple[str, str]:
-    try:
-        key = asyncssh.read_private_key(str(path))
-    except (OSError, asyncssh.KeyImportError) as exc:
-        raise InputError(f"cannot read SSH key {path}: {exc}") from None
-    return key.export_public_key().decode().strip(), key.get_fingerprint("sha256")
-
-
 def known_hosts_line(host: str, port: int, public_line: str) -> str:
     """A known_hosts line pinning ``public_line`` for ``host:port``."""
     keytype, b64 = public_line.split()[:2]
     name = host if port == 22 else f"[{host}]:{port}"
     return f"{name} {keytype} {b64}\n"
-
-
-def check_private_key_mode(path: Path) -> None:
-    mode = os.stat(path).st_mode
-    if mode & 0o077:
-        raise InputError(f"{path} is readable by others (mode {mode & 0o777:o}); run: chmod 600 {path}")
