@@ -15,6 +15,7 @@ Per block:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 
@@ -23,6 +24,7 @@ from blake3 import blake3
 
 from protocol.messages import Block, Codec, ZeroRange
 from source_agent.disks.base import DiskReader
+from source_agent.disks.mapping import Mapped
 from source_agent.filters.extents import ExtentList
 from vzcommon.blockhash import HASH_LEN, zero_block, zero_hash
 from vzcommon.vzmap import MapBuilder
@@ -137,6 +139,7 @@ class DiskScanner:
         self.window_blocks = max(1, WINDOW_BYTES // block_size)
         self._zero_hash = zero_hash(block_size)
         self._read_into = getattr(reader, "pread_into", None)
+        self._map: Callable[[int, int], Mapped | None] | None = getattr(reader, "map_range", None)
         stats.blocks_total = self.nblocks
 
     def chunks(self) -> range:
@@ -152,14 +155,34 @@ class DiskScanner:
         return [self.filter.overlaps((first + i) * self.bs, (first + i + 1) * self.bs) for i in range(count)]
 
     def scan(self, first: int, mode: Compress, buf: bytearray) -> Chunk:
-        """Scan the chunk starting at block ``first`` using ``buf`` (owned by this call until it returns)."""
+        """Scan the chunk starting at block ``first`` using ``buf`` (owned by this call until it returns).
+
+        The chunk is read through a mapping when the reader can map it (``disks.mapping``), else
+        window by window into ``buf``.
+        """
+        count = min(self.chunk_blocks, self.nblocks - first)
+        start, end = first * self.bs, min((first + count) * self.bs, self.size)
+        wanted = self._wanted(first, count)
+        mapped = self._map(start, end - start) if self._map is not None and any(wanted) else None
+        try:
+            return self._scan(first, count, wanted, mode, buf, mapped)
+        finally:
+            if mapped is not None:
+                mapped.close()
+
+    def _scan(
+        self,
+        first: int,
+        count: int,
+        wanted: list[bool],
+        mode: Compress,
+        buf: bytearray,
+        mapped: Mapped | None,
+    ) -> Chunk:
         bs = self.bs
         st = ChunkStats()
-        count = min(self.chunk_blocks, self.nblocks - first)
         start, end = first * bs, min((first + count) * bs, self.size)
-        wanted = self._wanted(first, count)
         entries = self.builder.read_entries(first, count)
-        view = memoryview(buf)
         msgs: list[Block | ZeroRange] = []
         updates: list[tuple[int, bytes]] = []
         zero_run: list[int] = []  # [offset, length] of the pending zero range
@@ -173,15 +196,24 @@ class DiskScanner:
                 zero_run.clear()
 
         # The hot loop: locals and inlined checks (it runs once per block of the disk).
-        zb, zh_full, startswith = zero_block(bs), self._zero_hash, buf.startswith
-        scanned = unchanged = 0
+        # ``view`` holds the bytes being scanned: the mapped chunk, or the current window in ``buf``
+        # (then ``base`` is the window's first byte within the chunk); ``is_zero(zeros, pos)`` is a
+        # memcmp of ``len(zeros)`` bytes at ``pos`` of ``view``.
+        is_zero: Callable[[bytes, int], bool]
+        if mapped is not None:
+            view, is_zero, into = mapped.view, mapped.is_zero, None
+        else:
+            view, is_zero, into = memoryview(buf), buf.startswith, buf
+        zb, zh_full = zero_block(bs), self._zero_hash
+        scanned = unchanged = base = 0
         win = self.window_blocks
         segments = list(self.reader.data_extents(start, end)) if any(wanted) else []
         has_data: list[bool] = []
         for k in range(count):
-            if k % win == 0:  # read the next window (its wanted data only) into buf
+            if k % win == 0:  # the next window: which blocks hold data; read them into buf
                 w_end = min(start + (k + win) * bs, end)
-                has_data = self._fill(buf, start + k * bs, w_end, wanted[k : k + win], segments, st)
+                has_data = self._fill(into, start + k * bs, w_end, wanted[k : k + win], segments, st)
+                base = 0 if into is None else k * bs
             off = (first + k) * bs
             n = bs if off + bs <= self.size else self.size - off
             if not wanted[k]:
@@ -189,10 +221,10 @@ class DiskScanner:
                     flush_zero()
                 st.bytes_skipped_filter += n
                 continue
-            pos = (k % win) * bs
+            pos = k * bs - base
             old = entries[k * HASH_LEN : (k + 1) * HASH_LEN]
             scanned += n
-            if not has_data[k % win] or startswith(zb if n == bs else zero_block(n), pos):  # hole, or memcmp
+            if not has_data[k % win] or is_zero(zb if n == bs else zero_block(n), pos):  # hole, or memcmp
                 zh = zh_full if n == bs else zero_hash(n)
                 if old == zh:
                     st.zero_blocks_skipped += 1
@@ -249,7 +281,7 @@ class DiskScanner:
 
     def _fill(
         self,
-        buf: bytearray,
+        buf: bytearray | None,
         start: int,
         end: int,
         wanted: list[bool],
@@ -260,10 +292,10 @@ class DiskScanner:
 
         Blocks that lie wholly in holes of a sparse source are neither read nor zero-filled (the
         scan knows they are zero); only the hole parts of blocks that also hold data are zeroed.
+        With ``buf`` None (the chunk is mapped) nothing is read: only ``bytes_read`` is counted.
         """
         bs = self.bs
         count = len(wanted)
-        view = memoryview(buf)
         segs: list[tuple[int, int]] = []
         has_data = [False] * count
         if not any(wanted):
@@ -285,11 +317,17 @@ class DiskScanner:
                     run_end = blk_end
                     while run_end < hi and wanted[(run_end - start) // bs]:
                         run_end = min(start + ((run_end - start) // bs + 1) * bs, hi)
-                    st.bytes_read += self._read(view[lo - start : run_end - start], lo)
+                    if buf is None:
+                        st.bytes_read += run_end - lo
+                    else:
+                        st.bytes_read += self._read(memoryview(buf)[lo - start : run_end - start], lo)
                     lo, b = run_end, (run_end - start) // bs
                 else:
                     lo, b = blk_end, b + 1
+        if buf is None:  # a mapping reads holes as zeros by itself
+            return has_data
         # Zero the hole parts of blocks that hold some data (at the edges of each gap).
+        view = memoryview(buf)
         prev = start
         for lo, seg_hi in [*segs, (end, end)]:
             if prev < lo:

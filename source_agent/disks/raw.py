@@ -10,6 +10,8 @@ from pathlib import Path
 from vzcommon.errors import InputError
 from vzcommon.sparse import data_segments
 
+from .mapping import Mapped, map_range, mappable
+
 
 class RawReader:
     """A raw image file or a block device, opened read-only."""
@@ -27,6 +29,7 @@ class RawReader:
             os.close(self._fd)
             raise InputError(f"{self.path} is neither a regular file nor a block device")
         self.size = os.lseek(self._fd, 0, os.SEEK_END) if self.is_device else st.st_size
+        self._mappable = not self.is_device and mappable(self._fd)
         if self.size == 0 or self.size % 512:
             os.close(self._fd)
             raise InputError(
@@ -45,6 +48,10 @@ class RawReader:
                 break
             done += n
         return done
+
+    def map_range(self, offset: int, length: int) -> Mapped | None:
+        """The range mapped read-only, or None: read it with :meth:`pread_into` (see ``mapping``)."""
+        return map_range(self._fd, offset, length) if self._mappable else None
 
     def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         stop = self.size if end is None else min(end, self.size)

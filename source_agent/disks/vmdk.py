@@ -17,6 +17,8 @@ from vzcommon.errors import InputError
 from vzcommon.sparse import data_segments
 from vzcommon.vmdk import FLAT_TYPES, parse_descriptor, read_descriptor
 
+from .mapping import Mapped, map_range, mappable
+
 _SPARSE_MAGIC = b"KDMV"
 
 
@@ -53,6 +55,7 @@ class VmdkFlatReader:
             )
         self._starts: list[int] = []
         self._parts: list[tuple[int, int, int]] = []  # (fd or -1 for zero, file offset, length)
+        self._mappable: list[bool] = []
         pos = 0
         try:
             for ext in desc.extents:
@@ -60,8 +63,10 @@ class VmdkFlatReader:
                 if ext.kind in ("FLAT", "VMFS"):
                     fd = os.open(self.path.parent / ext.filename, os.O_RDONLY | os.O_CLOEXEC)
                     self._parts.append((fd, ext.offset_sectors * 512, length))
+                    self._mappable.append(mappable(fd))
                 elif ext.kind == "ZERO":
                     self._parts.append((-1, 0, length))
+                    self._mappable.append(False)
                 else:
                     raise InputError(f"unsupported VMDK extent type {ext.kind} in {self.path}")
                 self._starts.append(pos)
@@ -120,6 +125,15 @@ class VmdkFlatReader:
                 target[got:] = bytes(n - got)
             pos += n
         return end - offset if end > offset else 0
+
+    def map_range(self, offset: int, length: int) -> Mapped | None:
+        """The range mapped read-only when it lies inside one flat extent file, else None."""
+        i = self._locate(offset)
+        fd, foff, flen = self._parts[i]
+        within = offset - self._starts[i]
+        if not self._mappable[i] or within + length > flen:
+            return None
+        return map_range(fd, foff + within, length)
 
     def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         stop = self.size if end is None else min(end, self.size)

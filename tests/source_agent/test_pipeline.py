@@ -62,9 +62,12 @@ def scan_all(
     [(64 * KiB, 3 * 64 * KiB), (64 * KiB, 1 * MiB), (256 * KiB, 64 * KiB), (1 * MiB, 4 * MiB)],
 )
 @pytest.mark.parametrize("filtered", [False, True])
+@pytest.mark.parametrize("read", ["auto", "pread"])
 def test_scan_matches_an_independent_reading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bs: int, window: int, filtered: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bs: int, window: int, filtered: bool, read: str
 ) -> None:
+    """Both read paths: the chunk mapped (``auto`` on a local filesystem) and read window by window."""
+    monkeypatch.setenv("VZREP_READ", read)
     monkeypatch.setattr(pipeline, "WINDOW_BYTES", window)
     monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2 * MiB)  # several chunks, each in several windows
     size = 11 * MiB + 3 * 512  # the last block is short
@@ -77,6 +80,7 @@ def test_scan_matches_an_independent_reading(
             (o, rng.randrange(4 * KiB, 600 * KiB, 4 * KiB)) for o in range(0, size, 1 * MiB)
         )
     reader = RawReader(img, "d")
+    assert (reader.map_range(0, bs) is not None) == (read == "auto" and reader._mappable)
     builder = MapBuilder(tmp_path / "d.vzmap.next", bs, size, None)
     try:
         msgs = scan_all(reader, bs, builder, filt)
