@@ -11,6 +11,10 @@ import structlog
 
 def setup_logging(level: str = "info", *, stream: object = None) -> None:
     out = stream or sys.stderr
+    # asyncio logs a warning on stderr for every write to a socket that is already gone ("socket.send()
+    # raised exception.", hundreds when the peer is killed mid-pass); the agents report a lost
+    # connection themselves, in one line. asyncio's errors still show.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     is_tty = hasattr(out, "isatty") and out.isatty() and os.environ.get("VZREP_LOG_FORMAT") != "json"
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=True) if is_tty else structlog.processors.JSONRenderer()
