@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import sys
 from collections.abc import Callable
@@ -251,6 +252,9 @@ def _extend(sub: Any, pass_parser: argparse.ArgumentParser, module: str) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A disk read through mmap that is truncated under us ends the process with SIGBUS
+    # (source_agent/disks/mapping.py): say so on stderr, with where it happened.
+    faulthandler.enable(all_threads=False)
     return run_main("vzrep-source", build_parser(argv), argv, "the target rolls the pass back")
 
 

@@ -178,6 +178,9 @@ class SourceSession:
             st.mode, st.reason = plan.mode, plan.reason
             scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter)
             await self._stream(scanner, st)
+            check_size = getattr(reader, "check_size", None)
+            if check_size is not None:  # a disk truncated under us must not reach the replica as zeros
+                await asyncio.to_thread(check_size)
             frame_len = await self._send(
                 DiskEnd(disk_id, st.blocks_changed, self.conn.disks[disk_id].zero_bytes)
             )

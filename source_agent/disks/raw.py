@@ -49,6 +49,19 @@ class RawReader:
             done += n
         return done
 
+    def check_size(self) -> None:
+        """Raise InputError if the disk is now smaller than when it was opened.
+
+        Bytes past a file's end read as zeros, so a source truncated during a pass would otherwise
+        reach the replica as zeros; the pass fails instead, and the target rolls it back.
+        """
+        now = os.lseek(self._fd, 0, os.SEEK_END) if self.is_device else os.fstat(self._fd).st_size
+        if now < self.size:
+            raise InputError(
+                f"disk {self.path} shrank from {self.size} to {now} bytes during the pass; nothing"
+                " of this pass is kept: replicate from a snapshot or a copy that does not change"
+            )
+
     def map_range(self, offset: int, length: int) -> Mapped | None:
         """The range mapped read-only, or None: read it with :meth:`pread_into` (see ``mapping``)."""
         return map_range(self._fd, offset, length) if self._mappable else None

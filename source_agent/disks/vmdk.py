@@ -56,6 +56,7 @@ class VmdkFlatReader:
         self._starts: list[int] = []
         self._parts: list[tuple[int, int, int]] = []  # (fd or -1 for zero, file offset, length)
         self._mappable: list[bool] = []
+        self._opened_sizes: list[int] = []  # each extent file's size at open (-1: a ZERO extent)
         pos = 0
         try:
             for ext in desc.extents:
@@ -64,9 +65,11 @@ class VmdkFlatReader:
                     fd = os.open(self.path.parent / ext.filename, os.O_RDONLY | os.O_CLOEXEC)
                     self._parts.append((fd, ext.offset_sectors * 512, length))
                     self._mappable.append(mappable(fd))
+                    self._opened_sizes.append(os.fstat(fd).st_size)
                 elif ext.kind == "ZERO":
                     self._parts.append((-1, 0, length))
                     self._mappable.append(False)
+                    self._opened_sizes.append(-1)
                 else:
                     raise InputError(f"unsupported VMDK extent type {ext.kind} in {self.path}")
                 self._starts.append(pos)
@@ -125,6 +128,15 @@ class VmdkFlatReader:
                 target[got:] = bytes(n - got)
             pos += n
         return end - offset if end > offset else 0
+
+    def check_size(self) -> None:
+        """Raise InputError if an extent file shrank since it was opened (see ``RawReader.check_size``)."""
+        for (fd, _, _), was in zip(self._parts, self._opened_sizes, strict=True):
+            if fd >= 0 and os.fstat(fd).st_size < was:
+                raise InputError(
+                    f"an extent of {self.path} shrank during the pass; nothing of this pass is kept:"
+                    " replicate from a snapshot or a copy that does not change"
+                )
 
     def map_range(self, offset: int, length: int) -> Mapped | None:
         """The range mapped read-only when it lies inside one flat extent file, else None."""

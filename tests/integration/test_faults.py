@@ -3,7 +3,9 @@ and the next pass succeeds and matches the source."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -116,6 +118,49 @@ def test_sigkill_target_mid_pass_then_restart(tmp_path: Path, session_keys: Keys
         qemu_compare(src, data / "k" / "d.vmdk")
     finally:
         tp2.stop()
+
+
+@pytest.mark.parametrize("read", ["auto", "pread"])
+async def test_source_truncated_mid_pass_changes_nothing(
+    tmp_path: Path, session_keys: Keys, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A source image truncated while the pass reads it (it was not a snapshot). The source stops:
+    with one clear line when the truncation is found at the end of the disk (always so with
+    VZREP_READ=pread), or killed by SIGBUS when it lands inside a chunk being read through mmap.
+    Either way the target rolls back: the replica is byte-identical to the previous pass, and once
+    the image is whole again the next pass matches it."""
+    monkeypatch.setenv("VZREP_READ", read)
+    data = tmp_path / "data"
+    src = make_image(tmp_path / "d.img", 96 * MiB, data_blocks=600)
+    tp = TargetProcess(data, session_keys, tmp_path / "target.log").start()
+    try:
+        base = tp.source_cmd("t", src, tmp_path / "state", "--compress", "none")
+        subprocess.run(base, check=True, capture_output=True)
+        before = snapshot(data / "t")
+        change_blocks(src, 1200, seed=43)
+        whole = src.read_bytes()
+        proc = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        undo = data / "t" / "d-flat.vmdk.vzundo"
+        deadline = time.monotonic() + 60
+        while not (undo.exists() and undo.stat().st_size > 4 * MiB):
+            assert time.monotonic() < deadline and proc.poll() is None, "pass ended before the truncation"
+            time.sleep(0.01)
+        os.truncate(src, 16 * MiB)
+        _out, err = proc.communicate(timeout=60)
+        expected = (ExitCode.INPUT, -signal.SIGBUS) if read == "auto" else (ExitCode.INPUT,)
+        assert proc.returncode in expected, err
+        if proc.returncode == ExitCode.INPUT:
+            assert "shrank" in err.decode() and err.decode().count("\n") == 1, err
+        else:
+            assert "Bus error" in err.decode(), err  # faulthandler says what happened
+        await wait_idle(data / "t")
+        assert snapshot(data / "t") == before
+        src.write_bytes(whole)
+        res = subprocess.run(base, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        qemu_compare(src, data / "t" / "d.vmdk")
+    finally:
+        tp.stop()
 
 
 def test_undo_script_rolls_back_by_hand(tmp_path: Path, session_keys: Keys) -> None:

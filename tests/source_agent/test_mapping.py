@@ -14,6 +14,7 @@ from source_agent.disks.mapping import LOCAL_FILESYSTEMS, filesystem_type, map_r
 from source_agent.disks.raw import RawReader
 from source_agent.disks.vmdk import VmdkFlatReader
 from tests.support.tools import need, run
+from vzcommon.errors import InputError
 
 MiB = 1 << 20
 
@@ -69,6 +70,10 @@ def test_operator_switch_and_non_regular_files_are_never_mapped(
     monkeypatch.setenv("VZREP_READ", "pread")
     r = RawReader(img, "d")
     assert r.map_range(0, MiB) is None
+    r.check_size()  # unchanged: fine
+    os.truncate(img, MiB // 2)
+    with pytest.raises(InputError, match="shrank from 1048576 to 524288 bytes"):
+        r.check_size()
     r.close()
     monkeypatch.delenv("VZREP_READ")
     fd = os.open("/dev/null", os.O_RDONLY)  # a character device: never mapped
@@ -93,5 +98,7 @@ def test_flat_vmdk_maps_within_one_extent_only_and_never_past_a_short_extent_fil
         assert r.map_range(MiB, 2 * MiB) is None  # would reach past the file's end: not mapped
         buf = bytearray(b"\xff" * 2 * MiB)
         assert r.pread_into(MiB, memoryview(buf)) == 2 * MiB and buf == bytes(2 * MiB)  # reads as zeros
+        with pytest.raises(InputError, match="shrank during the pass"):
+            r.check_size()  # ... which a pass must not take for the disk's content
     finally:
         r.close()
