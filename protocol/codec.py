@@ -20,7 +20,7 @@ def pack(fields: list[Any]) -> bytes:
     return data
 
 
-def unpack(body: bytes) -> list[Any]:
+def unpack(body: bytes | memoryview) -> list[Any]:
     """Decode a frame body into its field list, or raise RemoteProtocolError."""
     try:
         value = msgpack.unpackb(

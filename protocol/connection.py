@@ -12,6 +12,7 @@ strictly increasing, map entries in order and counted, and the totals in DISK_EN
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 from . import codec, framing
@@ -81,8 +82,11 @@ class Connection:
         self.disks: dict[int, DiskSession] = {}
         self.current: DiskSession | None = None
         self._proposed: Hello | None = None
-        self._buf = bytearray()
-        self._pos = 0
+        # Received bytes not yet parsed: the chunks as received (never joined into one buffer), the
+        # parsed part of the first one, and how many bytes remain in all of them.
+        self._chunks: deque[bytes] = deque()
+        self._head = 0
+        self._avail = 0
         self._eof = False
         self._sent_error = False
         self._max_body = framing.HANDSHAKE_MAX_BODY
@@ -110,10 +114,8 @@ class Connection:
         if not data:
             self._eof = True
             return
-        if self._pos and self._pos >= len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        self._buf += data
+        self._chunks.append(bytes(data))  # no copy for bytes; a caller's bytearray may be reused
+        self._avail += len(data)
 
     def next_event(self) -> Event:
         if self.state is State.ERROR and not self._sent_error:
@@ -127,25 +129,21 @@ class Connection:
     # -- receiving ---------------------------------------------------------------------------------
 
     def _next_event(self) -> Event:
-        avail = len(self._buf) - self._pos
+        avail = self._avail
         if avail < framing.HEADER_SIZE:
             if self._eof:
                 if avail:
                     raise RemoteProtocolError("connection closed inside a frame header")
                 return CLOSED
             return NEED_DATA
-        header = bytes(self._buf[self._pos : self._pos + framing.HEADER_SIZE])
+        header = self._peek(framing.HEADER_SIZE)
         msg_type, length, crc = framing.parse_header(header, self._max_body)
         if avail < framing.HEADER_SIZE + length:
             if self._eof:
                 raise RemoteProtocolError("connection closed inside a frame body")
             return NEED_DATA
-        start = self._pos + framing.HEADER_SIZE
-        body = bytes(self._buf[start : start + length])
-        self._pos = start + length
-        if self._pos > 1 << 20:
-            del self._buf[: self._pos]
-            self._pos = 0
+        self._take(framing.HEADER_SIZE)
+        body = self._take(length)
         framing.check_crc(header, body, crc)
         try:
             mtype = MsgType(msg_type)
@@ -162,6 +160,44 @@ class Connection:
             raise RemoteProtocolError(f"{mtype.name} received after the session ended")
         self._apply(msg, self.their_role)
         return msg
+
+    def _peek(self, n: int) -> bytes:
+        """A copy of the next ``n`` buffered bytes (``n <= self._avail``; a header), left in the buffer."""
+        out = bytearray()
+        pos = self._head
+        for chunk in self._chunks:
+            out += chunk[pos : pos + n - len(out)]
+            pos = 0
+            if len(out) == n:
+                break
+        return bytes(out)
+
+    def _take(self, n: int) -> bytes | memoryview:
+        """The next ``n`` buffered bytes (``n <= self._avail``), consumed.
+
+        A view into the received chunk when they lie in one (the usual case: no copy), else a copy
+        of just those bytes. Message fields decoded from it are copies, so no view outlives a frame.
+        """
+        first = self._chunks[0]
+        self._avail -= n
+        if len(first) - self._head >= n:
+            out: bytes | memoryview = memoryview(first)[self._head : self._head + n]
+            self._head += n
+            if self._head == len(first):
+                self._chunks.popleft()
+                self._head = 0
+            return out
+        parts = []
+        while n:
+            first = self._chunks[0]
+            k = min(n, len(first) - self._head)
+            parts.append(first[self._head : self._head + k])
+            n -= k
+            self._head += k
+            if self._head == len(first):
+                self._chunks.popleft()
+                self._head = 0
+        return b"".join(parts)
 
     # -- the rules ---------------------------------------------------------------------------------
 

@@ -59,6 +59,6 @@ def parse_header(header: bytes | bytearray | memoryview, max_body: int) -> tuple
     return msg_type, length, crc
 
 
-def check_crc(header: bytes | bytearray | memoryview, body: bytes, crc: int) -> None:
+def check_crc(header: bytes | bytearray | memoryview, body: bytes | memoryview, crc: int) -> None:
     if crc32(body, crc32(bytes(header[:8]))) != crc:
         raise RemoteProtocolError("frame CRC mismatch: the frame was corrupted")
