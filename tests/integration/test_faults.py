@@ -21,6 +21,17 @@ from vzcommon.errors import ExitCode, StorageError, VzrepError
 MiB = 1 << 20
 
 
+def start_pass_mid_write(cmd: list[str], undo: Path, min_bytes: int) -> subprocess.Popen[bytes]:
+    """Start a source pass; return once the target has logged ``min_bytes`` of undo records, i.e.
+    while it is overwriting the replica's blocks (the moment these faults strike)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (undo.exists() and undo.stat().st_size > min_bytes):
+        assert time.monotonic() < deadline and proc.poll() is None, "the pass ended before the fault"
+        time.sleep(0.01)
+    return proc
+
+
 async def _prepared(target: Target, tmp_path: Path, vm: str) -> tuple[Path, Path, dict[str, str]]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     src = make_image(tmp_path / "d.img", 24 * MiB, data_blocks=150)
@@ -96,12 +107,8 @@ def test_sigkill_target_mid_pass_then_restart(tmp_path: Path, session_keys: Keys
     subprocess.run(base, check=True, capture_output=True)
     before = snapshot(data / "k")
     change_blocks(src, 1200, seed=41)  # ~75 MiB of changes: the pass takes a while
-    src_proc = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     undo = data / "k" / "d-flat.vmdk.vzundo"
-    deadline = time.monotonic() + 60
-    while not (undo.exists() and undo.stat().st_size > 4 * MiB):
-        assert time.monotonic() < deadline and src_proc.poll() is None, "pass ended before it could be killed"
-        time.sleep(0.01)
+    src_proc = start_pass_mid_write(base, undo, 4 * MiB)
     tp.kill()  # SIGKILL in the middle of writing blocks
     _out, err = src_proc.communicate(timeout=60)
     assert src_proc.returncode == ExitCode.CONNECTION, err
@@ -139,12 +146,7 @@ async def test_source_truncated_mid_pass_changes_nothing(
         before = snapshot(data / "t")
         change_blocks(src, 1200, seed=43)
         whole = src.read_bytes()
-        proc = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        undo = data / "t" / "d-flat.vmdk.vzundo"
-        deadline = time.monotonic() + 60
-        while not (undo.exists() and undo.stat().st_size > 4 * MiB):
-            assert time.monotonic() < deadline and proc.poll() is None, "pass ended before the truncation"
-            time.sleep(0.01)
+        proc = start_pass_mid_write(base, data / "t" / "d-flat.vmdk.vzundo", 4 * MiB)
         os.truncate(src, 16 * MiB)
         _out, err = proc.communicate(timeout=60)
         expected = (ExitCode.INPUT, -signal.SIGBUS) if read == "auto" else (ExitCode.INPUT,)
@@ -172,12 +174,8 @@ def test_undo_script_rolls_back_by_hand(tmp_path: Path, session_keys: Keys) -> N
     subprocess.run(base, check=True, capture_output=True)
     before = snapshot(data / "s")
     change_blocks(src, 900, seed=5)
-    proc = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     undo = data / "s" / "d-flat.vmdk.vzundo"
-    deadline = time.monotonic() + 60
-    while not (undo.exists() and undo.stat().st_size > 2 * MiB):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
+    proc = start_pass_mid_write(base, undo, 2 * MiB)
     tp.kill()
     proc.communicate(timeout=60)
     script = data / "s" / "vzundo-script"
