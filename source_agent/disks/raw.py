@@ -28,13 +28,16 @@ class RawReader:
         if not (self.is_device or stat.S_ISREG(st.st_mode)):
             os.close(self._fd)
             raise InputError(f"{self.path} is neither a regular file nor a block device")
-        self.size = os.lseek(self._fd, 0, os.SEEK_END) if self.is_device else st.st_size
+        self.size = self._current_size()
         self._mappable = not self.is_device and mappable(self._fd)
         if self.size == 0 or self.size % 512:
             os.close(self._fd)
             raise InputError(
                 f"disk {self.path} has {self.size} bytes; a disk is a non-empty multiple of 512 bytes"
             )
+
+    def _current_size(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_END) if self.is_device else os.fstat(self._fd).st_size
 
     def pread(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
@@ -55,7 +58,7 @@ class RawReader:
         Bytes past a file's end read as zeros, so a source truncated during a pass would otherwise
         reach the replica as zeros; the pass fails instead, and the target rolls it back.
         """
-        now = os.lseek(self._fd, 0, os.SEEK_END) if self.is_device else os.fstat(self._fd).st_size
+        now = self._current_size()
         if now < self.size:
             raise InputError(
                 f"disk {self.path} shrank from {self.size} to {now} bytes during the pass; nothing"

@@ -91,21 +91,9 @@ class VmdkFlatReader:
         return bisect.bisect_right(self._starts, offset) - 1
 
     def pread(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        end = min(offset + length, self.size)
-        pos = offset
-        while pos < end:
-            i = self._locate(pos)
-            fd, foff, flen = self._parts[i]
-            within = pos - self._starts[i]
-            n = min(end - pos, flen - within)
-            if fd < 0:
-                out += bytes(n)
-            else:
-                data = os.pread(fd, n, foff + within)
-                out += data.ljust(n, b"\0")  # an extent file shorter than declared reads as zeros
-            pos += n
-        return bytes(out)
+        buf = bytearray(max(0, min(length, self.size - offset)))
+        self.pread_into(offset, memoryview(buf))
+        return bytes(buf)
 
     def pread_into(self, offset: int, view: memoryview) -> int:
         """Read into ``view`` across extents; ZERO extents and short extent files read as zeros."""
