@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import asyncssh
-
 from vzcommon.durable import atomic_write
 from vzcommon.errors import InputError, PairingError
+from vzcommon.ssh import asyncssh
 
 MAX_PUBLIC_LINE = 8192
 

@@ -10,7 +10,7 @@ On the wire a message is the msgpack array of its fields in declaration order.
 from __future__ import annotations
 
 import re
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -52,6 +52,9 @@ class MapStatus(IntEnum):
     CACHED = 1  # the source's cached map (same generation) is current; nothing follows but MAP_END
     SENDING = 2  # MAP_CHUNKs follow
 
+
+_MAX_CODEC = max(Codec)  # validation runs once per block: not an enum walk each time
+_MAX_MAP_STATUS = max(MapStatus)
 
 def valid_name(name: str) -> bool:
     """VM and disk names become path components on the target: no separators, no dot-dot, bounded."""
@@ -115,7 +118,7 @@ class Message:
 
     @classmethod
     def from_fields(cls, values: list[Any]) -> Message:
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        names: tuple[str, ...] = cls.__match_args__  # type: ignore[attr-defined]  # the fields, in order
         if len(values) != len(names):
             raise RemoteProtocolError(f"{cls.TYPE.name} has {len(values)} fields, expected {len(names)}")
         converted = [tuple(v) if isinstance(v, list) else v for v in values]
@@ -195,7 +198,7 @@ class DiskReady(Message):
     def __post_init__(self) -> None:
         _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
         _token(self.generation, "generation")
-        _int(self.map_status, "map_status", 0, max(MapStatus))
+        _int(self.map_status, "map_status", 0, _MAX_MAP_STATUS)
         _token(self.stored_change_id, "stored_change_id")
         _int(self.replica_size, "replica_size", 0, MAX_DISK_SIZE)
         _strs(self.notes, "notes")
@@ -245,7 +248,7 @@ class Block(Message):
         _int(self.length, "length", 1, MAX_BLOCK_SIZE)
         if type(self.hash) is not bytes or len(self.hash) != HASH_LEN:
             _fail(f"hash must be {HASH_LEN} bytes")
-        _int(self.codec, "codec", 0, max(Codec))
+        _int(self.codec, "codec", 0, _MAX_CODEC)
         _bytes(self.payload, "payload", MAX_BLOCK_SIZE)
         if self.codec == Codec.NONE and len(self.payload) != self.length:
             _fail(f"raw payload of {len(self.payload)} bytes for a block of {self.length} bytes")

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import AuthError, CipherError, ConnectionFailed, HostKeyError, InputError, VzrepError
+from vzcommon.ssh import asyncssh
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import structlog
-from asyncssh.stream import SSHServerStreamSession
 
 from vzcommon import tunnel_policy as policy
+from vzcommon.ssh import asyncssh
 from vzcommon.errors import InputError
 
 log = structlog.get_logger("vzrep.target.server")
@@ -48,7 +47,7 @@ class Stream:
             pass
 
 
-class _SubsystemOnly(SSHServerStreamSession):  # type: ignore[type-arg]
+class _SubsystemOnly(asyncssh.stream.SSHServerStreamSession):  # type: ignore[type-arg]
     def shell_requested(self) -> bool:
         return False
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncssh
-
 from .durable import atomic_write
 from .errors import InputError
+from .ssh import asyncssh
 
 
 def generate(path: Path, comment: str = "vzrep") -> tuple[str, str]:

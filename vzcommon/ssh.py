@@ -1,0 +1,40 @@
+"""asyncssh, imported without its probes for native libraries the tunnel never uses.
+
+When imported, asyncssh looks for liboqs (sntrup761 key exchange) and nettle (UMAC MACs) with
+``ctypes.util.find_library``, which runs ``ldconfig`` and then ``gcc`` for each name it misses: about
+50 ms at every start of an agent or of a CLI command. :mod:`vzcommon.tunnel_policy` offers neither
+algorithm family (ML-KEM, when wanted, comes from ``cryptography``, not liboqs), so while asyncssh
+is imported those names are answered "not installed". Import asyncssh from here, first::
+
+    from vzcommon.ssh import asyncssh
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import sys
+
+#: the names asyncssh 2.x asks ``find_library`` for (crypto/pq.py, crypto/umac.py)
+UNUSED_NATIVE_LIBS = frozenset({"oqs", "liboqs", "nettle", "libnettle", "libnettle-6"})
+
+
+def _import_asyncssh() -> None:
+    if "asyncssh" in sys.modules:
+        return
+    real = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        return None if name in UNUSED_NATIVE_LIBS else real(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        import asyncssh  # noqa: F401
+    finally:
+        ctypes.util.find_library = real
+
+
+_import_asyncssh()
+
+import asyncssh  # noqa: E402  (loaded above: this binds the module here)
+
+__all__ = ["asyncssh"]
