@@ -56,6 +56,7 @@ class MapStatus(IntEnum):
 _MAX_CODEC = max(Codec)  # validation runs once per block: not an enum walk each time
 _MAX_MAP_STATUS = max(MapStatus)
 
+
 def valid_name(name: str) -> bool:
     """VM and disk names become path components on the target: no separators, no dot-dot, bounded."""
     return bool(_NAME_RE.fullmatch(name)) and ".." not in name

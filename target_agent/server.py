@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 
 from vzcommon import tunnel_policy as policy
-from vzcommon.ssh import asyncssh
 from vzcommon.errors import InputError
+from vzcommon.ssh import asyncssh
 
 log = structlog.get_logger("vzrep.target.server")
 
