@@ -6,13 +6,28 @@ Two shapes, as in borg:
   the target, fsync the directory. Readers see the old or the new content, never a mix.
 * :func:`fsync_dir` -- after creating, renaming or unlinking a file, fsync its directory so the
   name change itself is durable.
+
+:func:`start_writeback` is a hint that changes nothing about what is durable when: the kernel starts
+writing a range now, so the fsync that makes it durable later has little left to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from pathlib import Path
+
+from .libc import function
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = function("sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range's dirty pages to disk, without waiting (a hint: failures are ignored)."""
+    if _sync_file_range is not None and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

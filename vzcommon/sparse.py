@@ -11,23 +11,11 @@ import errno
 import os
 from collections.abc import Iterator
 
+from .libc import function
+
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-def _load_libc() -> ctypes.CDLL:
-    """glibc by its soname; ``find_library`` (which runs ldconfig, ~10 ms at every start) only if absent."""
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        from ctypes.util import find_library
-
-        return ctypes.CDLL(find_library("c"), use_errno=True)
-
-
-_libc = _load_libc()
-_fallocate = getattr(_libc, "fallocate", None)
-if _fallocate is not None:
-    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-    _fallocate.restype = ctypes.c_int
+_fallocate = function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
 _ZEROS = bytes(1 << 20)
 
 

@@ -253,3 +253,48 @@ def test_undo_log_is_kept_when_its_disk_cannot_be_found(tmp_path: Path) -> None:
     os.replace(tmp_path / "moved-flat.vmdk", vdir / "d-flat.vmdk")  # the disk is back
     assert "rolled back" in (recover_vm(tmp_path, "vm") or "")
     assert state(vdir) == before
+
+
+def test_a_flush_starts_writeback_of_the_range_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from target_agent.storage import replica
+
+    first_pass(tmp_path)
+    calls: list[tuple[int, int]] = []
+    real = replica.start_writeback
+    monkeypatch.setattr(replica, "start_writeback", lambda fd, off, n: (calls.append((off, n)), real(fd, off, n)))
+    p = VmPass(tmp_path, "vm", block_size=BS)
+    p.begin()
+    w, _ = p.open_disk("d", SIZE, "", "")
+    blocks = {5: rand(500), 2: rand(200), 9: rand(900)}
+    for i, data in blocks.items():
+        w.write_block(i * BS, data, hash_block(data))
+    w.flush()
+    assert calls == [(2 * BS, 8 * BS)]  # one hint from the lowest to the end of the highest block written
+    w.write_zeros(3 * BS, BS)  # block 3 holds data from the first pass
+    w.flush()
+    assert w.stats.bytes_zeroed == BS and len(calls) == 1  # a punched hole has nothing to write back
+    p.commit({"result": "ok"})
+    p.close()
+    flat = (tmp_path / "vm" / "d-flat.vmdk").read_bytes()
+    assert all(flat[i * BS : (i + 1) * BS] == data for i, data in blocks.items())
+
+
+def test_start_writeback_is_only_a_hint(tmp_path: Path) -> None:
+    from vzcommon.durable import start_writeback
+
+    r, w = os.pipe()  # sync_file_range fails on a pipe: the hint must not
+    try:
+        start_writeback(w, 0, BS)
+    finally:
+        os.close(r)
+        os.close(w)
+    f = tmp_path / "f"
+    f.write_bytes(rand(1, 4 * BS))
+    fd = os.open(f, os.O_RDWR)
+    try:
+        start_writeback(fd, 0, 4 * BS)
+        start_writeback(fd, 0, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == rand(1, 4 * BS)
