@@ -12,15 +12,14 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from protocol.messages import DiskReady
 from source_agent.disks.base import DiskReader
 from source_agent.filters.extents import ExtentList
+from vzcommon.log import get_logger
 
 from .session import Plan, Planner
 
-log = structlog.get_logger("vzrep.source.planning")
+log = get_logger("vzrep.source.planning")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from protocol.connection import CLOSED, NEED_DATA, SourceConnection
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -42,13 +40,14 @@ from source_agent.disks.base import DiskReader
 from source_agent.filters.extents import ExtentList
 from vzcommon.blockhash import HASH_NAME
 from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError
+from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
 from .mapcache import MapCache
 from .pipeline import Chunk, Compress, DiskScanner, DiskStats
 from .tunnel import TargetSpec, Tunnel, open_tunnel
 
-log = structlog.get_logger("vzrep.source.session")
+log = get_logger("vzrep.source.session")
 
 AGENT = "vzrep-source/0.1"
 DEFAULT_BLOCK_SIZE = 64 * 1024

@@ -14,18 +14,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from vzcommon.climain import asyncio_run, run_main
 from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
+from vzcommon.log import get_logger
 
 from .server import Stream, start_server
 from .session import TargetSession
 from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir, vm_status
 from .vsphere.cli import add_serve_arguments, settings_from_args
 
-log = structlog.get_logger("vzrep.target")
+log = get_logger("vzrep.target")
 
 
 def parse_listen(value: str) -> tuple[str, int]:

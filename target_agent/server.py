@@ -12,13 +12,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import InputError
+from vzcommon.log import get_logger
 from vzcommon.ssh import asyncssh
 
-log = structlog.get_logger("vzrep.target.server")
+log = get_logger("vzrep.target.server")
 
 Handler = Callable[["Stream", str], Awaitable[None]]
 

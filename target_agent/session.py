@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
 import zstandard
 
 from protocol.connection import CLOSED, NEED_DATA, TargetConnection
@@ -46,6 +45,7 @@ from protocol.messages import (
 from protocol.version import PROTOCOL_VERSION
 from vzcommon.blockhash import HASH_LEN, HASH_NAME, hash_block
 from vzcommon.errors import ConnectionFailed, ExitCode, IntegrityError, StorageError, VzrepError
+from vzcommon.log import get_logger
 from vzcommon.vzmap import entries_for
 
 from .server import Stream
@@ -55,7 +55,7 @@ from .storage.transaction import VmPass
 if TYPE_CHECKING:  # the vSphere area (and pyVmomi) is imported only when a vCenter is configured
     from .vsphere.job import ReplicaPass, ReplicaSettings
 
-log = structlog.get_logger("vzrep.target.session")
+log = get_logger("vzrep.target.session")
 
 AGENT = "vzrep-target/0.1"
 SUPPORTED_CODECS = ("zstd", "none")

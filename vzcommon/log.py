@@ -5,8 +5,34 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
-import structlog
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog while ``rich`` looks absent, unless either is loaded already.
+
+    structlog imports rich (which pulls in pygments) only to pretty-print exceptions on a console:
+    ~45 ms of every agent's and CLI command's start. Without it a console log shows an exception as
+    a plain traceback (JSON logs never used rich). rich itself stays importable afterwards (the
+    progress bar, the appliance console).
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` now raises ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402  (loaded above: this binds the module here)
+
+
+def get_logger(name: str) -> Any:
+    """The agents' loggers: import them from here, so structlog is loaded the light way first."""
+    return structlog.get_logger(name)
 
 
 def setup_logging(level: str = "info", *, stream: object = None) -> None:

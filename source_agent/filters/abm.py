@@ -21,16 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from source_agent.disks.base import DiskReader
 from source_agent.filters import ext, lvm, ntfs, partitions, swap, xfs
 from source_agent.filters.extents import ExtentList, FilterKind
 from source_agent.filters.volume import NotParsed, Range, Volume, u16le
 from vzcommon.durable import unlink_durable
 from vzcommon.errors import IntegrityError
+from vzcommon.log import get_logger
 
-log = structlog.get_logger("vzrep.abm")
+log = get_logger("vzrep.abm")
 
 _MAX_DEPTH = 4
 # what garbage makes a parser raise besides NotParsed; each still means "fully active"

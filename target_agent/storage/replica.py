@@ -25,12 +25,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
 from protocol.messages import MapStatus
 from vzcommon.blockhash import hash_block, zero_block, zero_hash
 from vzcommon.durable import fsync_dir, start_writeback, unlink_durable, write_durable
 from vzcommon.errors import InputError, IntegrityError, StorageError
+from vzcommon.log import get_logger
 from vzcommon.sparse import data_segments, punch_hole
 from vzcommon.vmdk import read_descriptor, render_flat_descriptor
 from vzcommon.vzmap import MapBuilder, MapFile, entries_for
@@ -38,7 +37,7 @@ from vzcommon.vzmap import MapBuilder, MapFile, entries_for
 from . import undo
 from .undo import RecordKind, UndoLog, encode_record
 
-log = structlog.get_logger("vzrep.target.replica")
+log = get_logger("vzrep.target.replica")
 
 #: Flush undo and data once this many original bytes are pending (bounds memory on huge zero ranges).
 FLUSH_BYTES = 16 << 20

@@ -36,18 +36,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from protocol.messages import valid_name
 from vzcommon.durable import atomic_write, fsync_dir, unlink_durable
 from vzcommon.errors import InputError, IntegrityError
+from vzcommon.log import get_logger
 from vzcommon.records import read_record, write_record
 from vzcommon.vzmap import MapFile
 
 from .lock import VmLock
 from .replica import DeviceNotAttached, DiskWriter, OpenResult, ReplicaPaths, roll_forward_disk, rollback_disk
 
-log = structlog.get_logger("vzrep.target.pass")
+log = get_logger("vzrep.target.pass")
 
 JOURNAL = ".vzpass"
 JOURNAL_MAGIC = "vzrep-pass-journal"
