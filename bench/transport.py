@@ -50,7 +50,7 @@ async def _serve(keys: Path, port_file: Path) -> None:
 
     async def sink(proc: Any) -> None:
         c0, t0, n = _cpu(), time.perf_counter(), 0
-        while data := await proc.stdin.read(policy.READ_SIZE):
+        while data := await proc.stdin.read(policy.read_size()):
             n += len(data)
         result = {"bytes": n, "cpu": _cpu() - c0, "seconds": time.perf_counter() - t0}
         proc.stdout.write(json.dumps(result).encode())

@@ -40,7 +40,7 @@ class Tunnel:
 
     async def read(self) -> bytes:
         try:
-            data: bytes = await self._reader.read(policy.READ_SIZE)
+            data: bytes = await self._reader.read(policy.read_size())
         except (asyncssh.Error, OSError) as exc:
             raise ConnectionFailed(f"lost the connection to the target: {exc}") from None
         return data

@@ -30,7 +30,7 @@ class Stream:
 
     async def read(self) -> bytes:
         try:
-            data: bytes = await self._reader.read(policy.READ_SIZE)
+            data: bytes = await self._reader.read(policy.read_size())
         except (asyncssh.Error, OSError, asyncio.IncompleteReadError):
             return b""
         return data

@@ -19,4 +19,16 @@ KEX_ALGS = (
 COMPRESSION_ALGS = ("none",)
 WINDOW = 16 << 20
 MAX_PKTSIZE = 256 << 10
-READ_SIZE = 1 << 20
+
+
+def read_size() -> int:
+    """How much one read from the channel may take: all it can hold (a window and a packet).
+
+    A smaller read lets a slow reader's memory grow without bound. asyncssh (2.24) reopens the whole
+    window each time it delivers buffered data after a pause, even while more of that data is still
+    buffered, so every pause/resume cycle of a reader that leaves data behind lets the sender add up
+    to another window (a target writing to a slow disk reached 1 GiB in a 4 GiB full pass). A read
+    that takes everything empties the channel's buffer at each resume: then at most about two
+    windows are buffered whatever the disk size (``tests/vzcommon/test_flow_control.py``).
+    """
+    return WINDOW + MAX_PKTSIZE
