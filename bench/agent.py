@@ -3,8 +3,8 @@
 ``python -m bench.agent source|target ARGS...`` sets module attributes before calling the
 agent's ``main()``, so the tuning sweeps need no option in the shipped CLIs:
 
-* ``VZBENCH_UVLOOP=1``: run the agents on uvloop (sets the CLIs' ``VZREP_UVLOOP=1``; the default is
-  asyncio's own loop);
+* ``VZBENCH_UVLOOP=0`` / ``1``: run the agents on asyncio's own loop / on uvloop (sets the CLIs'
+  ``VZREP_UVLOOP``; their default is uvloop);
 * ``VZBENCH_WINDOW`` / ``VZBENCH_PKTSIZE``: ``vzcommon.tunnel_policy.WINDOW`` / ``MAX_PKTSIZE``
   (both agents read them when they open the channel);
 * ``VZBENCH_ZSTD_LEVEL``: ``source_agent.pipeline.ZSTD_LEVEL``.
@@ -21,8 +21,8 @@ def main() -> int:
         print("usage: python -m bench.agent source|target ARGS...", file=sys.stderr)
         return 2
     role, argv = sys.argv[1], sys.argv[2:]
-    if os.environ.get("VZBENCH_UVLOOP") == "1":
-        os.environ["VZREP_UVLOOP"] = "1"
+    if (loop := os.environ.get("VZBENCH_UVLOOP")) is not None:
+        os.environ["VZREP_UVLOOP"] = loop
     from vzcommon import tunnel_policy
 
     if window := os.environ.get("VZBENCH_WINDOW"):

@@ -3,7 +3,7 @@
 * block size for the full and the incremental pass (the 2 % change is always in 64 KiB units, so
   larger blocks send more of the unchanged data around each change);
 * channel window and packet size (``tunnel_policy.WINDOW`` / ``MAX_PKTSIZE``, patched by
-  ``bench.agent``), uvloop against the default asyncio loop: full passes of the mixed image;
+  ``bench.agent``), asyncio's own loop against the default, uvloop: full passes of the mixed image;
 * compression none / zstd / auto on a compressible ext4 image of text files, and zstd levels on
   mixed data (compression speed per core against the ratio it buys).
 """
@@ -62,15 +62,15 @@ def link(ctx: Context, image: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     configs: dict[str, dict[str, Any]] = {
         f"{w >> 20} MiB / {p >> 10} KiB": {"window": w, "pktsize": p} for w, p in (WINDOWS_QUICK if ctx.quick else WINDOWS)
     }
-    configs["uvloop"] = {"uvloop": 1}  # default window / packet, on uvloop
+    configs["asyncio"] = {"uvloop": 0}  # default window / packet, on asyncio's own loop
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in configs}
     for _ in range(1 if ctx.quick else 3):
         for label, knobs in configs.items():
             vm = "link-" + "".join(c for c in label if c.isalnum())
             runs[label].append(ctx.vzrep(vm, image, knobs=knobs))
             ctx.forget(vm)
-    windows = {k: _median(v) for k, v in runs.items() if k != "uvloop"}
-    loops = {"uvloop": _median(runs["uvloop"]), "asyncio": windows["16 MiB / 256 KiB"]}
+    windows = {k: _median(v) for k, v in runs.items() if k != "asyncio"}
+    loops = {"uvloop": windows["16 MiB / 256 KiB"], "asyncio": _median(runs["asyncio"])}
     return windows, loops
 
 

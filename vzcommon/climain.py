@@ -15,13 +15,14 @@ from .log import setup_logging
 
 
 def asyncio_run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on asyncio's own event loop; ``VZREP_UVLOOP=1`` runs on uvloop instead.
+    """Run on uvloop; ``VZREP_UVLOOP=0`` (or uvloop missing) runs on asyncio's own loop.
 
-    uvloop was measured side by side (README, "Performance"): no faster on loopback for either agent,
-    and the target's peak memory in a 1 GiB full pass rose from ~65 MiB to 340-400 MiB with it, so
-    it is opt-in rather than the default.
+    Measured side by side (bench/RESULTS.md, "Event loop"): ten alternated pairs of 4 GiB passes,
+    full pass median 7.3 s on either loop, the 2 % incremental pass 1.30 s on uvloop against 1.40 s,
+    and the same peak memory. (uvloop once looked like the cause of the target's memory growth; the
+    cause was the tunnel's read size, ``tunnel_policy.read_size``.)
     """
-    if os.environ.get("VZREP_UVLOOP") == "1":
+    if os.environ.get("VZREP_UVLOOP", "1").strip() != "0":
         try:
             import uvloop
         except ImportError:
