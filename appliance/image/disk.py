@@ -72,6 +72,8 @@ def _newest(root: Path, pattern: str) -> Path:
 
 def assemble(rootdir: Path, raw: Path, size: int = 2048 * MiB, root_uuid: str | None = None) -> DiskLayout:
     """Write ``raw``: MBR + syslinux boot partition + ext4 root made from ``rootdir``."""
+    if not MBR_CODE.exists():
+        raise InputError(f"{MBR_CODE} is missing: install syslinux-common (syslinux only recommends it)")
     layout = DiskLayout(size=size, root_uuid=root_uuid or str(uuid.uuid4()))
     (rootdir / "etc" / "fstab").write_text(fstab(layout.root_uuid))
     kernel = _newest(rootdir, "vmlinuz-*")

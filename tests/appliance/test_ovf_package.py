@@ -12,6 +12,7 @@ import pytest
 
 from appliance.image import disk, ovf
 from appliance.properties import PROPERTIES
+from vzcommon.errors import InputError
 
 NS = {"ovf": ovf.OVF, "rasd": ovf.RASD, "vssd": ovf.VSSD}
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
@@ -93,3 +94,12 @@ def test_disk_layout_scripts():
     assert f"size={(2048 - 65) * 2048}, type=83" in script
     assert "root=UUID=0e4a3c2e-1111-4222-8333-444455556666" in disk.syslinux_cfg(layout.root_uuid)
     assert disk.fstab(layout.root_uuid).startswith("UUID=0e4a3c2e")
+
+
+def test_missing_mbr_code_names_the_package(tmp_path, monkeypatch):
+    """syslinux only recommends syslinux-common, which holds the MBR code: say so, touch nothing."""
+    monkeypatch.setattr(disk, "MBR_CODE", tmp_path / "absent" / "mbr.bin")
+    raw = tmp_path / "disk.raw"
+    with pytest.raises(InputError, match="install syslinux-common"):
+        disk.assemble(tmp_path / "root", raw)
+    assert not raw.exists()
