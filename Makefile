@@ -8,7 +8,7 @@ APT_STAMP := .apt-done
 # Debian packages the core needs (others are added by the fragments in mk/).
 APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync
 
-.PHONY: all demo test check lint typecheck unit fuzz bench bench-transport clean sysdeps sysdeps-core venv
+.PHONY: all demo test check lint typecheck unit fuzz bench bench-transport bench-loops clean sysdeps sysdeps-core venv
 
 all: test
 
@@ -64,6 +64,10 @@ bench: sysdeps venv
 # What asyncssh alone costs to move scenario (b)'s bytes, next to a vzrep pass of the same bytes.
 bench-transport: sysdeps venv
 	$(PY) -m bench.transport
+
+# Both agents on uvloop (the default) against asyncio's own loop, alternated pairs of full and incremental passes.
+bench-loops: sysdeps venv
+	$(PY) -m bench.loops
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
