@@ -28,7 +28,7 @@ def read_size() -> int:
     window each time it delivers buffered data after a pause, even while more of that data is still
     buffered, so every pause/resume cycle of a reader that leaves data behind lets the sender add up
     to another window (a target writing to a slow disk reached 1 GiB in a 4 GiB full pass). A read
-    that takes everything empties the channel's buffer at each resume: then at most about two
-    windows are buffered whatever the disk size (``tests/vzcommon/test_flow_control.py``).
+    that takes everything empties the channel's buffer at each resume: then about two windows at most
+    are queued, plus the read itself, whatever the disk size (``tests/vzcommon/test_flow_control.py``).
     """
     return WINDOW + MAX_PKTSIZE

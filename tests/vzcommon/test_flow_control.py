@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,7 @@ PACKET = 64 << 10
 TOTAL = 96 << 20  # 96 windows: a reader that leaked a window per pause would hold far more than 8
 
 
-async def _peak_while_sending(tmp_path: Path, keys: Keys) -> tuple[int, int]:
+async def _peak_while_sending(keys: Keys) -> tuple[int, int]:
     """Send TOTAL bytes to a slow reader; return (bytes received, peak bytes allocated meanwhile)."""
     received = 0
     done = asyncio.get_running_loop().create_future()
@@ -60,12 +59,10 @@ async def _peak_while_sending(tmp_path: Path, keys: Keys) -> tuple[int, int]:
     return received, peak
 
 
-async def test_slow_reader_holds_at_most_a_few_windows(
-    tmp_path: Path, session_keys: Keys, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_slow_reader_holds_at_most_a_few_windows(session_keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tunnel_policy, "WINDOW", WINDOW)
     monkeypatch.setattr(tunnel_policy, "MAX_PKTSIZE", PACKET)
-    received, peak = await _peak_while_sending(tmp_path, session_keys)
+    received, peak = await _peak_while_sending(session_keys)
     assert received == TOTAL
     # The channel's buffer (a window), the stream's (a window and a packet), one read's result, and
     # the sender's packets in flight; a leak of one window per pause would pass this within 8 pauses.
