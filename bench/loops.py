@@ -22,6 +22,7 @@ from typing import Any
 from .context import Context
 from .images import ChangeSet, build_mixed
 from .peers import GiB, MiB
+from .run import byte_compile
 
 LOOPS = {"uvloop": {"uvloop": 1}, "asyncio": {"uvloop": 0}}
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-gib", type=float, default=4.0)
     ap.add_argument("--json", type=Path, default=Path("build/loops.json"))
     args = ap.parse_args(argv)
+    byte_compile()  # as `make bench` does: agents start as an installed package would
     work = Path(tempfile.mkdtemp(prefix="vzrep-loops-"))
     ctx = Context(work).start()
     try:
