@@ -5,14 +5,15 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 APT_STAMP := .apt-done
-# Debian packages the core needs (others are added by the fragments in mk/).
-APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync
+# Debian packages the core needs (others are added by the fragments in mk/); gcc builds the
+# source's scan kernel (source_agent/native) when the package is installed.
+APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync gcc libc6-dev
 
 .PHONY: all demo test check lint typecheck unit fuzz bench bench-transport bench-loops clean sysdeps sysdeps-core venv
 
 all: test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard source_agent/native/*.c)
 	test -x $(PY) || python3 -m venv $(VENV) || { $(MAKE) --no-print-directory APT_PACKAGES=python3-venv EXTRA_APT_PACKAGES= sysdeps && python3 -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
@@ -70,7 +71,7 @@ bench-loops: sysdeps venv
 	$(PY) -m bench.loops
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info source_agent/native/_blockscan*.so
 
 # Area fragments (vSphere/vcsim, appliance image, ...) add targets and EXTRA_APT_PACKAGES.
 -include mk/*.mk

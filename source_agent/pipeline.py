@@ -1,10 +1,12 @@
 """The source's block pipeline for one disk: read -> filter -> zero check -> hash/compare -> compress.
 
-A disk is scanned in chunks of ``CHUNK_BYTES`` in a worker thread; each chunk yields the
-messages to send and updates the source's copy of the map. The session sends chunk *k* while the
-thread scans chunk *k+1* (a bounded queue of two), so memory stays bounded whatever the disk size.
+A disk is scanned in chunks of ``CHUNK_BYTES`` in worker threads; each chunk yields the messages to
+send and updates the source's copy of the map. The session sends chunk *k* while threads scan the
+next ones (a bounded queue), so memory stays bounded whatever the disk size.
 
-Per block:
+The per-block work (zero check, hash, comparison with the map) is the kernel's
+(``source_agent.native``: compiled C called without the GIL, or its Python twin); this module reads,
+skips what the filter and the holes allow, and turns the kernel's verdicts into messages. Per block:
 
 * outside the filter (ABM inactive, CBT unchanged): not read, not sent, map entry kept;
 * in a hole of a sparse source, or all zeros: a ZERO_RANGE, unless the map already says zero;
@@ -14,18 +16,30 @@ Per block:
 
 from __future__ import annotations
 
+import ctypes
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 
 import zstandard
-from blake3 import blake3
 
 from protocol.messages import Block, Codec, ZeroRange
 from source_agent.disks.base import DiskReader
 from source_agent.disks.mapping import Mapped
 from source_agent.filters.extents import ExtentList
+from source_agent.native import (
+    KIND_CHANGED,
+    KIND_SAME,
+    KIND_SKIPPED,
+    KIND_ZERO_NEW,
+    KIND_ZERO_SAME,
+    WANT_HOLE,
+    WANT_READ,
+    WANT_SKIP,
+    kernel,
+)
 from vzcommon.blockhash import HASH_LEN, zero_block, zero_hash
 from vzcommon.vzmap import MapBuilder
 
@@ -116,6 +130,75 @@ def _compressor() -> zstandard.ZstdCompressor:
     return cctx
 
 
+#: what a window sends: runs of zero blocks the map does not know as zero, and changed blocks
+_TO_SEND = re.compile(b"%c+|%c" % (KIND_ZERO_NEW, KIND_CHANGED))
+
+
+def _want(wanted: list[bool], has_data: list[bool]) -> bytes:
+    """The kernel's ``want`` bytes: skip blocks outside the filter, do not read blocks in holes."""
+    if all(has_data) and all(wanted):
+        return bytes([WANT_READ]) * len(wanted)
+    return bytes(WANT_SKIP if not w else WANT_READ if d else WANT_HOLE for w, d in zip(wanted, has_data, strict=True))
+
+
+class _Emitter:
+    """Turns classified windows into messages in disk order.
+
+    Adjacent zero blocks become one ZERO_RANGE; a changed block becomes a BLOCK, zstd-compressed
+    while compression is on for the chunk and only when that saves at least ~3 %.
+    """
+
+    def __init__(self, disk_id: int, mode: Compress, stats: ChunkStats) -> None:
+        self.disk_id, self.st = disk_id, stats
+        self.messages: list[Block | ZeroRange] = []
+        self.compress = mode is Compress.ON
+        self.probing = mode is Compress.PROBE  # the chunk's first changed block decides for the chunk
+        self.misses = 0
+        self.zero_off = self.zero_len = 0  # the pending zero range (none while zero_len is 0)
+
+    def window(
+        self, w_start: int, w_len: int, bs: int, kinds: bytearray, hashes: bytearray, data: memoryview | None
+    ) -> None:
+        for m in _TO_SEND.finditer(kinds):
+            i, j = m.span()
+            off = w_start + i * bs
+            if kinds[i] == KIND_ZERO_NEW:
+                n = min(j * bs, w_len) - i * bs
+                if self.zero_len and self.zero_off + self.zero_len == off:
+                    self.zero_len += n
+                else:
+                    self.flush_zero()
+                    self.zero_off, self.zero_len = off, n
+                continue
+            self.flush_zero()
+            assert data is not None
+            n = min(bs, w_len - i * bs)
+            self._block(off, n, bytes(hashes[i * HASH_LEN : (i + 1) * HASH_LEN]), bytes(data[i * bs : i * bs + n]))
+
+    def flush_zero(self) -> None:
+        if self.zero_len:
+            self.messages.append(ZeroRange(self.disk_id, self.zero_off, self.zero_len))
+            self.zero_len = 0
+
+    def _block(self, off: int, n: int, digest: bytes, payload: bytes) -> None:
+        st, codec = self.st, Codec.NONE
+        if self.compress or self.probing:
+            packed = _compressor().compress(payload)
+            if self.probing:
+                self.probing, self.compress = False, len(packed) < n * PROBE_RATIO
+            if len(packed) < n - n // 32:
+                payload, codec = packed, Codec.ZSTD
+                st.blocks_compressed += 1
+                self.misses = 0
+            else:
+                self.misses += 1
+                self.compress = self.compress and self.misses < GIVE_UP_AFTER
+        self.messages.append(Block(self.disk_id, off, n, digest, codec, payload))
+        st.blocks_changed += 1
+        st.payload_raw += n
+        st.payload_wire += len(payload)
+
+
 class DiskScanner:
     """Scans one disk chunk by chunk; :meth:`scan` runs in worker threads, several chunks at once."""
 
@@ -138,6 +221,8 @@ class DiskScanner:
         self.chunk_blocks = max(2, CHUNK_BYTES // block_size)
         self.window_blocks = max(1, WINDOW_BYTES // block_size)
         self._zero_hash = zero_hash(block_size)
+        self._zero_hash_tail = zero_hash(self.size - (self.nblocks - 1) * block_size) if self.size else b""
+        self._kernel = kernel()
         self._read_into = getattr(reader, "pread_into", None)
         self._map: Callable[[int, int], Mapped | None] | None = getattr(reader, "map_range", None)
         stats.blocks_total = self.nblocks
@@ -179,105 +264,60 @@ class DiskScanner:
         buf: bytearray,
         mapped: Mapped | None,
     ) -> Chunk:
+        """Classify and hash the chunk window by window (the kernel), then emit what must be sent.
+
+        A mapped chunk is one window; otherwise each window is read into ``buf`` first, and its
+        changed blocks are copied out of ``buf`` before the next window overwrites it.
+        """
         bs = self.bs
         st = ChunkStats()
         start, end = first * bs, min((first + count) * bs, self.size)
-        entries = self.builder.read_entries(first, count)
-        msgs: list[Block | ZeroRange] = []
-        updates: list[tuple[int, bytes]] = []
-        zero_run: list[int] = []  # [offset, length] of the pending zero range
-        compress = mode is Compress.ON
-        probing = mode is Compress.PROBE
-        misses = 0
-
-        def flush_zero() -> None:
-            if zero_run:
-                msgs.append(ZeroRange(self.disk_id, zero_run[0], zero_run[1]))
-                zero_run.clear()
-
-        # The hot loop: locals and inlined checks (it runs once per block of the disk).
-        # ``view`` holds the bytes being scanned: the mapped chunk, or the current window in ``buf``
-        # (then ``base`` is the window's first byte within the chunk); ``is_zero(zeros, pos)`` is a
-        # memcmp of ``len(zeros)`` bytes at ``pos`` of ``view``.
-        is_zero: Callable[[bytes, int], bool]
-        if mapped is not None:
-            view, is_zero, into = mapped.view, mapped.is_zero, None
-        else:
-            view, is_zero, into = memoryview(buf), buf.startswith, buf
-        zb, zh_full = zero_block(bs), self._zero_hash
-        scanned = unchanged = base = 0
-        win = self.window_blocks
+        old = self.builder.read_entries(first, count)
+        old += bytes(count * HASH_LEN - len(old))
+        hashes = bytearray(count * HASH_LEN)
+        kinds = bytearray(count)
+        out = _Emitter(self.disk_id, mode, st)
         segments = list(self.reader.data_extents(start, end)) if any(wanted) else []
-        has_data: list[bool] = []
-        for k in range(count):
-            if k % win == 0:  # the next window: which blocks hold data; read them into buf
-                w_end = min(start + (k + win) * bs, end)
-                has_data = self._fill(into, start + k * bs, w_end, wanted[k : k + win], segments, st)
-                base = 0 if into is None else k * bs
-            off = (first + k) * bs
-            n = bs if off + bs <= self.size else self.size - off
-            if not wanted[k]:
-                if zero_run:
-                    flush_zero()
-                st.bytes_skipped_filter += n
-                continue
-            pos = k * bs - base
-            old = entries[k * HASH_LEN : (k + 1) * HASH_LEN]
-            scanned += n
-            if not has_data[k % win] or is_zero(zb if n == bs else zero_block(n), pos):  # hole, or memcmp
-                zh = zh_full if n == bs else zero_hash(n)
-                if old == zh:
-                    st.zero_blocks_skipped += 1
-                    if zero_run:
-                        flush_zero()
-                    continue
-                st.zero_blocks_sent += 1
-                updates.append((first + k, zh))
-                if zero_run and zero_run[0] + zero_run[1] == off:
-                    zero_run[1] += n
+        win = count if mapped is not None else self.window_blocks
+        anchor = None if mapped is not None else (ctypes.c_char * len(buf)).from_buffer(buf)
+        try:
+            for k in range(0, count, win):
+                n_blocks = min(win, count - k)
+                w_start = start + k * bs
+                w_len = min(w_start + n_blocks * bs, end) - w_start
+                w_wanted = wanted[k : k + n_blocks]
+                has_data = self._fill(None if mapped else buf, w_start, w_start + w_len, w_wanted, segments, st)
+                want = _want(w_wanted, has_data)
+                data: memoryview | None
+                if WANT_READ not in want:
+                    address, data = 0, None
+                elif mapped is not None:
+                    address, data = mapped.address + k * bs, mapped.view[k * bs : k * bs + w_len]
                 else:
-                    flush_zero()
-                    zero_run.extend((off, n))
-                continue
-            if zero_run:
-                flush_zero()
-            block = view[pos : pos + n]
-            digest = blake3(block).digest()
-            if digest == old:
-                unchanged += 1
-                continue
-            payload, codec = bytes(block), Codec.NONE
-            if compress or probing:
-                packed = _compressor().compress(payload)
-                if probing:  # the chunk's first changed block decides for the chunk
-                    probing, compress = False, len(packed) < n * PROBE_RATIO
-                if len(packed) < n - n // 32:  # keep it only if it saves at least ~3%
-                    payload, codec = packed, Codec.ZSTD
-                    st.blocks_compressed += 1
-                    misses = 0
-                else:
-                    misses += 1
-                    compress = compress and misses < GIVE_UP_AFTER
-            msgs.append(Block(self.disk_id, off, n, digest, codec, payload))
-            updates.append((first + k, digest))
-            st.blocks_changed += 1
-            st.payload_raw += n
-            st.payload_wire += len(payload)
-        flush_zero()
-        st.bytes_scanned += scanned
-        st.blocks_unchanged += unchanged
-        self._write_entries(updates)
-        return Chunk(msgs, end, st)
-
-    def _write_entries(self, updates: list[tuple[int, bytes]]) -> None:
-        """New map entries, contiguous runs in one write each."""
-        i = 0
-        while i < len(updates):
-            j = i + 1
-            while j < len(updates) and updates[j][0] == updates[j - 1][0] + 1:
-                j += 1
-            self.builder.set_range(updates[i][0], b"".join(d for _, d in updates[i:j]))
-            i = j
+                    assert anchor is not None
+                    address, data = ctypes.addressof(anchor), memoryview(buf)[:w_len]
+                w_hashes, w_kinds = bytearray(n_blocks * HASH_LEN), bytearray(n_blocks)
+                hs = slice(k * HASH_LEN, (k + n_blocks) * HASH_LEN)
+                self._kernel(
+                    address, w_len, bs, want, old[hs], self._zero_hash, self._zero_hash_tail, w_hashes, w_kinds, data
+                )
+                hashes[hs], kinds[k : k + n_blocks] = w_hashes, w_kinds
+                out.window(w_start, w_len, bs, w_kinds, w_hashes, data)
+                if data is not None:
+                    data.release()
+        finally:
+            del anchor
+        out.flush_zero()
+        st.blocks_unchanged += kinds.count(KIND_SAME)
+        st.zero_blocks_skipped += kinds.count(KIND_ZERO_SAME)
+        st.zero_blocks_sent += kinds.count(KIND_ZERO_NEW)
+        skipped = kinds.count(KIND_SKIPPED)
+        if skipped:  # n of each block outside the filter (only the disk's last block may be short)
+            short = bs - (end - start - (count - 1) * bs)
+            st.bytes_skipped_filter += skipped * bs - (short if kinds[-1] == KIND_SKIPPED else 0)
+        st.bytes_scanned += (end - start) - st.bytes_skipped_filter
+        self.builder.set_range(first, bytes(hashes))
+        return Chunk(out.messages, end, st)
 
     def _fill(
         self,

@@ -74,6 +74,11 @@ def as_text(report: PassReport, events: list[str] | None = None) -> str:
         f" (received {human(t['wire_bytes_received'])}), compression {t['compression_ratio']:.2f}x,"
         f" {t['seconds']:.2f} s, {t['throughput_mb_s']:.0f} MB/s"
     )
+    if report.scan_kernel == "python":
+        lines.append(
+            "  note: scanned with the Python kernel, ~1.4x slower (VZREP_SCAN=python is set, or the compiled"
+            " kernel was not built: install gcc and reinstall vzrep)"
+        )
     if report.error:
         lines.append(f"  error: {report.error}")
     return "\n".join(lines)

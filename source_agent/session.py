@@ -44,6 +44,7 @@ from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
 from .mapcache import MapCache
+from .native import kernel_name
 from .pipeline import Chunk, Compress, DiskScanner, DiskStats
 from .tunnel import TargetSpec, Tunnel, open_tunnel
 
@@ -99,6 +100,7 @@ class PassReport:
     seconds: float = 0.0
     wire_bytes_sent: int = 0
     wire_bytes_received: int = 0
+    scan_kernel: str = field(default_factory=kernel_name)  # native | python (source_agent.native)
 
 
 Progress = Callable[[str, int, int], None]

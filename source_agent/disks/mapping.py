@@ -19,6 +19,7 @@ the replica back from its ``.vzundo``.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import stat
@@ -62,26 +63,28 @@ def mappable(fd: int) -> bool:
 
 
 class Mapped:
-    """A read-only mapping of ``[offset, offset+length)`` of a file; ``view`` starts at ``offset``.
+    """A mapping of ``[offset, offset+length)`` of a file; ``view`` and ``address`` start at ``offset``.
+
+    The mapping is private and writable (``MAP_PRIVATE``, copy-on-write) although nothing writes to
+    it: ctypes can take the address of a writable buffer only, and the scan kernel reads it there.
+    Pages come from the page cache unchanged; nothing ever reaches the file.
 
     Unmapped when the object goes away (or by :meth:`close`); block slices must not outlive it.
     """
 
-    __slots__ = ("_map", "find_base", "view")
+    __slots__ = ("_anchor", "_map", "address", "view")
 
     def __init__(self, fd: int, offset: int, length: int) -> None:
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        self._map = mmap.mmap(fd, offset + length - start, prot=mmap.PROT_READ, offset=start)
-        self.find_base = offset - start
-        self.view = memoryview(self._map)[self.find_base :]
-
-    def is_zero(self, zeros: bytes, pos: int) -> bool:
-        """Whether ``len(zeros)`` bytes at ``pos`` (relative to the range) are all zero (a memcmp)."""
-        at = self.find_base + pos
-        return self._map.find(zeros, at, at + len(zeros)) == at
+        self._map = mmap.mmap(fd, offset + length - start, access=mmap.ACCESS_COPY, offset=start)
+        base = offset - start
+        self.view = memoryview(self._map)[base:]
+        self._anchor: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * len(self._map)).from_buffer(self._map)
+        self.address = ctypes.addressof(self._anchor) + base
 
     def close(self) -> None:
         """Unmap now; if a block slice is still alive, the mapping goes with the last reference."""
+        self._anchor = None
         try:
             self.view.release()
             self._map.close()

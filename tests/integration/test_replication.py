@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from source_agent import native
 from tests.support.agents import Target, replicate
 from tests.support.tools import (
     BS,
@@ -174,11 +177,20 @@ def test_cli_subprocess_pass_json(tmp_path: Path, session_keys) -> None:
         assert (
             report["ok"] and report["disks"][0]["name"] == "boot" and report["total"]["blocks_changed"] == 30
         )
+        assert report["scan_kernel"] == native.kernel_name()
         qemu_compare(src, tmp_path / "data" / "clivm" / "boot.vmdk")
         st = run(".venv/bin/vzrep-target", "status", "--data-dir", str(tmp_path / "data"), "--json")
         status = json.loads(st.stdout)
         assert status["vms"][0]["last_pass"]["generation"] == report["generation"]
         assert status["vms"][0]["pending_rollback"] is False
+        # The same disk changed, scanned by the Python kernel (the operator's switch): the report
+        # says so, and the replica matches the source again.
+        change_blocks(src, 7, seed=5)
+        env = {**os.environ, "VZREP_SCAN": "python"}
+        res = subprocess.run([str(c) for c in cmd[:-1]], capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr
+        assert "7 blocks changed" in res.stdout and "scanned with the Python kernel" in res.stdout
+        qemu_compare(src, tmp_path / "data" / "clivm" / "boot.vmdk")
     finally:
         assert tp.stop() == 0
 

@@ -63,11 +63,14 @@ def scan_all(
 )
 @pytest.mark.parametrize("filtered", [False, True])
 @pytest.mark.parametrize("read", ["auto", "pread"])
+@pytest.mark.parametrize("kernel", ["auto", "python"])
 def test_scan_matches_an_independent_reading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bs: int, window: int, filtered: bool, read: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bs: int, window: int, filtered: bool, read: str, kernel: str
 ) -> None:
-    """Both read paths: the chunk mapped (``auto`` on a local filesystem) and read window by window."""
+    """Both read paths (the chunk mapped, as ``auto`` does on a local filesystem, or read window by
+    window) and both kernels (the compiled one where built, and the Python one)."""
     monkeypatch.setenv("VZREP_READ", read)
+    monkeypatch.setenv("VZREP_SCAN", kernel)
     monkeypatch.setattr(pipeline, "WINDOW_BYTES", window)
     monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2 * MiB)  # several chunks, each in several windows
     size = 11 * MiB + 3 * 512  # the last block is short
