@@ -25,26 +25,72 @@ def _import_structlog_without_rich() -> None:
         del sys.modules["rich"]
 
 
-_import_structlog_without_rich()
+def _drop(*args: Any, **kwargs: Any) -> None:
+    return None
 
-import structlog  # noqa: E402  (loaded above: this binds the module here)
+
+class _Logger:
+    """A logger that loads and configures structlog at its first event.
+
+    Why: structlog loads asyncio, logging handlers and its renderers (~25 ms of its own), and a
+    command that logs nothing at its level (a pass at the default ``warning``) never needs it.
+    """
+
+    __slots__ = ("_bound", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        level = _METHOD_LEVELS.get(attr)
+        if level is not None and level < _settings["threshold"]:
+            return _drop  # below the level: no need to load structlog for it
+        if not _configured:  # the first event, or the first since setup_logging() changed the settings
+            _configure()
+        if self._bound is None:
+            self._bound = _structlog().get_logger(self._name)
+        return getattr(self._bound, attr)
 
 
 def get_logger(name: str) -> Any:
-    """The agents' loggers: import them from here, so structlog is loaded the light way first."""
-    return structlog.get_logger(name)
+    """The agents' loggers: import them from here (structlog loads at the first event, without rich)."""
+    return _Logger(name)
+
+
+#: the level of each logging method; an event below the configured level is dropped without structlog
+_METHOD_LEVELS = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40,
+                  "critical": 50, "fatal": 50}  # fmt: skip
+_settings: dict[str, Any] = {"level": "info", "stream": None, "threshold": 0}
+_configured = True  # until setup_logging() is called, structlog keeps its own defaults
+
+
+def _structlog() -> Any:
+    _import_structlog_without_rich()
+    import structlog
+
+    return structlog
 
 
 def setup_logging(level: str = "info", *, stream: object = None) -> None:
-    out = stream or sys.stderr
+    """Set the level and the stream; structlog is configured with them at the first event."""
+    global _configured
     # asyncio logs a warning on stderr for every write to a socket that is already gone ("socket.send()
     # raised exception.", hundreds when the peer is killed mid-pass); the agents report a lost
     # connection themselves, in one line. asyncio's errors still show.
     logging.getLogger("asyncio").setLevel(logging.ERROR)
+    _settings.update(level=level, stream=stream, threshold=logging.getLevelNamesMapping()[level.upper()])
+    _configured = False
+
+
+def _configure() -> None:
+    global _configured
+    if _configured:
+        return
+    structlog = _structlog()
+    out = _settings["stream"] or sys.stderr
     is_tty = hasattr(out, "isatty") and out.isatty() and os.environ.get("VZREP_LOG_FORMAT") != "json"
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=True) if is_tty else structlog.processors.JSONRenderer()
-    )
+    renderer = structlog.dev.ConsoleRenderer(colors=True) if is_tty else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -52,7 +98,10 @@ def setup_logging(level: str = "info", *, stream: object = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[str(_settings["level"]).upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _configured = True

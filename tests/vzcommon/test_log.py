@@ -46,3 +46,25 @@ def test_console_and_json_logs_render_events_and_exceptions() -> None:
     get_logger("vzrep.test").info("pass_started", vm="vm1")
     event = json.loads(plain.getvalue().splitlines()[-1])
     assert event["event"] == "pass_started" and event["vm"] == "vm1" and event["level"] == "info"
+
+
+LAZY = """
+import json, sys
+from vzcommon.log import get_logger, setup_logging
+setup_logging("warning")
+get_logger("vzrep.test").info("below_the_level", disk="d0")
+before = "structlog" in sys.modules
+get_logger("vzrep.test").warning("at_the_level", disk="d0")
+print(json.dumps({"before": before, "after": "structlog" in sys.modules}))
+"""
+
+
+def test_structlog_loads_at_the_first_event_at_or_above_the_level() -> None:
+    """A pass at the default level logs nothing and never loads structlog (~25 ms of start-up)."""
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY], capture_output=True, text=True, check=True,
+        env={"VZREP_LOG_FORMAT": "json", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert json.loads(out.stdout) == {"before": False, "after": True}
+    (line,) = out.stderr.splitlines()
+    assert json.loads(line)["event"] == "at_the_level" and "below_the_level" not in out.stderr

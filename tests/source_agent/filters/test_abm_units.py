@@ -14,6 +14,7 @@ from source_agent.filters import abm
 from source_agent.filters.extents import ExtentList, FilterKind
 from source_agent.filters.volume import NotParsed, Volume, crc32c, set_bit_runs
 from vzcommon.errors import IntegrityError
+from vzcommon.log import setup_logging
 
 
 class MemReader:
@@ -106,7 +107,8 @@ def test_filter_files_round_trip_and_combine(tmp_path: Path) -> None:
 
 
 def test_unknown_disk_logs_one_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("info")  # whatever level an earlier test left: this event is at info
     reader = MemReader(b"\x00" * (1 << 20))
     assert abm.active_extents(reader) == ExtentList.full(1 << 20)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("abm.fully_active") == 1 and "no partition table or filesystem" in out
