@@ -9,20 +9,24 @@ from typing import Any
 
 
 def _import_structlog_without_rich() -> None:
-    """Import structlog while ``rich`` looks absent, unless either is loaded already.
+    """Import structlog while ``rich`` looks absent, even if rich is loaded already.
 
     structlog imports rich (which pulls in pygments) only to pretty-print exceptions on a console:
-    ~45 ms of every agent's and CLI command's start. Without it a console log shows an exception as
-    a plain traceback (JSON logs never used rich). rich itself stays importable afterwards (the
-    progress bar, the appliance console).
+    ~45 ms of start-up. Without it a console log shows an exception as a plain traceback (JSON logs
+    never used rich), the same whether or not something (the progress bar, the appliance console)
+    loaded rich before the first log event. rich itself stays importable and loaded.
     """
-    if "structlog" in sys.modules or "rich" in sys.modules:
+    if "structlog" in sys.modules:
         return
+    saved = sys.modules.get("rich")
     sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` now raises ImportError
     try:
         import structlog  # noqa: F401
     finally:
-        del sys.modules["rich"]
+        if saved is None:
+            del sys.modules["rich"]
+        else:
+            sys.modules["rich"] = saved
 
 
 def _drop(*args: Any, **kwargs: Any) -> None:
@@ -83,12 +87,25 @@ def setup_logging(level: str = "info", *, stream: object = None) -> None:
     _configured = False
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at each write (a test's capture, or the real one), not the one at set-up."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def _configure() -> None:
     global _configured
     if _configured:
         return
     structlog = _structlog()
-    out = _settings["stream"] or sys.stderr
+    out = _settings["stream"] or _CurrentStderr()
     is_tty = hasattr(out, "isatty") and out.isatty() and os.environ.get("VZREP_LOG_FORMAT") != "json"
     renderer = structlog.dev.ConsoleRenderer(colors=True) if is_tty else structlog.processors.JSONRenderer()
     structlog.configure(

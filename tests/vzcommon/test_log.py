@@ -68,3 +68,29 @@ def test_structlog_loads_at_the_first_event_at_or_above_the_level() -> None:
     assert json.loads(out.stdout) == {"before": False, "after": True}
     (line,) = out.stderr.splitlines()
     assert json.loads(line)["event"] == "at_the_level" and "below_the_level" not in out.stderr
+
+
+RICH_FIRST = """
+import io, json, sys
+import rich.progress  # the progress bar loaded rich before anything logged
+from vzcommon.log import get_logger, setup_logging
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+out = Tty()
+setup_logging("info", stream=out)
+try:
+    raise ValueError("boom")
+except ValueError:
+    get_logger("vzrep.test").exception("went_wrong")
+print(json.dumps(out.getvalue()))
+"""
+
+
+def test_exceptions_stay_plain_tracebacks_when_rich_was_loaded_first() -> None:
+    res = subprocess.run([sys.executable, "-c", RICH_FIRST], capture_output=True, text=True, check=True)
+    text = json.loads(res.stdout)
+    assert "Traceback (most recent call last)" in text and "ValueError: boom" in text
+    assert "╭" not in text  # rich's framed traceback
