@@ -39,12 +39,13 @@ def stage(stage_dir: Path, python: str) -> None:
         [python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)], check=True
     )
     (own,) = wheels.glob("vzrep-*.whl")
-    # Dependencies for the appliance's python3 (bookworm: CPython 3.11, x86_64 glibc).
+    # Dependencies for the appliance's python3 (bookworm: CPython 3.11, x86_64 glibc). Our own wheel
+    # is tagged linux_x86_64 (it holds the scan kernel, compiled here for any x86-64 CPU).
     subprocess.run(
         [python, "-m", "pip", "download", "-q", "-d", str(wheels), "--only-binary=:all:",
          "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
          "--abi", "none", "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-         "--platform", "manylinux_2_28_x86_64", "--platform", "any", str(own)],
+         "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64", "--platform", "any", str(own)],
         check=True,
     )  # fmt: skip
     shutil.copytree(REPO / "appliance" / "systemd", stage_dir / "systemd")
