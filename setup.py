@@ -29,7 +29,7 @@ sources = [
 macros: list[tuple[str, str | None]] = []
 machine = platform.machine().lower()
 if machine in ("x86_64", "amd64") and platform.system() == "Linux":
-    # upstream's assembly: 17 % faster than its intrinsics build here (3.9 against 4.7 GB/s, AVX-512)
+    # upstream's assembly: 4.7 GB/s per core here against 3.9 GB/s for its intrinsics files (AVX-512)
     sources += [f"{NATIVE}/blake3/blake3_{n}_x86-64_unix.S" for n in ("sse2", "sse41", "avx2", "avx512")]
 elif machine in ("x86_64", "amd64"):
     macros += [("BLAKE3_NO_SSE2", None), ("BLAKE3_NO_SSE41", None), ("BLAKE3_NO_AVX2", None), ("BLAKE3_NO_AVX512", None)]
