@@ -13,7 +13,7 @@ APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync gcc lib
 
 all: test
 
-$(STAMP): pyproject.toml setup.py $(wildcard source_agent/native/*.c source_agent/native/blake3/*)
+$(STAMP): pyproject.toml setup.py $(wildcard source_agent/native/*.c source_agent/native/*.h source_agent/native/blake3/*)
 	test -x $(PY) || python3 -m venv $(VENV) || { $(MAKE) --no-print-directory APT_PACKAGES=python3-venv EXTRA_APT_PACKAGES= sysdeps && python3 -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]' --config-settings editable_mode=compat  # a path in a .pth: no import hook (~15 ms off every start)

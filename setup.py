@@ -22,6 +22,7 @@ class BuildExt(build_ext):
 NATIVE = "source_agent/native"
 sources = [
     f"{NATIVE}/blockscan.c",
+    f"{NATIVE}/hashahead.c",
     f"{NATIVE}/blake3/blake3.c",
     f"{NATIVE}/blake3/blake3_dispatch.c",
     f"{NATIVE}/blake3/blake3_portable.c",
@@ -44,8 +45,9 @@ setup(
             "source_agent.native._blockscan",
             sources=sources,
             define_macros=macros,
+            depends=[f"{NATIVE}/zero.h", f"{NATIVE}/blake3/blake3.h", f"{NATIVE}/blake3/blake3_impl.h"],
             extra_compile_args=["-O3", "-g0", "-fvisibility=hidden"],
-            extra_link_args=["-s"],
+            extra_link_args=["-s", "-pthread"],
             optional=True,
         )
     ]

@@ -19,6 +19,11 @@ def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", part)
 
 
+def target_label(host: str, port: int) -> str:
+    """How a target is named in the cache (and in reports)."""
+    return f"{host}:{port}"
+
+
 class MapCache:
     def __init__(self, state_dir: Path, target: str, vm: str) -> None:
         self.dir = state_dir / "maps" / _safe(target) / _safe(vm)

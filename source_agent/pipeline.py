@@ -40,9 +40,13 @@ from source_agent.native import (
     WANT_SKIP,
     kernel,
 )
-from vzcommon.blockhash import HASH_LEN, zero_block, zero_hash
+from source_agent.native.ahead import HashAhead
+from source_agent.native.ahead import available as ahead_available
+from source_agent.native.ahead import classify as ahead_classify
+from vzcommon.blockhash import HASH_LEN, hash_block, zero_block, zero_hash
 from vzcommon.vzmap import MapBuilder
 
+DEFAULT_BLOCK_SIZE = 64 << 10  # bench: the fastest full pass (README, "Tuning")
 CHUNK_BYTES = 16 << 20  # per scanned chunk (its messages); at most ~4 chunks are in memory at once
 #: a chunk is read and scanned in windows of this size, so the bytes are still in the CPU's cache
 #: when they are checked for zeros and hashed (bench: 512 KiB - 1 MiB windows scan a warm 4 GiB
@@ -130,6 +134,9 @@ def _compressor() -> zstandard.ZstdCompressor:
     return cctx
 
 
+#: (index in the window, length) -> (hash, bytes) of a changed block
+BlockSource = Callable[[int, int], tuple[bytes, bytes]]
+
 #: what a window sends: runs of zero blocks the map does not know as zero, and changed blocks
 _TO_SEND = re.compile(b"%c+|%c" % (KIND_ZERO_NEW, KIND_CHANGED))
 
@@ -138,7 +145,9 @@ def _want(wanted: list[bool], has_data: list[bool]) -> bytes:
     """The kernel's ``want`` bytes: skip blocks outside the filter, do not read blocks in holes."""
     if all(has_data) and all(wanted):
         return bytes([WANT_READ]) * len(wanted)
-    return bytes(WANT_SKIP if not w else WANT_READ if d else WANT_HOLE for w, d in zip(wanted, has_data, strict=True))
+    return bytes(
+        WANT_SKIP if not w else WANT_READ if d else WANT_HOLE for w, d in zip(wanted, has_data, strict=True)
+    )
 
 
 class _Emitter:
@@ -156,9 +165,8 @@ class _Emitter:
         self.misses = 0
         self.zero_off = self.zero_len = 0  # the pending zero range (none while zero_len is 0)
 
-    def window(
-        self, w_start: int, w_len: int, bs: int, kinds: bytearray, hashes: bytearray, data: memoryview | None
-    ) -> None:
+    def window(self, w_start: int, w_len: int, bs: int, kinds: bytearray, block: BlockSource) -> None:
+        """Emit a classified window; ``block(i, n)`` gives changed block i's hash and ``n`` bytes."""
         for m in _TO_SEND.finditer(kinds):
             i, j = m.span()
             off = w_start + i * bs
@@ -171,9 +179,8 @@ class _Emitter:
                     self.zero_off, self.zero_len = off, n
                 continue
             self.flush_zero()
-            assert data is not None
             n = min(bs, w_len - i * bs)
-            self._block(off, n, bytes(hashes[i * HASH_LEN : (i + 1) * HASH_LEN]), bytes(data[i * bs : i * bs + n]))
+            self._block(off, n, *block(i, n))
 
     def flush_zero(self) -> None:
         if self.zero_len:
@@ -210,6 +217,7 @@ class DiskScanner:
         builder: MapBuilder,
         stats: DiskStats,
         filt: ExtentList | None = None,
+        ahead: HashAhead | None = None,
     ) -> None:
         self.disk_id = disk_id
         self.reader = reader
@@ -225,6 +233,10 @@ class DiskScanner:
         self._kernel = kernel()
         self._read_into = getattr(reader, "pread_into", None)
         self._map: Callable[[int, int], Mapped | None] | None = getattr(reader, "map_range", None)
+        #: hashes computed ahead by native threads (``native.ahead``); only for a disk read in full
+        self.ahead = ahead if self.filter is None else None
+        if ahead is not None and ahead.chunk_blocks != self.chunk_blocks:
+            raise ValueError("hash-ahead runs with other chunks than the scanner")
         stats.blocks_total = self.nblocks
 
     def chunks(self) -> range:
@@ -246,6 +258,8 @@ class DiskScanner:
         window by window into ``buf``.
         """
         count = min(self.chunk_blocks, self.nblocks - first)
+        if self.ahead is not None:
+            return self._scan_ahead(first, count, mode)
         start, end = first * self.bs, min((first + count) * self.bs, self.size)
         wanted = self._wanted(first, count)
         mapped = self._map(start, end - start) if self._map is not None and any(wanted) else None
@@ -286,7 +300,9 @@ class DiskScanner:
                 w_start = start + k * bs
                 w_len = min(w_start + n_blocks * bs, end) - w_start
                 w_wanted = wanted[k : k + n_blocks]
-                has_data = self._fill(None if mapped else buf, w_start, w_start + w_len, w_wanted, segments, st)
+                has_data = self._fill(
+                    None if mapped else buf, w_start, w_start + w_len, w_wanted, segments, st
+                )
                 want = _want(w_wanted, has_data)
                 data: memoryview | None
                 if WANT_READ not in want:
@@ -299,14 +315,36 @@ class DiskScanner:
                 w_hashes, w_kinds = bytearray(n_blocks * HASH_LEN), bytearray(n_blocks)
                 hs = slice(k * HASH_LEN, (k + n_blocks) * HASH_LEN)
                 self._kernel(
-                    address, w_len, bs, want, old[hs], self._zero_hash, self._zero_hash_tail, w_hashes, w_kinds, data
+                    address,
+                    w_len,
+                    bs,
+                    want,
+                    old[hs],
+                    self._zero_hash,
+                    self._zero_hash_tail,
+                    w_hashes,
+                    w_kinds,
+                    data,
                 )
                 hashes[hs], kinds[k : k + n_blocks] = w_hashes, w_kinds
-                out.window(w_start, w_len, bs, w_kinds, w_hashes, data)
+
+                def block(
+                    i: int, n: int, h: bytearray = w_hashes, d: memoryview | None = data
+                ) -> tuple[bytes, bytes]:
+                    assert d is not None
+                    return bytes(h[i * HASH_LEN : (i + 1) * HASH_LEN]), bytes(d[i * bs : i * bs + n])
+
+                out.window(w_start, w_len, bs, w_kinds, block)
                 if data is not None:
                     data.release()
         finally:
             del anchor
+        return self._finish(first, count, kinds, hashes, out)
+
+    def _finish(self, first: int, count: int, kinds: bytearray, hashes: bytearray, out: _Emitter) -> Chunk:
+        """Count the chunk's kinds, store its hashes in the map copy, return its messages."""
+        bs, st = self.bs, out.st
+        start, end = first * bs, min((first + count) * bs, self.size)
         out.flush_zero()
         st.blocks_unchanged += kinds.count(KIND_SAME)
         st.zero_blocks_skipped += kinds.count(KIND_ZERO_SAME)
@@ -318,6 +356,36 @@ class DiskScanner:
         st.bytes_scanned += (end - start) - st.bytes_skipped_filter
         self.builder.set_range(first, bytes(hashes))
         return Chunk(out.messages, end, st)
+
+    def _scan_ahead(self, first: int, count: int, mode: Compress) -> Chunk:
+        """The chunk from hash-ahead: compare its hashes with the map, read only what is sent.
+
+        A changed block is read again and hashed again, so what is sent and its hash always agree
+        even if the disk changed since the threads read it (a live file rather than a snapshot).
+        """
+        assert self.ahead is not None
+        bs, chunk = self.bs, first // self.chunk_blocks
+        hashes, flags, read = self.ahead.take(chunk, count)
+        try:
+            old = self.builder.read_entries(first, count)
+            old += bytes(count * HASH_LEN - len(old))
+            kinds = bytearray(count)
+            ahead_classify(flags, hashes, old, kinds)
+        finally:
+            self.ahead.release(chunk)
+        st = ChunkStats(bytes_read=read)
+        start, end = first * bs, min((first + count) * bs, self.size)
+        out = _Emitter(self.disk_id, mode, st)
+
+        def block(i: int, n: int) -> tuple[bytes, bytes]:
+            payload = self.reader.pread(start + i * bs, n)
+            payload += bytes(n - len(payload))  # past a file's end: zeros, as the threads read it
+            digest = hash_block(payload)
+            hashes[i * HASH_LEN : (i + 1) * HASH_LEN] = digest
+            return digest, payload
+
+        out.window(start, end - start, bs, kinds, block)
+        return self._finish(first, count, kinds, hashes, out)
 
     def _fill(
         self,
@@ -388,3 +456,22 @@ class DiskScanner:
         if got < len(target):
             target[got:] = bytes(len(target) - got)
         return got
+
+
+def start_ahead(reader: DiskReader, block_size: int, active: int | None = None) -> HashAhead | None:
+    """Start hash-ahead for a disk read in full, when the reader and the build allow it, else None."""
+    region = getattr(reader, "region", None)
+    where = region() if region is not None else None
+    if where is None or not ahead_available():
+        return None
+    nblocks = -(-reader.size // block_size)
+    tail = reader.size - (nblocks - 1) * block_size
+    return HashAhead(
+        where,
+        reader.size,
+        block_size,
+        max(2, CHUNK_BYTES // block_size),
+        zero_hash(block_size),
+        zero_hash(tail),
+        active=active,
+    )

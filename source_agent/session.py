@@ -45,13 +45,13 @@ from vzcommon.vzmap import MapBuilder
 
 from .mapcache import MapCache
 from .native import kernel_name
-from .pipeline import Chunk, Compress, DiskScanner, DiskStats
+from .native.ahead import HashAhead
+from .pipeline import DEFAULT_BLOCK_SIZE, Chunk, Compress, DiskScanner, DiskStats, start_ahead
 from .tunnel import TargetSpec, Tunnel, open_tunnel
 
 log = get_logger("vzrep.source.session")
 
 AGENT = "vzrep-source/0.1"
-DEFAULT_BLOCK_SIZE = 64 * 1024
 #: chunks scanned at once (BLAKE3, zstd and reads release the GIL, so two threads use two cores)
 SCAN_THREADS = int(os.environ.get("VZREP_SCAN_THREADS", "2"))
 #: wait for the SSH channel to take what was written after about this many bytes
@@ -79,6 +79,8 @@ class DiskJob:
     planner: Planner | None = None
     #: removes the disk's working files (filters) when the disk is done, whatever happened
     cleanup: Callable[[], None] | None = None
+    #: hashing already running for this disk (``start_ahead``); used if the disk is read in full
+    ahead: HashAhead | None = None
 
 
 @dataclass
@@ -177,7 +179,14 @@ class SourceSession:
                     break
             plan = await job.planner(ready) if job.planner else Plan()
             st.mode, st.reason = plan.mode, plan.reason
-            scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter)
+            if plan.filter is not None and job.ahead is not None:
+                await asyncio.to_thread(job.ahead.close)  # a filtered read: the speculative hashes are moot
+                job.ahead = None
+            elif job.ahead is None and ready.map_status != MapStatus.EMPTY and plan.filter is None:
+                job.ahead = start_ahead(reader, bs)  # the replica has a map: an incremental pass
+            if job.ahead is not None:
+                job.ahead.set_active(job.ahead.threads)
+            scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter, job.ahead)
             await self._stream(scanner, st)
             check_size = getattr(reader, "check_size", None)
             if check_size is not None:  # a disk truncated under us must not reach the replica as zeros
@@ -191,6 +200,9 @@ class SourceSession:
             builder.abort()
             raise
         finally:
+            if job.ahead is not None:
+                await asyncio.to_thread(job.ahead.close)
+                job.ahead = None
             if job.cleanup:
                 await asyncio.to_thread(job.cleanup)
         st.seconds = time.monotonic() - t0

@@ -16,6 +16,8 @@ from vzcommon import tunnel_policy as policy
 from vzcommon.errors import AuthError, CipherError, ConnectionFailed, HostKeyError, InputError, VzrepError
 from vzcommon.ssh import asyncssh
 
+from .mapcache import target_label
+
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -28,7 +30,7 @@ class TargetSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.host}:{self.port}"
+        return target_label(self.host, self.port)
 
 
 class Tunnel:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import sys
@@ -22,6 +21,8 @@ def asyncio_run(coro: Coroutine[Any, Any, int]) -> int:
     and the same peak memory. (uvloop once looked like the cause of the target's memory growth; the
     cause was the tunnel's read size, ``tunnel_policy.read_size``.)
     """
+    import asyncio  # here, not at the top: a source pass starts its disk reads before this loads
+
     if os.environ.get("VZREP_UVLOOP", "1").strip() != "0":
         try:
             import uvloop

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from .errors import VzrepError
-from .keys import generate
 
 
 def add_keygen(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,6 +17,8 @@ def add_keygen(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run_keygen(args: argparse.Namespace) -> int:
+    from .keys import generate  # asyncssh: loaded only when a key is made
+
     pub, fp = generate(args.path, args.comment)
     print(pub)
     print(f"fingerprint: {fp}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from vzcommon.errors import InputError
 from vzcommon.sparse import data_segments
 
+from ..native.ahead import Region
 from .mapping import Mapped, map_range, mappable
 
 
@@ -68,6 +69,10 @@ class RawReader:
     def map_range(self, offset: int, length: int) -> Mapped | None:
         """The range mapped read-only, or None: read it with :meth:`pread_into` (see ``mapping``)."""
         return map_range(self._fd, offset, length) if self._mappable else None
+
+    def region(self) -> Region:
+        """The whole disk as one region of our fd (for hash-ahead, ``source_agent.native.ahead``)."""
+        return Region(self._fd, 0, self._mappable)
 
     def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         stop = self.size if end is None else min(end, self.size)

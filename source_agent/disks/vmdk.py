@@ -17,6 +17,7 @@ from vzcommon.errors import InputError
 from vzcommon.sparse import data_segments
 from vzcommon.vmdk import FLAT_TYPES, parse_descriptor, read_descriptor
 
+from ..native.ahead import Region
 from .mapping import Mapped, map_range, mappable
 
 _SPARSE_MAGIC = b"KDMV"
@@ -134,6 +135,13 @@ class VmdkFlatReader:
         if not self._mappable[i] or within + length > flen:
             return None
         return map_range(fd, foff + within, length)
+
+    def region(self) -> Region | None:
+        """The disk as one region of one extent file, when it is one FLAT extent (for hash-ahead)."""
+        if len(self._parts) != 1 or self._parts[0][0] < 0:
+            return None
+        fd, foff, _ = self._parts[0]
+        return Region(fd, foff, self._mappable[0])
 
     def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         stop = self.size if end is None else min(end, self.size)

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "blake3/blake3.h"
+#include "zero.h"
 
 #define HASH_LEN 32
 #define VZ_EXPORT __attribute__((visibility("default")))
@@ -27,19 +28,6 @@ enum {
     KIND_SAME = 3,       /* data whose hash equals the map entry */
     KIND_CHANGED = 4,    /* data whose hash differs: send the block */
 };
-
-/* 64 bytes per step with an early exit: the compiler vectorises the OR-reduction. */
-static int all_zero(const uint8_t *p, size_t n) {
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        uint64_t w[8];
-        memcpy(w, p + i, sizeof w);
-        if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return 0;
-    }
-    for (; i < n; i++)
-        if (p[i]) return 0;
-    return 1;
-}
 
 VZ_EXPORT const char *vz_blockscan_blake3_version(void) { return blake3_version(); }
 
