@@ -173,7 +173,7 @@ def early_ahead(reader: DiskReader, args: argparse.Namespace) -> HashAhead | Non
     cache = MapCache(args.state_dir, target_label(*args.target), args.vm)
     if not cache.path(reader.name).exists():
         return None
-    return start_ahead(reader, args.block_size, active=1)
+    return start_ahead(reader, args.block_size, active=int(os.environ.get("VZX_EARLY_ACTIVE", "1")))
 
 
 async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: HashAhead | None = None) -> int:

@@ -187,6 +187,7 @@ class SourceSession:
             if job.ahead is not None:
                 job.ahead.set_active(job.ahead.threads)
             scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter, job.ahead)
+            st.hashed_ahead = scanner.ahead is not None
             await self._stream(scanner, st)
             check_size = getattr(reader, "check_size", None)
             if check_size is not None:  # a disk truncated under us must not reach the replica as zeros

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -109,6 +111,7 @@ class HashAhead:
         self._handle: int | None = handle
         self._cv = threading.Condition()
         self._takers = 0
+        self.waited = 0.0  # seconds the pipeline waited for chunks (the threads were behind)
 
     def set_active(self, n: int) -> None:
         """Let ``n`` threads work (the others wait): fewer while the process still starts up."""
@@ -118,6 +121,11 @@ class HashAhead:
 
     def take(self, chunk: int, count: int) -> tuple[bytearray, bytearray, int]:
         """Wait (without the GIL) for ``chunk`` and return its hashes, flags and bytes read."""
+        first, nblocks = chunk * self.chunk_blocks, -(-self.size // self.block_size)
+        if not 0 <= first < nblocks:
+            raise RuntimeError(f"hash-ahead: chunk {chunk} is not available (past the disk's end)")
+        if count != min(self.chunk_blocks, nblocks - first):
+            raise ValueError(f"hash-ahead: chunk {chunk} does not have {count} blocks")  # C copies that many
         with self._cv:
             if self._handle is None:
                 raise RuntimeError("hash-ahead was stopped")
@@ -126,6 +134,7 @@ class HashAhead:
         hashes, flags, read = bytearray(count * HASH_LEN), bytearray(count), ctypes.c_uint64()
         h = (ctypes.c_char * len(hashes)).from_buffer(hashes)
         f = (ctypes.c_char * len(flags)).from_buffer(flags)
+        t0 = time.monotonic()
         try:
             rc = self._lib.vz_ahead_take(
                 handle, chunk, ctypes.addressof(h), ctypes.addressof(f), ctypes.byref(read)
@@ -133,8 +142,11 @@ class HashAhead:
         finally:
             del h, f
             with self._cv:
+                self.waited += time.monotonic() - t0
                 self._takers -= 1
                 self._cv.notify_all()
+        if os.environ.get("VZX_DEBUG_AHEAD"):
+            print(f"take {chunk} waited {time.monotonic() - t0:.4f} at {time.monotonic():.3f}", file=sys.stderr)
         if rc < 0:
             raise RuntimeError(f"hash-ahead: chunk {chunk} is not available (stopped or taken out of order)")
         if rc > 0:

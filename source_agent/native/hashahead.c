@@ -288,7 +288,8 @@ VZ_EXPORT int vz_ahead_take(vz_ahead *a, uint64_t c, uint8_t *hashes, uint8_t *f
     uint64_t s = c % a->slots;
     pthread_mutex_lock(&a->mu);
     while (!a->stop && !(a->slot_chunk[s] == (int64_t)c && a->slot_state[s] >= SLOT_DONE)) {
-        if (a->next > c && a->slot_chunk[s] != (int64_t)c) { /* already claimed and released */
+        if ((a->next > c && a->slot_chunk[s] != (int64_t)c) || /* claimed, released, slot reused */
+            (a->slot_chunk[s] == (int64_t)c && a->slot_state[s] == SLOT_FREE)) { /* released */
             pthread_mutex_unlock(&a->mu);
             return -1;
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from protocol.messages import Block, Codec, ZeroRange
 from source_agent import pipeline
 from source_agent.disks.raw import RawReader
 from source_agent.filters.extents import ExtentList
-from source_agent.pipeline import Compress, DiskScanner, DiskStats
+from source_agent.native import ahead
+from source_agent.pipeline import Compress, DiskScanner, DiskStats, start_ahead
+from tests.support.tools import need, run
 from vzcommon.blockhash import HASH_LEN, UNKNOWN_HASH
-from vzcommon.vzmap import MapBuilder
+from vzcommon.vzmap import MapBuilder, MapFile
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -144,4 +147,149 @@ def test_unchanged_blocks_are_skipped_and_only_changes_are_sent(tmp_path: Path) 
         assert len(second.read_entries(0, size // bs)) == size // bs * HASH_LEN
     finally:
         second.abort()
+        reader.close()
+
+
+# --- hash-ahead (``native.ahead``): the same scan, hashed by native threads ahead of the pipeline ---
+
+needs_ahead = pytest.mark.skipif(
+    not ahead.available(), reason="hash-ahead is not built or is turned off (test_ahead.py says which)"
+)
+
+
+def scan_concurrently(scanner: DiskScanner) -> tuple[list[Block | ZeroRange], DiskStats]:
+    """All chunks, three at once as the session scans them, in disk order; their stats added up."""
+    st = DiskStats(blocks_total=scanner.nblocks)
+    msgs: list[Block | ZeroRange] = []
+    with ThreadPoolExecutor(3) as pool:
+        chunks = pool.map(lambda first: scanner.scan(first, Compress.PROBE, scanner.new_buffer()), scanner.chunks())
+        for chunk in chunks:
+            msgs.extend(chunk.messages)
+            st.add(chunk.stats)
+    return msgs, st
+
+
+def second_version(img: Path, size: int, bs: int, seed: int) -> None:
+    """Change the image: data blocks altered, zeroed by writing or by punching a hole, and new data
+    in blocks that were holes or zeros; everything else stays as it was."""
+    rng = random.Random(seed)
+    with open(img, "r+b") as f:
+        old = [f.read(bs) for _ in range(-(-size // bs))]
+        data = [b for b, blk in enumerate(old) if blk != bytes(len(blk))]
+        empty = [b for b, blk in enumerate(old) if blk == bytes(len(blk))]
+        assert len(data) >= 4 and len(empty) >= 2, "the image lacks data or zero blocks to change"
+        k = len(data) // 4  # a quarter each: changed, zeroed by writing, zeroed by a hole; a quarter kept
+        picked = rng.sample(data, 3 * k)
+        for b in picked[:k]:  # changed in place
+            f.seek(b * bs + rng.randrange(len(old[b]) - 8))
+            f.write(rng.randbytes(8))
+        for b in picked[k : 2 * k]:  # zeroed by writing zeros
+            f.seek(b * bs)
+            f.write(bytes(len(old[b])))
+        for b in rng.sample(empty, len(empty) // 2):  # new data where there was none
+            f.seek(b * bs + rng.randrange(0, len(old[b]), 512) // 4096 * 4096)
+            f.write(rng.randbytes(min(4096, len(old[b]))))
+    for b in picked[2 * k :]:  # zeroed by punching a hole
+        run(need("fallocate"), "--punch-hole", "--keep-size", "-o", str(b * bs), "-l", str(bs), img)
+
+
+@needs_ahead
+@pytest.mark.parametrize("bs", [64 * KiB, 256 * KiB, 1 * MiB])
+@pytest.mark.parametrize("read", ["auto", "pread"])
+def test_hash_ahead_scans_exactly_like_the_scanner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bs: int, read: str
+) -> None:
+    """An incremental scan with hash-ahead sends the same messages (payloads included), counts the
+    same and leaves the same map as without it; every kind of block occurs (same, changed, zero
+    known, zero new), and the ring of 4 chunks wraps several times."""
+    monkeypatch.setenv("VZREP_READ", read)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2 * MiB)
+    monkeypatch.setattr(ahead, "LOOKAHEAD_BYTES", 0)
+    size = 11 * MiB + 3 * 512
+    nblocks = -(-size // bs)
+    img = tmp_path / "d.img"
+    sparse_image(img, size, seed=bs)
+    reader = RawReader(img, "d")
+    try:
+        base = MapBuilder(tmp_path / "v1.next", bs, size, None)
+        scan_all(reader, bs, base, None)
+        base.finish(generation="g1")
+        second_version(img, size, bs, seed=bs + 1)
+        with MapFile.open(tmp_path / "v1.next") as v1:
+            plain_map = MapBuilder(tmp_path / "plain.next", bs, size, v1)
+            ahead_map = MapBuilder(tmp_path / "ahead.next", bs, size, v1)
+        try:
+            plain, plain_st = scan_concurrently(DiskScanner(0, reader, bs, plain_map, DiskStats()))
+            hashing = start_ahead(reader, bs)
+            assert hashing is not None
+            try:
+                scanner = DiskScanner(0, reader, bs, ahead_map, DiskStats(), ahead=hashing)
+                assert scanner.ahead is hashing
+                fast, fast_st = scan_concurrently(scanner)
+            finally:
+                hashing.close()
+            assert fast == plain
+            assert fast_st == plain_st
+            assert ahead_map.read_entries(0, nblocks) == plain_map.read_entries(0, nblocks)
+            assert plain_st.blocks_changed and plain_st.blocks_unchanged
+            assert plain_st.zero_blocks_sent and plain_st.zero_blocks_skipped
+            fd = os.open(img, os.O_RDONLY)
+            try:
+                for b in range(nblocks):
+                    entry = ahead_map.read_entries(b, 1)
+                    assert entry == blake3(os.pread(fd, bs, b * bs)).digest(), f"block {b}"
+            finally:
+                os.close(fd)
+        finally:
+            plain_map.abort()
+            ahead_map.abort()
+    finally:
+        reader.close()
+
+
+@needs_ahead
+def test_a_filtered_scan_ignores_hash_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ABM/CBT filter reads part of the disk: the scanner does not use the pool's hashes of all of it."""
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2 * MiB)
+    bs, size = 64 * KiB, 6 * MiB
+    img = tmp_path / "d.img"
+    sparse_image(img, size, seed=21)
+    filt = ExtentList.from_lengths([(1 * MiB, 300 * KiB), (4 * MiB + 4 * KiB, 4 * KiB)])
+    reader = RawReader(img, "d")
+    plain_map = MapBuilder(tmp_path / "plain.next", bs, size, None)
+    ahead_map = MapBuilder(tmp_path / "ahead.next", bs, size, None)
+    hashing = start_ahead(reader, bs)
+    assert hashing is not None
+    try:
+        scanner = DiskScanner(0, reader, bs, ahead_map, DiskStats(), filt, ahead=hashing)
+        assert scanner.ahead is None
+        got, _ = scan_concurrently(scanner)
+        want, _ = scan_concurrently(DiskScanner(0, reader, bs, plain_map, DiskStats(), filt))
+        assert got == want and got
+        assert ahead_map.read_entries(0, size // bs) == plain_map.read_entries(0, size // bs)
+    finally:
+        hashing.close()
+        plain_map.abort()
+        ahead_map.abort()
+        reader.close()
+
+
+@needs_ahead
+def test_hash_ahead_with_other_chunks_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks must line up (the pool's chunk c is the scanner's chunk c), or the scanner refuses it."""
+    bs, size = 64 * KiB, 4 * MiB
+    img = tmp_path / "d.img"
+    sparse_image(img, size, seed=22)
+    reader = RawReader(img, "d")
+    builder = MapBuilder(tmp_path / "m.next", bs, size, None)
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1 * MiB)
+    hashing = start_ahead(reader, bs)
+    assert hashing is not None
+    try:
+        monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2 * MiB)
+        with pytest.raises(ValueError, match="other chunks"):
+            DiskScanner(0, reader, bs, builder, DiskStats(), ahead=hashing)
+    finally:
+        hashing.close()
+        builder.abort()
         reader.close()
