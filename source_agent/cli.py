@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -164,16 +165,17 @@ def _pass_command(args: argparse.Namespace) -> int:
 def early_ahead(reader: DiskReader, args: argparse.Namespace) -> HashAhead | None:
     """Hash-ahead for the first disk, when this is likely an incremental pass of a disk read in full.
 
-    Likely incremental: the source cached this disk's map at its last pass to this target. With one
-    thread, so that the imports keep their core; the session lets the other threads work once it
-    streams. If the pass turns out otherwise, the session stops it.
+    Likely incremental: the source cached this disk's map at its last pass to this target. One
+    thread works until the session streams, so the imports keep their core (bench VM, five alternated
+    pairs: median 0.77 s against 0.80 s with two). If the pass turns out otherwise (the target has no
+    map, or ABM/CBT filter the disk), the session stops it.
     """
     if args.abm:
         return None
     cache = MapCache(args.state_dir, target_label(*args.target), args.vm)
     if not cache.path(reader.name).exists():
         return None
-    return start_ahead(reader, args.block_size, active=int(os.environ.get("VZX_EARLY_ACTIVE", "1")))
+    return start_ahead(reader, args.block_size, active=1)
 
 
 async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: HashAhead | None = None) -> int:
@@ -181,6 +183,7 @@ async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: Hash
     from .session import DiskJob, PassOptions
     from .tunnel import TargetSpec
 
+    gc.freeze()  # as run_main does after start-up: asyncssh and the session just loaded
     target = TargetSpec(args.target[0], args.target[1], args.identity, args.known_hosts, user=args.user)
     opts = PassOptions(block_size=args.block_size, compress=args.compress, state_dir=args.state_dir)
     events: list[str] = []

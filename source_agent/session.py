@@ -179,11 +179,13 @@ class SourceSession:
                     break
             plan = await job.planner(ready) if job.planner else Plan()
             st.mode, st.reason = plan.mode, plan.reason
-            if plan.filter is not None and job.ahead is not None:
-                await asyncio.to_thread(job.ahead.close)  # a filtered read: the speculative hashes are moot
+            # Hash-ahead (native.ahead) for an incremental pass of a disk read in full: a filtered
+            # read skips blocks, and a first pass sends every block (it would read them twice).
+            if plan.filter is None and ready.map_status != MapStatus.EMPTY:
+                job.ahead = job.ahead or start_ahead(reader, bs)
+            elif job.ahead is not None:
+                await asyncio.to_thread(job.ahead.close)
                 job.ahead = None
-            elif job.ahead is None and ready.map_status != MapStatus.EMPTY and plan.filter is None:
-                job.ahead = start_ahead(reader, bs)  # the replica has a map: an incremental pass
             if job.ahead is not None:
                 job.ahead.set_active(job.ahead.threads)
             scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter, job.ahead)
@@ -203,6 +205,7 @@ class SourceSession:
         finally:
             if job.ahead is not None:
                 await asyncio.to_thread(job.ahead.close)
+                log.debug("hash_ahead_done", disk=reader.name, waited_s=round(job.ahead.waited, 3))
                 job.ahead = None
             if job.cleanup:
                 await asyncio.to_thread(job.cleanup)

@@ -7,15 +7,15 @@ hashes do not depend on the target's map; the pipeline compares them with it chu
 (:func:`classify`) and re-reads only the blocks it sends.
 
 Used for a disk that is one region of one file or device (raw images, block devices, single-extent
-flat VMDKs), read in full (no ABM/CBT filter), and only when the compiled library is built and
-``VZREP_SCAN`` is not ``python``; otherwise the pipeline scans as before.
+flat VMDKs), read in full (no ABM/CBT filter), in an incremental pass (the replica has a map: in a
+first pass every block is sent, so reading it twice would cost more than it saves), and only when
+:func:`available`; otherwise the pipeline scans chunk by chunk as before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -73,8 +73,9 @@ def _bound() -> ctypes.CDLL:
 
 
 def available() -> bool:
-    """Whether hash-ahead can run here (the library is built and the operator did not turn it off)."""
-    if os.environ.get("VZX_NOAHEAD"):
+    """Whether hash-ahead can run here: the library is built, and neither ``VZREP_HASH_AHEAD=0`` nor
+    ``VZREP_SCAN=python`` (the operator's switches) turns it off."""
+    if os.environ.get("VZREP_HASH_AHEAD", "1").strip().lower() in ("0", "off", "no", "false"):
         return False
     return scan_mode() == "auto" and _library() is not None
 
@@ -145,8 +146,6 @@ class HashAhead:
                 self.waited += time.monotonic() - t0
                 self._takers -= 1
                 self._cv.notify_all()
-        if os.environ.get("VZX_DEBUG_AHEAD"):
-            print(f"take {chunk} waited {time.monotonic() - t0:.4f} at {time.monotonic():.3f}", file=sys.stderr)
         if rc < 0:
             raise RuntimeError(f"hash-ahead: chunk {chunk} is not available (stopped or taken out of order)")
         if rc > 0:

@@ -266,8 +266,10 @@ def test_hash_ahead_is_built() -> None:
     """Built with the scan kernel (``make venv``); the tests below skip without it, so say so here."""
     if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
         pytest.skip(f"the kernel is only built and checked on x86-64 and arm64, not {platform.machine()}")
-    if os.environ.get("VZX_NOAHEAD") or os.environ.get("VZREP_SCAN", "").strip().lower() == "python":
-        pytest.skip("turned off in this environment (VZX_NOAHEAD or VZREP_SCAN=python)")
+    if os.environ.get("VZREP_HASH_AHEAD", "1").strip().lower() in ("0", "off", "no", "false") or (
+        os.environ.get("VZREP_SCAN", "").strip().lower() == "python"
+    ):
+        pytest.skip("turned off in this environment (VZREP_HASH_AHEAD=0 or VZREP_SCAN=python)")
     assert ahead.available()
 
 

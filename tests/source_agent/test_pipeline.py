@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -292,4 +293,42 @@ def test_hash_ahead_with_other_chunks_is_refused(tmp_path: Path, monkeypatch: py
     finally:
         hashing.close()
         builder.abort()
+        reader.close()
+
+
+@needs_ahead
+def test_a_block_changed_after_it_was_hashed_ahead_is_sent_as_it_is_now(tmp_path: Path) -> None:
+    """A live file (not a snapshot) may change between the threads' read and the send: the block
+    sent, its hash and the map entry all describe the bytes sent, so the target's check passes."""
+    bs, size = 64 * KiB, 2 * MiB
+    img = tmp_path / "d.img"
+    rng = random.Random(8)
+    img.write_bytes(rng.randbytes(size))
+    reader = RawReader(img, "d")
+    try:
+        base = MapBuilder(tmp_path / "v1.next", bs, size, None)
+        scan_all(reader, bs, base, None)
+        base.finish(generation="g1")
+        with open(img, "r+b") as f:  # version B: block 3 changed
+            f.seek(3 * bs)
+            f.write(rng.randbytes(bs))
+        with MapFile.open(tmp_path / "v1.next") as v1:
+            builder = MapBuilder(tmp_path / "v2.next", bs, size, v1)
+        hashing = start_ahead(reader, bs)
+        assert hashing is not None
+        try:
+            time.sleep(0.3)  # the pool hashes version B of the only chunk meanwhile (~1 ms of work)
+            now = rng.randbytes(bs)
+            with open(img, "r+b") as f:  # version C, after the threads read it
+                f.seek(3 * bs)
+                f.write(now)
+            scanner = DiskScanner(0, reader, bs, builder, DiskStats(), ahead=hashing)
+            chunk = scanner.scan(0, Compress.OFF, scanner.new_buffer())
+        finally:
+            hashing.close()
+        blocks = [m for m in chunk.messages if isinstance(m, Block)]
+        assert [(b.offset, b.payload) for b in blocks] == [(3 * bs, now)]
+        assert blocks[0].hash == blake3(now).digest() == builder.read_entries(3, 1)
+        builder.abort()
+    finally:
         reader.close()
