@@ -88,7 +88,8 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
                 listening = await sh("ss -H -tln")
                 analyze = (await sh("systemd-analyze time")).strip()
                 kernel = (await sh("/opt/vzrep/venv/bin/python -c 'from source_agent import native;"
-                                   " print(native.kernel_name())'")).strip()
+                                   " from source_agent.native import ahead;"
+                                   " print(native.kernel_name(), ahead.available())'")).strip()
             replicated = await replicate_into(vm.ports["agent"], paired.host_key, source_key, tmp_path)
             with pytest.raises(asyncssh.PermissionDenied):  # password logins are refused
                 async with asyncssh.connect("127.0.0.1", port=vm.ports["ssh"], username="vzadmin",
@@ -100,7 +101,9 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
             raise
     print(f"\nboot: SSH up after {ssh_up:.0f}s, agent answering after {agent_up:.0f}s under TCG; {analyze}")
     assert pairing_closed, "the pairing port stayed open after pairing"
-    assert kernel == "native", f"the appliance's scan kernel is {kernel!r}: the wheel lost its compiled part"
+    assert kernel == "native True", (
+        f"the appliance's scan kernel and hash-ahead are {kernel!r}: the wheel lost its compiled part"
+    )
     assert replicated in (None, 0), f"vzrep-source pass into the appliance exited {replicated}"
     assert agent == "active", agent_log
     assert banner.startswith(b"SSH-2.0-"), agent_log
