@@ -10,6 +10,11 @@ Used for a disk that is one region of one file or device (raw images, block devi
 flat VMDKs), read in full (no ABM/CBT filter), in an incremental pass (the replica has a map: in a
 first pass every block is sent, so reading it twice would cost more than it saves), and only when
 :func:`available`; otherwise the pipeline scans chunk by chunk as before.
+
+Reading: the threads map a regular file on a local filesystem chunk by chunk (``region.mappable``,
+decided as in ``source_agent/disks/mapping.py``, with the same SIGBUS caveat for a file truncated
+under them) and ``pread`` anything else. They may run up to ``LOOKAHEAD_BYTES`` of disk ahead of the
+pipeline; the page cache, not this process, holds what they read.
 """
 
 from __future__ import annotations
