@@ -48,7 +48,7 @@ def test_split_flat_vmdk_with_several_extents(tmp_path: Path) -> None:
     desc = tmp_path / "big.vmdk"
     run(need("qemu-img"), "create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentFlat", desc, "5G")
     r = open_disk(desc, "big")
-    assert r.size == 5 << 30 and len(r._parts) == 3
+    assert isinstance(r, VmdkFlatReader) and r.size == 5 << 30 and len(r._parts) == 3
     with open(tmp_path / "big-f002.vmdk", "r+b") as f:
         f.seek(5)
         f.write(b"hello")
