@@ -44,7 +44,10 @@ from source_agent.native.ahead import HashAhead
 from source_agent.native.ahead import available as ahead_available
 from source_agent.native.ahead import classify as ahead_classify
 from vzcommon.blockhash import HASH_LEN, hash_block, zero_block, zero_hash
+from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
+
+log = get_logger("vzrep.source.pipeline")
 
 DEFAULT_BLOCK_SIZE = 64 << 10  # bench: the fastest full pass (README, "Tuning")
 CHUNK_BYTES = 16 << 20  # per scanned chunk (its messages); at most ~4 chunks are in memory at once
@@ -460,19 +463,26 @@ class DiskScanner:
 
 
 def start_ahead(reader: DiskReader, block_size: int, active: int | None = None) -> HashAhead | None:
-    """Start hash-ahead for a disk read in full, when the reader and the build allow it, else None."""
+    """Start hash-ahead for a disk read in full, when the reader and the build allow it, else None.
+
+    It only saves time: if its threads cannot start, the disk is scanned chunk by chunk as before.
+    """
     region = getattr(reader, "region", None)
     where = region() if region is not None else None
     if where is None or not ahead_available():
         return None
     nblocks = -(-reader.size // block_size)
     tail = reader.size - (nblocks - 1) * block_size
-    return HashAhead(
-        where,
-        reader.size,
-        block_size,
-        max(2, CHUNK_BYTES // block_size),
-        zero_hash(block_size),
-        zero_hash(tail),
-        active=active,
-    )
+    try:
+        return HashAhead(
+            where,
+            reader.size,
+            block_size,
+            max(2, CHUNK_BYTES // block_size),
+            zero_hash(block_size),
+            zero_hash(tail),
+            active=active,
+        )
+    except OSError as exc:
+        log.warning("hash_ahead_unavailable", disk=reader.name, error=str(exc))
+        return None

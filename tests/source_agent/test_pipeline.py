@@ -332,3 +332,16 @@ def test_a_block_changed_after_it_was_hashed_ahead_is_sent_as_it_is_now(tmp_path
         builder.abort()
     finally:
         reader.close()
+
+
+@needs_ahead
+def test_hash_ahead_that_cannot_start_leaves_the_plain_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads that cannot start (here: more than the library takes) are not an error: no hash-ahead."""
+    monkeypatch.setattr(ahead, "default_threads", lambda: 17)
+    img = tmp_path / "d.img"
+    sparse_image(img, 4 * MiB, seed=5)
+    reader = RawReader(img, "d")
+    try:
+        assert start_ahead(reader, 64 * KiB) is None
+    finally:
+        reader.close()
