@@ -9,14 +9,28 @@ APT_STAMP := .apt-done
 # source's scan kernel (source_agent/native) when the package is installed.
 APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync gcc libc6-dev
 
-.PHONY: all demo test check lint typecheck unit fuzz bench bench-transport bench-loops clean sysdeps sysdeps-core venv
+.PHONY: all demo test check lint typecheck unit fuzz bench bench-transport bench-loops clean sysdeps sysdeps-core venv lock test-latest
 
 all: test
 
-$(STAMP): pyproject.toml setup.py $(wildcard source_agent/native/*.c source_agent/native/*.h source_agent/native/blake3/*)
+# Every Python package comes from the committed lock (requirements/dev.txt: runtime, dev and the
+# build tools, each pinned with its hashes), so a fresh machine installs exactly what was tested.
+# The project itself is then built without build isolation, by the locked setuptools.
+# VENV=.venv-latest (make test-latest) installs the newest releases pyproject.toml allows instead.
+LOCK := requirements/dev.txt
+LATEST_VENV := .venv-latest
+ifeq ($(VENV),$(LATEST_VENV))
+INSTALL_DEPS = $(PY) -m pip install -q --upgrade pip setuptools wheel && \
+	$(PY) -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]' --config-settings editable_mode=compat
+else
+INSTALL_DEPS = $(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK) && \
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+endif
+
+$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard source_agent/native/*.c source_agent/native/*.h source_agent/native/blake3/*)
 	test -x $(PY) || python3 -m venv $(VENV) || { $(MAKE) --no-print-directory APT_PACKAGES=python3-venv EXTRA_APT_PACKAGES= sysdeps && python3 -m venv $(VENV); }
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]' --config-settings editable_mode=compat  # a path in a .pth: no import hook (~15 ms off every start)
+	$(INSTALL_DEPS)  # editable_mode=compat: a path in a .pth, no import hook (~15 ms off every start)
+	$(PY) -m pip check -q
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -56,6 +70,21 @@ test: sysdeps venv lint typecheck unit appliance-test
 
 check: sysdeps venv lint typecheck unit
 
+# Regenerate both locks from pyproject.toml (and requirements/build.in) with the locked uv: the newest
+# releases the ranges allow, universal markers, hashes for every file. runtime.txt (what the appliance
+# installs) is constrained by dev.txt, so the two never disagree.
+UV_COMPILE = $(VENV)/bin/uv pip compile -q --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock"
+lock: venv
+	$(UV_COMPILE) --upgrade pyproject.toml requirements/build.in --extra dev -o requirements/dev.txt
+	$(UV_COMPILE) --upgrade pyproject.toml -c requirements/dev.txt -o requirements/runtime.txt
+
+# The suite (without the appliance image) in a separate venv with the newest releases pyproject.toml
+# allows: drift in a dependency shows here before a user meets it. Run it before `make lock` and
+# before a release; not part of `make test`.
+test-latest: sysdeps
+	rm -f $(LATEST_VENV)/.installed
+	$(MAKE) --no-print-directory VENV=$(LATEST_VENV) check
+
 fuzz: venv
 	VZREP_FUZZ_INPUTS=2000000 $(VENV)/bin/pytest -q tests/protocol/test_fuzz.py
 
@@ -71,7 +100,7 @@ bench-loops: sysdeps venv
 	$(PY) -m bench.loops
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info source_agent/native/_blockscan*.so
+	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info source_agent/native/_blockscan*.so
 
 # Area fragments (vSphere/vcsim, appliance image, ...) add targets and EXTRA_APT_PACKAGES.
 -include mk/*.mk

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,35 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CIPHER = "aes256-gcm@openssh.com"
+from tests.support.openssh import Sshd, tool
+
 MiB = 1 << 20
 GiB = 1 << 30
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
-    if path is None:
-        raise SystemExit(f"{name} is missing: run `make sysdeps` (apt-get install -y openssh-server rsync)")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 def drop_writeback() -> None:
@@ -179,92 +152,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Finished:
 
 
 # ---------------------------------------------------------------- OpenSSH peer
-
-
-@dataclass
-class Sshd:
-    """A throwaway OpenSSH server on 127.0.0.1 with its own keys; root logs in with one key."""
-
-    dir: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    log: Any = None
-
-    def start(self) -> Sshd:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        keygen = tool("ssh-keygen")
-        for name in ("host_key", "client_key"):
-            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
-        (self.dir / "authorized_keys").write_text((self.dir / "client_key.pub").read_text())
-        self.port = free_port()
-        config = self.dir / "sshd_config"
-        config.write_text(
-            "\n".join(
-                [
-                    f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
-                    f"HostKey {self.dir / 'host_key'}",
-                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
-                    f"PidFile {self.dir / 'sshd.pid'}",
-                    f"Ciphers {CIPHER}",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PermitRootLogin prohibit-password",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "Compression no",
-                    "PrintMotd no",
-                    "AcceptEnv none",
-                    "",
-                ]
-            )
-        )
-        host_pub = (self.dir / "host_key.pub").read_text().split()
-        (self.dir / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
-        self.log = open(self.dir / "sshd.log", "ab")
-        self.proc = subprocess.Popen(
-            [tool("sshd"), "-D", "-e", "-f", str(config)], stdout=self.log, stderr=self.log
-        )
-        wait_port(self.port, self.proc)
-        return self
-
-    def ssh_args(self) -> list[str]:
-        """The ssh command line (without the remote command); VERBOSE logs the bytes transferred."""
-        return [
-            tool("ssh"),
-            "-c",
-            CIPHER,
-            "-p",
-            str(self.port),
-            "-i",
-            str(self.dir / "client_key"),
-            "-F",
-            "/dev/null",
-            "-o",
-            f"UserKnownHostsFile={self.dir / 'known_hosts'}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "Compression=no",
-            "-o",
-            "LogLevel=VERBOSE",
-            "-l",
-            "root",
-        ]
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log:
-            self.log.close()
+# The throwaway sshd is the test suite's (tests/support/openssh.py): one helper makes what sshd needs.
 
 
 _TRANSFERRED = re.compile(rb"Transferred: sent (\d+), received (\d+) bytes")

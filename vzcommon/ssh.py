@@ -7,12 +7,18 @@ algorithm family (ML-KEM, when wanted, comes from ``cryptography``, not liboqs),
 is imported those names are answered "not installed". Import asyncssh from here, first::
 
     from vzcommon.ssh import asyncssh
+
+cryptography 51 deprecated DSA, and asyncssh 2.24 names DSA classes in annotations it evaluates at
+import: a screen of ``CryptographyDeprecationWarning`` on every start. The tunnel never offers or
+accepts DSA (:mod:`vzcommon.tunnel_policy`), so that one warning, raised from asyncssh's modules while
+they load, is ignored here, and nothing else is.
 """
 
 from __future__ import annotations
 
 import ctypes.util
 import sys
+import warnings
 
 #: the names asyncssh 2.x asks ``find_library`` for (crypto/pq.py, crypto/umac.py)
 UNUSED_NATIVE_LIBS = frozenset({"oqs", "liboqs", "nettle", "libnettle", "libnettle-6"})
@@ -28,9 +34,22 @@ def _import_asyncssh() -> None:
 
     ctypes.util.find_library = find_library
     try:
-        import asyncssh  # noqa: F401
+        with warnings.catch_warnings():
+            _ignore_dsa_deprecation()
+            import asyncssh  # noqa: F401
     finally:
         ctypes.util.find_library = real
+
+
+def _ignore_dsa_deprecation() -> None:
+    """Ignore cryptography's DSA deprecation where asyncssh's own modules trigger it (and only there)."""
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+    except ImportError:  # a cryptography without the class warns about nothing here
+        return
+    warnings.filterwarnings(
+        "ignore", message="DSA is deprecated", category=CryptographyDeprecationWarning, module=r"asyncssh(\.|$)"
+    )
 
 
 _import_asyncssh()

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import tarfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance import netconfig, ovfenv
+from appliance.console import password as password_check
 from appliance.layout import Layout
 
 SECRET_NAMES = ("ssh_host_ed25519_key", "id_ed25519", "token")
@@ -316,13 +316,12 @@ class Backend:
         except OSError:
             return False
         entry = next((line.split(":") for line in lines if line.startswith("vzadmin:")), None)
-        if entry is None or len(entry) < 2 or not entry[1] or entry[1][0] in "!*":
+        if entry is None or len(entry) < 2:
             return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt  # deprecated, but the only stdlib way to check yescrypt/SHA-512 hashes
-
-        return crypt.crypt(password, entry[1]) == entry[1]
+        try:
+            return password_check.verify(password, entry[1])
+        except password_check.CryptUnavailable:
+            return False
 
     def shell_command(self) -> list[str]:
         return ["login", "-f", "vzadmin"] if os.geteuid() == 0 else [os.environ.get("SHELL", "/bin/sh")]

@@ -1,6 +1,6 @@
 """``make appliance``: build the appliance image with no ISO and no VM.
 
-Steps: stage the project's wheel and its dependencies' wheels; mmdebstrap a Debian bookworm root
+Steps: stage the project's wheel and its dependencies' wheels (as locked in requirements/runtime.txt); mmdebstrap a Debian bookworm root
 (systemd, python3, open-vm-tools, the kernel) whose customize hook runs the same provision script as
 the packer builds; assemble a raw disk (:mod:`appliance.image.disk`); convert it and pack the OVA
 (:mod:`appliance.image.ovf`). Outputs go to ``build/appliance/`` (ignored by git).
@@ -23,6 +23,7 @@ PACKAGES = (
     "initramfs-tools,python3,python3-venv,open-vm-tools,openssh-server,iproute2,less,kmod,passwd"
 )
 REPO = Path(__file__).resolve().parents[2]
+RUNTIME_LOCK = REPO / "requirements" / "runtime.txt"
 
 
 def log(msg: str) -> None:
@@ -35,17 +36,21 @@ def stage(stage_dir: Path, python: str) -> None:
         shutil.rmtree(stage_dir)
     wheels = stage_dir / "wheels"
     wheels.mkdir(parents=True)
+    # Our wheel, built by the locked setuptools of the venv that runs this (no build isolation).
     subprocess.run(
-        [python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)], check=True
+        [python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        check=True,
     )
-    (own,) = wheels.glob("vzrep-*.whl")
-    # Dependencies for the appliance's python3 (bookworm: CPython 3.11, x86_64 glibc). Our own wheel
-    # is tagged linux_x86_64 (it holds the scan kernel, compiled here for any x86-64 CPU).
+    # Its dependencies exactly as locked (requirements/runtime.txt, hashes checked), as wheels for the
+    # appliance's python3 (bookworm: CPython 3.11, x86_64 glibc). Our own wheel is tagged linux_x86_64
+    # (it holds the scan kernel, compiled here for any x86-64 CPU); the image installs from these
+    # files only (provision.sh: --no-index), so it gets what the test suite ran with.
     subprocess.run(
-        [python, "-m", "pip", "download", "-q", "-d", str(wheels), "--only-binary=:all:",
+        [python, "-m", "pip", "download", "-q", "-d", str(wheels), "--only-binary=:all:", "--no-deps",
+         "--require-hashes", "-r", str(RUNTIME_LOCK),
          "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
          "--abi", "none", "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-         "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64", "--platform", "any", str(own)],
+         "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64", "--platform", "any"],
         check=True,
     )  # fmt: skip
     shutil.copytree(REPO / "appliance" / "systemd", stage_dir / "systemd")

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from appliance import keys
@@ -20,6 +19,7 @@ from appliance.image.boot import BootedVM
 from appliance.pairing import SourcePaired, WrongCode
 from appliance.pairing_net import pair_with_target
 from vzcommon.errors import VzrepError
+from vzcommon.ssh import asyncssh
 
 REPO = Path(__file__).resolve().parents[2]
 # Opt-in: `make appliance-test` sets VZREP_APPLIANCE_IMAGE, so `make test` never boots a stale image.

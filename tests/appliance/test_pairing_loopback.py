@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from appliance import keys, pins
@@ -18,6 +17,7 @@ from appliance.pairing import CodeGate, CodeUnavailable, WrongCode
 from appliance.pairing_cli import add_source_commands, add_target_commands, status_dict
 from appliance.pairing_net import PairingServer, pair_with_target
 from vzcommon.errors import ConnectionFailed, ExitCode
+from vzcommon.ssh import asyncssh
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import struct
 
-import asyncssh
 import pytest
 
 from appliance.pairing import (
@@ -26,6 +25,7 @@ from appliance.pairing import (
     normalise_code,
 )
 from vzcommon.errors import PairingError
+from vzcommon.ssh import asyncssh
 
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
 CLIENT_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()

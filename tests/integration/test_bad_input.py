@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from protocol import codec, framing
@@ -14,10 +12,12 @@ from protocol.messages import MsgType
 from protocol.version import PROTOCOL_VERSION
 from source_agent.tunnel import TargetSpec, Tunnel, open_tunnel
 from tests.support.agents import Keys, Target, replicate, snapshot, wait_idle
+from tests.support.openssh import Sshd
 from tests.support.tools import BS, make_image
 from vzcommon import tunnel_policy
 from vzcommon.errors import AuthError, CipherError, ExitCode, HostKeyError
 from vzcommon.keys import generate, known_hosts_line
+from vzcommon.ssh import asyncssh
 
 MiB = 1 << 20
 SIZE = 4 * MiB
@@ -210,43 +210,16 @@ async def test_client_offering_only_aes128_is_refused(target: Target, victim: di
 
 async def test_target_offering_only_aes128_is_refused(tmp_path: Path, session_keys: Keys) -> None:
     """The source refuses a server (here OpenSSH's sshd) that offers no AES-256 cipher."""
-    sshd = "/usr/sbin/sshd"
-    assert Path(sshd).exists(), "openssh-server is missing: run `make sysdeps`"
-    cfg = tmp_path / "sshd_config"
-    port_file = tmp_path / "port"
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    port_file.write_text(str(port))
-    host_key = tmp_path / "ssh_host_ed25519_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
-    cfg.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nCiphers aes128-ctr\n"
-        f"AuthorizedKeysFile {session_keys.authorized_keys}\nUsePAM no\nStrictModes no\nPidFile {tmp_path}/pid\n"
-    )
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(400):  # up to 20 s on a loaded machine
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "sshd exited at start"
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("sshd did not start listening")
+    with Sshd(tmp_path / "sshd", ciphers="aes128-ctr").start(
+        authorized_keys=session_keys.authorized_keys
+    ) as sshd:
         kh = tmp_path / "kh"
         kh.write_text(
-            known_hosts_line("127.0.0.1", port, (tmp_path / "ssh_host_ed25519_key.pub").read_text().strip())
+            known_hosts_line("127.0.0.1", sshd.port, sshd.host_key.with_suffix(".pub").read_text().strip())
         )
         with pytest.raises(CipherError, match="no AES-256 cipher") as exc:
-            await open_tunnel(TargetSpec("127.0.0.1", port, session_keys.client_key, kh))
+            await open_tunnel(TargetSpec("127.0.0.1", sshd.port, session_keys.client_key, kh))
         assert exc.value.exit_code == ExitCode.CIPHER
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_policy_offers_only_aes256() -> None:
