@@ -40,9 +40,11 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def write_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and fsync it, without renaming.
+    """Write ``data`` to ``path`` itself (created or truncated) and fsync it; no rename, no directory fsync.
 
-    Used for the ``.next`` files of a commit, which are renamed in a later, separate step.
+    Not atomic: a crash can leave ``path`` partly written. Callers write a name nobody reads as
+    state yet -- :func:`atomic_write`'s temporary file, or a commit's ``.next`` file, which a later,
+    separate step renames with :func:`replace_durable`.
     """
     p = Path(path)
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -16,7 +16,11 @@ from .durable import atomic_write
 from .errors import IntegrityError
 
 
-def dump_record(magic: str, body: dict[str, Any], version: int = 1) -> bytes:
+#: the record layout written by :func:`dump_record`; a file of a newer version is refused, not guessed at
+RECORD_VERSION = 1
+
+
+def dump_record(magic: str, body: dict[str, Any], version: int = RECORD_VERSION) -> bytes:
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
     crc = zlib.crc32(f"{magic}:{version}:{payload}".encode())
     return (
@@ -38,6 +42,11 @@ def load_record(data: bytes, magic: str, where: str) -> dict[str, Any]:
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
     if zlib.crc32(f"{magic}:{version}:{payload}".encode()) != crc:
         raise IntegrityError(f"{where} fails its checksum")
+    if version != RECORD_VERSION:
+        raise IntegrityError(
+            f"{where} is a {magic} file of version {version}; this vzrep reads version {RECORD_VERSION}"
+            " (was it written by a newer vzrep? upgrade this agent)"
+        )
     return dict(body)
 
 

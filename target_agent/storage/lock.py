@@ -31,6 +31,21 @@ class VmLock:
         self._fd = fd
         return self
 
+    @staticmethod
+    def is_held(vm_dir: Path) -> bool:
+        """Whether a pass or rollback holds the VM's lock now; read-only (never creates ``.lock``)."""
+        try:
+            fd = os.open(vm_dir / ".lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False  # nobody ever locked it, so nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's lock if it was taken
+        return False
+
     def release(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

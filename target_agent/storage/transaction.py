@@ -218,16 +218,8 @@ def vm_status(vdir: Path) -> dict[str, Any]:
         "last_pass": status.get("last_pass"),
         "last_failure": status.get("last_failure"),
         "pending_rollback": bool(journal) or bool(pending),
-        "pass_running": _locked(vdir),
+        "pass_running": VmLock.is_held(vdir),
     }
-
-
-def _locked(vdir: Path) -> bool:
-    try:
-        VmLock(vdir, vdir.name).acquire().release()
-    except Exception:
-        return True
-    return False
 
 
 class VmPass:
