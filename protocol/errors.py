@@ -8,9 +8,10 @@ Both put the connection into the ``ERROR`` state; nothing more can be sent or re
 
 from __future__ import annotations
 
-from vzcommon.errors import ExitCode, VzrepError
+from vzcommon.errors import ExitCode, VzrepError, peer_error
 
 
+@peer_error
 class ProtocolError(VzrepError):
     exit_code = ExitCode.PROTOCOL
 

@@ -39,7 +39,7 @@ from protocol.version import PROTOCOL_VERSION
 from source_agent.disks.base import DiskReader
 from source_agent.filters.extents import ExtentList
 from vzcommon.blockhash import HASH_NAME
-from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError
+from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError, from_peer
 from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
@@ -138,8 +138,7 @@ class SourceSession:
                 raise ConnectionFailed("the target closed the connection during the pass")
             assert isinstance(event, Message)
             if isinstance(event, Error):
-                code = event.code if event.code in ExitCode._value2member_map_ else ExitCode.INTERNAL
-                raise VzrepError(f"target: {event.message}", exit_code=ExitCode(code))
+                raise from_peer(event.code, event.message, "target")
             return event
 
     async def handshake(self) -> Welcome:
@@ -290,11 +289,11 @@ class SourceSession:
 
     async def abort(self, exc: BaseException) -> None:
         """Tell the target why we give up, so it rolls back at once (best effort)."""
-        if isinstance(exc, VzrepError) and str(exc).startswith("target:"):
-            return
+        if isinstance(exc, VzrepError) and exc.from_peer:
+            return  # the target told us: it is rolling back already
         code = exc.exit_code if isinstance(exc, VzrepError) else ExitCode.INTERNAL
         try:
-            self.tunnel.write(self.conn.send(Error(int(code), f"source aborted: {exc}")))
+            self.tunnel.write(self.conn.send(Error(int(code), str(exc) or type(exc).__name__)))
             await asyncio.wait_for(self.tunnel.drain(), 5)
         except (VzrepError, ProtocolError, OSError, TimeoutError):
             pass

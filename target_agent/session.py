@@ -44,7 +44,7 @@ from protocol.messages import (
 )
 from protocol.version import PROTOCOL_VERSION
 from vzcommon.blockhash import HASH_LEN, HASH_NAME, hash_block
-from vzcommon.errors import ConnectionFailed, ExitCode, IntegrityError, StorageError, VzrepError
+from vzcommon.errors import ConnectionFailed, ExitCode, IntegrityError, StorageError, VzrepError, from_peer
 from vzcommon.log import get_logger
 from vzcommon.vzmap import entries_for
 
@@ -190,12 +190,7 @@ class TargetSession:
             await self._commit()
             return True
         elif isinstance(msg, Error):
-            raise VzrepError(
-                f"the source aborted the pass: {msg.message}",
-                exit_code=ExitCode(msg.code)
-                if msg.code in ExitCode._value2member_map_
-                else ExitCode.INTERNAL,
-            )
+            raise from_peer(msg.code, msg.message, "the source aborted the pass")
         return False
 
     async def _hello(self, msg: Hello) -> None:
@@ -340,7 +335,8 @@ class TargetSession:
         log.warning("pass_failed", peer=self.peer, error=text, rollback=rolled)
         if self._on_pass_end:
             self._on_pass_end({"result": "rolled-back", "error": text})
-        if self._stream is not None and not isinstance(exc, ConnectionFailed):
+        told = isinstance(exc, ConnectionFailed) or (isinstance(exc, VzrepError) and exc.from_peer)
+        if self._stream is not None and not told:
             try:
                 await asyncio.wait_for(self._send(Error(int(code), f"{text} [target: {rolled}]")), 5)
             except (LocalProtocolError, VzrepError, OSError, TimeoutError):

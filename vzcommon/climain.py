@@ -9,7 +9,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from .errors import ExitCode, VzrepError
+from .errors import ExitCode, Interrupted, VzrepError
 from .log import setup_logging
 
 
@@ -34,25 +34,34 @@ def asyncio_run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def run_main(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None, interrupted: str) -> int:
-    """Parse, set up logging, run ``args.func``; a VzrepError is one line on stderr and its exit code."""
+    """Parse, set up logging, run ``args.func``: the one path from an exception to a message and exit code.
+
+    Every entry point (``vzrep-source``, ``vzrep-target``, ``vzrep``) runs through here, so an error
+    is always ``PROG: MESSAGE`` on one line of stderr and the exit code of its class (README, "Exit
+    codes"). ``interrupted`` says what happens to work in flight after Ctrl-C.
+    """
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(getattr(args, "log_level", "warning"))
     # What start-up built (modules, classes, the parser) lives as long as the process: move it out of
     # the collector's reach, so its full collections during a pass do not walk it again and again.
     gc.freeze()
     try:
         return int(args.func(args))
-    except VzrepError as exc:
+    except KeyboardInterrupt:
+        return report_error(prog, Interrupted(f"interrupted; {interrupted}"))
+    except Exception as exc:
+        if os.environ.get("VZREP_DEBUG") and not isinstance(exc, VzrepError):
+            raise
+        return report_error(prog, exc)
+
+
+def report_error(prog: str, exc: BaseException) -> int:
+    """Print ``exc`` as one line on stderr; its exit code. Not ours: a bug, said so, code 1."""
+    if isinstance(exc, VzrepError):
         print(f"{prog}: {exc}", file=sys.stderr)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
-        return int(ExitCode.CONNECTION)
-    except Exception as exc:  # a bug: one line for the user, the traceback with VZREP_DEBUG=1
-        if os.environ.get("VZREP_DEBUG"):
-            raise
-        print(
-            f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with VZREP_DEBUG=1 and report it)",
-            file=sys.stderr,
-        )
-        return int(ExitCode.INTERNAL)
+    print(
+        f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with VZREP_DEBUG=1 and report it)",
+        file=sys.stderr,
+    )
+    return int(ExitCode.INTERNAL)

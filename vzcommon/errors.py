@@ -24,14 +24,17 @@ class ExitCode(IntEnum):
     BUSY = 10  # a pass for this VM is already running on the target
     INTEGRITY = 11  # a block failed its hash check, or a persisted file failed its checksum
     VSPHERE = 12  # vCenter/ESXi refused or failed an operation
-    ROLLED_BACK = 13  # the pass failed on the target and the replica was rolled back to the previous pass
+    ROLLED_BACK = 13  # the target failed the pass for a reason of its own (a bug there) and rolled it back
     PAIRING = 14  # pairing failed (wrong or expired code)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); the target rolls the pass back
 
 
 class VzrepError(Exception):
     """Root of all vzrep errors; ``str(err)`` is one line a user can act on."""
 
     exit_code: ExitCode = ExitCode.INTERNAL
+    #: raised here from the peer's ERROR message (:func:`from_peer`), not by this agent
+    from_peer: bool = False
 
     def __init__(self, message: str, *, exit_code: ExitCode | None = None) -> None:
         super().__init__(message)
@@ -39,47 +42,93 @@ class VzrepError(Exception):
             self.exit_code = exit_code
 
 
+#: the class a peer's ERROR code is rebuilt as (:func:`from_peer`); filled by :func:`peer_error`
+_PEER_CLASSES: dict[int, type[VzrepError]] = {}
+
+
+def peer_error(cls: type[VzrepError]) -> type[VzrepError]:
+    """Class decorator: an ERROR with this class's exit code is rebuilt as this class."""
+    _PEER_CLASSES[int(cls.exit_code)] = cls
+    return cls
+
+
+def from_peer(code: int, message: str, peer: str) -> VzrepError:
+    """The peer's ERROR message as the error class of its code, marked ``from_peer``.
+
+    A code the peer's agent reports for a failure of its own (INTERNAL, or a code this version does
+    not know) becomes :class:`RolledBack`: our user's fault it is not, and the pass was rolled back.
+    """
+    cls = _PEER_CLASSES.get(code)
+    exc = cls(f"{peer}: {message}") if cls is not None else RolledBack(f"{peer} failed the pass: {message}")
+    exc.from_peer = True
+    return exc
+
+
+@peer_error
 class InputError(VzrepError):
     """The user gave us something we cannot use (a path, a name, a disk format)."""
 
     exit_code = ExitCode.INPUT
 
 
+@peer_error
 class ConnectionFailed(VzrepError):
     exit_code = ExitCode.CONNECTION
 
 
+@peer_error
 class HostKeyError(VzrepError):
     exit_code = ExitCode.HOST_KEY
 
 
+@peer_error
 class AuthError(VzrepError):
     exit_code = ExitCode.AUTH
 
 
+@peer_error
 class CipherError(VzrepError):
     exit_code = ExitCode.CIPHER
 
 
+@peer_error
 class StorageError(VzrepError):
     """The target's storage failed (ENOSPC, EIO); the pass is rolled back."""
 
     exit_code = ExitCode.STORAGE
 
 
+@peer_error
 class BusyError(VzrepError):
     exit_code = ExitCode.BUSY
 
 
+@peer_error
 class IntegrityError(VzrepError):
     """Data did not match its hash or checksum."""
 
     exit_code = ExitCode.INTEGRITY
 
 
+@peer_error
 class VSphereError(VzrepError):
     exit_code = ExitCode.VSPHERE
 
 
+@peer_error
 class PairingError(VzrepError):
     exit_code = ExitCode.PAIRING
+
+
+@peer_error
+class RolledBack(VzrepError):
+    """The peer failed the pass for a reason of its own (a bug there) and rolled it back."""
+
+    exit_code = ExitCode.ROLLED_BACK
+
+
+@peer_error
+class Interrupted(VzrepError):
+    """The user stopped the command (Ctrl-C); a pass in flight is rolled back by the target."""
+
+    exit_code = ExitCode.INTERRUPTED

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import VzrepError
-
 
 def add_keygen(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("keygen", help="write an Ed25519 key pair and print its public key and fingerprint")
@@ -26,15 +24,12 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .climain import run_main
+
     parser = argparse.ArgumentParser(prog="vzrep")
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_keygen(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except VzrepError as exc:
-        print(f"vzrep: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
+    return run_main("vzrep", parser, argv, "nothing was written")
 
 
 if __name__ == "__main__":

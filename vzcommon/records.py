@@ -15,7 +15,6 @@ from typing import Any
 from .durable import atomic_write
 from .errors import IntegrityError
 
-
 #: the record layout written by :func:`dump_record`; a file of a newer version is refused, not guessed at
 RECORD_VERSION = 1
 
