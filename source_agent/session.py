@@ -287,11 +287,40 @@ class SourceSession:
             for builder in self._builders.values():
                 builder.abort()
 
+    async def peer_reason(self, wait: float = 2.0) -> VzrepError | None:
+        """After the connection broke under us: the target's ERROR, if it sent one before closing.
+
+        A target that fails a pass sends ERROR and closes; a source still writing blocks then sees
+        the broken channel first. The reason is in the bytes already received (or about to be).
+        """
+        deadline = time.monotonic() + wait
+        try:
+            while True:
+                event = self.conn.next_event()
+                if isinstance(event, Error):
+                    return from_peer(event.code, event.message, "target")
+                if event is CLOSED:
+                    return None
+                if event is NEED_DATA:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    data = await asyncio.wait_for(self.tunnel.read(), left)
+                    self.received += len(data)
+                    self.conn.receive_data(data)
+        except (VzrepError, OSError, TimeoutError):
+            return None
+
     async def abort(self, exc: BaseException) -> None:
         """Tell the target why we give up, so it rolls back at once (best effort)."""
         if isinstance(exc, VzrepError) and exc.from_peer:
             return  # the target told us: it is rolling back already
-        code = exc.exit_code if isinstance(exc, VzrepError) else ExitCode.INTERNAL
+        if isinstance(exc, VzrepError):
+            code = exc.exit_code
+        elif isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            code = ExitCode.INTERRUPTED  # Ctrl-C: asyncio cancels the pass before it raises
+        else:
+            code = ExitCode.INTERNAL
         try:
             self.tunnel.write(self.conn.send(Error(int(code), str(exc) or type(exc).__name__)))
             await asyncio.wait_for(self.tunnel.drain(), 5)
@@ -324,6 +353,10 @@ async def run_pass(
         await session.run(jobs, report)
         report.ok = True
     except BaseException as exc:
+        if isinstance(exc, ConnectionFailed) and not exc.from_peer:
+            reason = await session.peer_reason()
+            if reason is not None:
+                raise reason from None
         await asyncio.shield(session.abort(exc))
         raise
     finally:
