@@ -3,9 +3,14 @@ interrupted rollbacks, a second pass on a busy VM."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import os
 import random
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -279,22 +284,91 @@ def test_a_flush_starts_writeback_of_the_range_it_wrote(tmp_path: Path, monkeypa
     assert all(flat[i * BS : (i + 1) * BS] == data for i, data in blocks.items())
 
 
-def test_start_writeback_is_only_a_hint(tmp_path: Path) -> None:
-    from vzcommon.durable import start_writeback
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
 
-    r, w = os.pipe()  # sync_file_range fails on a pipe: the hint must not
+
+_SYS_CACHESTAT = 451  # the same number on every architecture (Linux 6.5)
+
+
+def dirty_pages(fd: int, offset: int, length: int) -> int | None:
+    """The kernel's count of dirty page-cache pages of ``fd`` in a range (cachestat(2)); None if the
+    kernel predates cachestat."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = (ctypes.c_uint64 * 2)(offset, length)
+    st = _CacheStat()
+    if libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOSYS:
+            return None
+        raise OSError(err, os.strerror(err))
+    return int(st.dirty)
+
+
+@contextlib.contextmanager
+def writeback_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a filesystem with writeback: tmp_path, or beside the checkout when tmp_path is a
+    tmpfs (CI mounts one on /tmp), whose pages are never dirty in the kernel's sense."""
+
+    def tracks_dirty(d: Path) -> bool | None:
+        fd = os.open(d / ".probe", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, b"x" * 4096, 0)
+            n = dirty_pages(fd, 0, 4096)
+            return None if n is None else n > 0
+        finally:
+            os.close(fd)
+            os.unlink(d / ".probe")
+
+    probe = tracks_dirty(tmp_path)
+    if probe is None:
+        pytest.skip("this kernel has no cachestat(2) (Linux < 6.5): dirty pages cannot be counted")
+    if probe:
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(prefix=".writeback-", dir=Path(__file__).resolve().parents[2]) as d:
+        if not tracks_dirty(Path(d)):
+            pytest.skip("neither tmp_path nor the checkout is on a filesystem with writeback")
+        yield Path(d)
+
+
+def test_start_writeback_is_only_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint asks the kernel to write exactly its range (SYNC_FILE_RANGE_WRITE, no waiting), is not
+    made for an empty range, and ignores the kernel's refusal (a pipe)."""
+    from vzcommon import durable
+
+    real = durable._sync_file_range
+    assert real is not None, "this libc has no sync_file_range"
+    calls: list[tuple[int, int, int, int, int, int]] = []
+
+    def recording(fd: int, offset: int, length: int, flags: int) -> int:
+        ret = real(fd, offset, length, flags)
+        calls.append((fd, offset, length, flags, ret, ctypes.get_errno() if ret else 0))
+        return ret
+
+    monkeypatch.setattr(durable, "_sync_file_range", recording)
+    r, w = os.pipe()
     try:
-        start_writeback(w, 0, BS)
+        durable.start_writeback(w, 0, BS)  # sync_file_range fails on a pipe: the hint must not
     finally:
         os.close(r)
         os.close(w)
-    f = tmp_path / "f"
-    f.write_bytes(rand(1, 4 * BS))
-    fd = os.open(f, os.O_RDWR)
-    try:
-        start_writeback(fd, 0, 4 * BS)
-        start_writeback(fd, 0, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    assert f.read_bytes() == rand(1, 4 * BS)
+    assert calls == [(w, 0, BS, 2, -1, errno.ESPIPE)]  # 2 = SYNC_FILE_RANGE_WRITE
+    calls.clear()
+    with writeback_dir(tmp_path) as d:
+        f = d / "f"
+        fd = os.open(f, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.pwrite(fd, rand(1, 8 * BS), 0)
+            assert dirty_pages(fd, 2 * BS, 4 * BS) == 4 * BS // 4096, "just written, the range must be dirty"
+            durable.start_writeback(fd, 2 * BS, 4 * BS)
+            assert calls == [(fd, 2 * BS, 4 * BS, 2, 0, 0)]
+            # the kernel's word: every page of the range is now under writeback or clean
+            assert dirty_pages(fd, 2 * BS, 4 * BS) == 0
+            durable.start_writeback(fd, 0, 0)
+            assert len(calls) == 1  # nothing to hint for an empty range
+            assert os.pread(fd, 8 * BS, 0) == rand(1, 8 * BS)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert f.read_bytes() == rand(1, 8 * BS)
