@@ -234,7 +234,7 @@ async def _vsphere_pass(
     return report
 
 
-#: Commands and options that live in the vSphere and pairing areas; their modules (pyVmomi, SPAKE2)
+#: Commands and options that live in the vSphere and pairing areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
 _AREAS = {
     "source_agent.vsphere.cli": ("--vcenter", "vsphere-check"),

@@ -1,4 +1,4 @@
-"""``vzrep-target serve`` options for vSphere jobs; pyVmomi is imported only when ``--vcenter`` is given.
+"""``vzrep-target serve`` options for vSphere jobs; the vSphere client is imported only when ``--vcenter`` is given.
 
 The connection and appliance options are both agents' (:mod:`vsphere.cli_options`).
 """
