@@ -202,10 +202,10 @@ async def _vsphere_pass(
 ) -> PassReport:
     """Snapshot, HotAdd and CBT through the vSphere area, then the same pass as for local disks."""
     from source_agent.vsphere.cli import open_client
-    from source_agent.vsphere.devices import DatastoreFileLocator
     from source_agent.vsphere.glue import disk_jobs
-    from source_agent.vsphere.hardware import HardwareRecord
     from source_agent.vsphere.job import vsphere_job
+    from vsphere.devices import DatastoreFileLocator
+    from vsphere.hardware import HardwareRecord
     from vzcommon.durable import atomic_write
 
     record_path = opts.state_dir / "vsphere" / args.vm / "hardware.json"
@@ -234,7 +234,7 @@ async def _vsphere_pass(
     return report
 
 
-#: Commands and options that live in the vSphere and pairing areas; their modules (pyVmomi, SPAKE2)
+#: Commands and options that live in the vSphere and pairing areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
 _AREAS = {
     "source_agent.vsphere.cli": ("--vcenter", "vsphere-check"),

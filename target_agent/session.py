@@ -52,7 +52,7 @@ from .server import Stream
 from .storage.replica import DiskWriter
 from .storage.transaction import VmPass
 
-if TYPE_CHECKING:  # the vSphere area (and pyVmomi) is imported only when a vCenter is configured
+if TYPE_CHECKING:  # the vSphere area (and its SOAP library) is imported only when a vCenter is configured
     from .vsphere.job import ReplicaPass, ReplicaSettings
 
 log = get_logger("vzrep.target.session")

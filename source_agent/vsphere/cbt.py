@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from source_agent.filters.extents import ExtentList, FilterKind
-from source_agent.vsphere.adapter import VSphereClient
-from source_agent.vsphere.model import CbtNotEnabled, ChangeIdRejected, DiskInfo
+from vsphere.client import VSphereClient
+from vsphere.model import CbtNotEnabled, ChangeIdRejected, DiskInfo
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ async def ensure_cbt(client: VSphereClient, vm_moid: str, vm_name: str, enabled:
     CBT takes effect only after the VM is stunned and unstunned, so enabling it is followed by a
     snapshot create/remove cycle (logged: it briefly stuns a running VM).
     """
-    from source_agent.vsphere.model import CBT_STUN_SNAPSHOT_PREFIX, SNAPSHOT_MARKER
+    from vsphere.model import CBT_STUN_SNAPSHOT_PREFIX, SNAPSHOT_MARKER
     from vzcommon.errors import VzrepError
 
     if enabled:

@@ -10,33 +10,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
-from source_agent.vsphere import privileges
-from source_agent.vsphere.adapter import VSphereClient, connect
-from source_agent.vsphere.appliance import PRODUCT_UUID, find_appliance
-from source_agent.vsphere.options import ConnectOptions, load_credentials
-from vzcommon.errors import InputError, VzrepError
+from vsphere import privileges
+from vsphere.appliance import find_appliance
+from vsphere.cli_options import add_appliance_arguments, add_connection_arguments, options_from_args
+from vsphere.client import VSphereClient
+from vsphere.connection import connect
+from vzcommon.errors import VzrepError
 
 
 def _connection_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     g = p.add_argument_group("vSphere")
-    g.add_argument("--vcenter", required=required, metavar="HOST[:PORT]", help="vCenter or ESXi host")
-    g.add_argument(
-        "--credentials", type=Path, metavar="FILE", help="file with host/user/password lines, mode 600"
-    )
-    g.add_argument(
-        "--session-token-file", type=Path, metavar="FILE", help="file holding an existing vSphere session id"
-    )
-    g.add_argument(
-        "--thumbprint", metavar="SHA256", help="pin the host's TLS certificate (self-signed hosts)"
-    )
-    g.add_argument("--cafile", type=Path, help="CA bundle to verify the host's certificate")
-    g.add_argument("--insecure", action="store_true", help="do not verify TLS at all (logged as a warning)")
-    g.add_argument("--appliance-vm", metavar="NAME", help="this appliance's VM (default: found by BIOS UUID)")
-    g.add_argument("--appliance-uuid-file", type=Path, default=PRODUCT_UUID, help=argparse.SUPPRESS)
-    g.add_argument("--task-timeout", type=float, default=600.0, help="seconds to wait for a vSphere task")
+    add_connection_arguments(g, required=required)
+    add_appliance_arguments(g)
 
 
 def add_arguments(pass_parser: argparse.ArgumentParser) -> None:
@@ -59,34 +46,6 @@ def add_source_commands(sub: Any) -> None:
         return 0
 
     p.set_defaults(func=run)
-
-
-def options_from_args(args: argparse.Namespace) -> ConnectOptions:
-    cred = load_credentials(args.credentials) if getattr(args, "credentials", None) else None
-    token = None
-    if getattr(args, "session_token_file", None):
-        try:
-            token = Path(args.session_token_file).read_text().strip()
-        except OSError as e:
-            raise InputError(
-                f"cannot read the session token file {args.session_token_file}: {e.strerror}"
-            ) from e
-    where = args.vcenter or (cred.host if cred else None)
-    if not where:
-        raise InputError("give the vSphere host with --vcenter (or a host line in the credentials file)")
-    host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "")
-    if port and not port.isdigit():
-        raise InputError(f"--vcenter {where}: the port must be a number")
-    return ConnectOptions(
-        host=host,
-        port=int(port) if port else (cred.port if cred and cred.port else 443),
-        credentials=cred,
-        session_token=token,
-        thumbprint=args.thumbprint,
-        cafile=str(args.cafile) if args.cafile else None,
-        insecure=args.insecure,
-        task_timeout=args.task_timeout,
-    )
 
 
 async def open_client(args: argparse.Namespace) -> VSphereClient:

@@ -31,17 +31,18 @@ from pathlib import Path
 from source_agent.disks.base import DiskReader
 from source_agent.disks.raw import RawReader
 from source_agent.filters.extents import ExtentList
-from source_agent.vsphere import hardware as hw
-from source_agent.vsphere.adapter import HotAddRequest, VSphereClient
-from source_agent.vsphere.appliance import PRODUCT_UUID, find_appliance
 from source_agent.vsphere.cbt import DiskPlan, Mode, StoredDiskState, ensure_cbt, plan_disk, write_filter
-from source_agent.vsphere.cleanup import CleanupReport, cleanup_orphans, run_shielded
-from source_agent.vsphere.devices import Locator, find_block_device, locate
-from source_agent.vsphere.model import (
+from vsphere import hardware as hw
+from vsphere.appliance import PRODUCT_UUID, find_appliance
+from vsphere.cleanup import CleanupReport, cleanup_orphans, run_shielded
+from vsphere.client import VSphereClient
+from vsphere.devices import Locator, find_block_device, locate
+from vsphere.model import (
     REPLICATION_SNAPSHOT_PREFIX,
     SNAPSHOT_MARKER,
     AttachedDisk,
     DiskInfo,
+    HotAddRequest,
     SnapshotInfo,
     VmInfo,
 )

@@ -12,7 +12,7 @@ Files of disk ``NAME`` in ``DATA_DIR/<vm>/``:
 VM's disk HotAdded to the target appliance (a block device), or its ``-flat.vmdk`` on a datastore the
 appliance mounts (vcsim in the tests). vSphere owns that disk's descriptor, so none is written, and a
 device is never created, unlinked or truncated: growth happens in vSphere before the pass (the
-adapter extends the disk), and the undo header still records the old size. Map, undo log and journal
+vSphere client extends the disk), and the undo header still records the old size. Map, undo log and journal
 stay in ``DATA_DIR/<vm>/`` under the same names, so recovery finds them; the journal records the
 device (see ``transaction``).
 """

@@ -1,6 +1,6 @@
-"""``vzrep-target serve`` options for vSphere jobs; pyVmomi is imported only when ``--vcenter`` is given.
+"""``vzrep-target serve`` options for vSphere jobs; the vSphere client is imported only when ``--vcenter`` is given.
 
-The connection options are the source's (``source_agent.vsphere.cli.options_from_args`` reads them).
+The connection and appliance options are both agents' (:mod:`vsphere.cli_options`).
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vsphere.cli_options import add_appliance_arguments, add_connection_arguments, options_from_args
+
 if TYPE_CHECKING:
     from target_agent.vsphere.job import ReplicaSettings
-
-PRODUCT_UUID = "/sys/class/dmi/id/product_uuid"
 
 
 def _ds_root(value: str) -> tuple[str, Path]:
@@ -24,15 +24,8 @@ def _ds_root(value: str) -> tuple[str, Path]:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("vSphere replicas (write into a replica VM instead of DATA_DIR files)")
-    g.add_argument("--vcenter", metavar="HOST[:PORT]", help="vCenter or ESXi host of the DR site")
-    g.add_argument("--credentials", type=Path, metavar="FILE", help="host/user/password lines, mode 600")
-    g.add_argument("--session-token-file", type=Path, metavar="FILE", help="an existing vSphere session id")
-    g.add_argument("--thumbprint", metavar="SHA256", help="pin the host's TLS certificate (self-signed)")
-    g.add_argument("--cafile", type=Path, help="CA bundle to verify the host's certificate")
-    g.add_argument("--insecure", action="store_true", help="do not verify TLS at all (logged as a warning)")
-    g.add_argument("--task-timeout", type=float, default=600.0, help="seconds to wait for a vSphere task")
-    g.add_argument("--appliance-vm", metavar="NAME", help="this appliance's VM (default: by BIOS UUID)")
-    g.add_argument("--appliance-uuid-file", type=Path, default=Path(PRODUCT_UUID), help=argparse.SUPPRESS)
+    add_connection_arguments(g, what="vCenter or ESXi host of the DR site")
+    add_appliance_arguments(g)
     g.add_argument("--replica-vm", metavar="NAME", help="write into this existing VM (default <vm>_replica)")
     g.add_argument("--replica-folder", metavar="FOLDER", help="VM folder for new replica VMs")
     g.add_argument("--replica-datastore", metavar="DS", help="datastore for new replica VMs")
@@ -48,7 +41,6 @@ def settings_from_args(args: argparse.Namespace) -> ReplicaSettings | None:
     """None without ``--vcenter`` (the replica is files in DATA_DIR)."""
     if not args.vcenter:
         return None
-    from source_agent.vsphere.cli import options_from_args
     from target_agent.vsphere.job import ReplicaSettings
 
     return ReplicaSettings(

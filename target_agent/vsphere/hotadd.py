@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from source_agent.vsphere.adapter import HotAddRequest, VSphereClient
-from source_agent.vsphere.cleanup import run_shielded
-from source_agent.vsphere.devices import Locator, find_block_device, locate
-from source_agent.vsphere.model import AttachedDisk
 from target_agent.vsphere.replica import ReplicaVm
+from vsphere.cleanup import run_shielded
+from vsphere.client import VSphereClient
+from vsphere.devices import Locator, find_block_device, locate
+from vsphere.model import AttachedDisk, HotAddRequest
 
 log = logging.getLogger(__name__)
 

@@ -31,17 +31,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from source_agent.vsphere.adapter import HotAddRequest, VSphereClient, connect
-from source_agent.vsphere.appliance import PRODUCT_UUID, find_appliance
-from source_agent.vsphere.cleanup import cleanup_orphans, run_shielded
-from source_agent.vsphere.devices import DatastoreFileLocator, Locator, find_block_device, locate
-from source_agent.vsphere.hardware import HardwareRecord
-from source_agent.vsphere.model import AttachedDisk, VmInfo
-from source_agent.vsphere.options import ConnectOptions
 from target_agent.storage.transaction import journal_devices, list_vms, read_journal, recover_vm
 from target_agent.vsphere.hotadd import ReplicaDevice, replica_disks
 from target_agent.vsphere.replica import REPLICA_MARKER, ReplicaVm, ensure_replica_vm
 from target_agent.vsphere.restore_points import DEFAULT_RETENTION, take_restore_point
+from vsphere.appliance import PRODUCT_UUID, find_appliance
+from vsphere.cleanup import cleanup_orphans, run_shielded
+from vsphere.client import VSphereClient
+from vsphere.connection import connect
+from vsphere.devices import DatastoreFileLocator, Locator, find_block_device, locate
+from vsphere.hardware import HardwareRecord
+from vsphere.model import AttachedDisk, HotAddRequest, VmInfo
+from vsphere.options import ConnectOptions
 from vzcommon.errors import InputError, VSphereError, VzrepError
 from vzcommon.records import read_record, write_record
 

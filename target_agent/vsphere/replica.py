@@ -5,7 +5,8 @@ disconnected, so a failed-over replica does not clash with the source on the net
 disks of the same sizes at the same controller slots. Its annotation marks it as ours, so a VM that
 merely has the default name ``<vm>_replica`` is never adopted by mistake.
 
-All vSphere calls go through the one adapter, ``source_agent.vsphere.adapter``.
+The VM is made by the shared client (:meth:`vsphere.client.VSphereClient.create_vm`) from the very
+:class:`HardwareRecord` the pass works with; this module decides whether to create, adopt or grow.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from source_agent.vsphere.adapter import NewDisk, NewNic, NewVmSpec, VSphereClient
-from source_agent.vsphere.hardware import HardwareRecord
-from source_agent.vsphere.model import SNAPSHOT_MARKER, DiskInfo, VmInfo
+from vsphere.client import VSphereClient
+from vsphere.hardware import HardwareRecord
+from vsphere.model import SNAPSHOT_MARKER, DiskInfo, VmInfo
 from vzcommon.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -35,21 +36,8 @@ def replica_name(hardware: HardwareRecord) -> str:
     return f"{hardware.vm_name}_replica"
 
 
-def _spec(hardware: HardwareRecord, name: str) -> NewVmSpec:
-    return NewVmSpec(
-        name=name,
-        hardware_version=hardware.hardware_version,
-        guest_id=hardware.guest_id,
-        firmware=hardware.firmware,
-        num_cpu=hardware.num_cpu,
-        cores_per_socket=hardware.cores_per_socket,
-        memory_mb=hardware.memory_mb,
-        disks=tuple(
-            NewDisk(d.controller_type, d.bus_number, d.unit_number, d.capacity) for d in hardware.disks
-        ),
-        nics=tuple(NewNic(n.type, n.network) for n in hardware.nics),
-        annotation=f"{REPLICA_MARKER} of {hardware.vm_name}, kept up to date by vzrep; do not edit its disks",
-    )
+def replica_annotation(hardware: HardwareRecord) -> str:
+    return f"{REPLICA_MARKER} of {hardware.vm_name}, kept up to date by vzrep; do not edit its disks"
 
 
 def _match_disks(hardware: HardwareRecord, vm: VmInfo) -> dict[str, DiskInfo]:
@@ -89,7 +77,9 @@ async def ensure_replica_vm(
             vm = await client.find_vm(name)
         except InputError:
             vm = await client.create_vm(
-                _spec(hardware, name),
+                hardware,
+                name=name,
+                annotation=replica_annotation(hardware),
                 datastore=datastore,
                 folder=folder,
                 resource_pool=resource_pool,

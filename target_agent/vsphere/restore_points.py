@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from source_agent.vsphere.adapter import VSphereClient
-from source_agent.vsphere.model import RESTORE_POINT_PREFIX, SNAPSHOT_MARKER, SnapshotInfo
+from vsphere.client import VSphereClient
+from vsphere.model import RESTORE_POINT_PREFIX, SNAPSHOT_MARKER, SnapshotInfo
 from vzcommon.errors import InputError
 
 log = logging.getLogger(__name__)

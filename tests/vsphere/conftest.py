@@ -21,10 +21,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from source_agent.vsphere.adapter import NewDisk, NewNic, NewVmSpec, VSphereClient, connect
-from source_agent.vsphere.devices import DatastoreFileLocator
-from source_agent.vsphere.model import VmInfo, split_datastore_path
-from source_agent.vsphere.options import ConnectOptions, Credentials, server_thumbprint
+from vsphere.client import VSphereClient
+from vsphere.connection import connect
+from vsphere.devices import DatastoreFileLocator
+from vsphere.hardware import DiskRecord, HardwareRecord, NicRecord
+from vsphere.model import VmInfo, split_datastore_path
+from vsphere.options import ConnectOptions, Credentials, server_thumbprint
 
 ROOT = Path(__file__).resolve().parents[2]
 VCSIM = ROOT / ".vcsim" / "bin" / "vcsim-patched"
@@ -133,18 +135,20 @@ class Lab:
 
 
 async def make_vm(client: VSphereClient, name: str, capacity: int = 4 << 20, disks: int = 1) -> VmInfo:
-    spec = NewVmSpec(
-        name=name,
+    hardware = HardwareRecord(
+        vm_name=name,
         hardware_version="vmx-13",
         guest_id="otherGuest64",
         firmware="bios",
         num_cpu=1,
         cores_per_socket=1,
         memory_mb=256,
-        disks=tuple(NewDisk("ParaVirtualSCSIController", 0, u, capacity) for u in range(disks)),
-        nics=(NewNic("VirtualVmxnet3", "VM Network"),),
+        disks=tuple(
+            DiskRecord(2000 + u, f"disk{u}", capacity, "ParaVirtualSCSIController", 0, u) for u in range(disks)
+        ),
+        nics=(NicRecord(4000, "VirtualVmxnet3", "VM Network"),),
     )
-    vm = await client.create_vm(spec, datastore=None, folder=None, resource_pool=None, host=HOST)
+    vm = await client.create_vm(hardware, datastore=None, folder=None, resource_pool=None, host=HOST)
     roots = await client.datastore_paths()
     for d in vm.disks:  # a flat file of the full size, as ESXi makes it
         ds, rel = split_datastore_path(d.file_name)

@@ -6,11 +6,11 @@ import asyncio
 import json
 import sys
 
-from source_agent.vsphere.adapter import connect
 from source_agent.vsphere.cbt import StoredDiskState
-from source_agent.vsphere.devices import DatastoreFileLocator
 from source_agent.vsphere.job import vsphere_job
-from source_agent.vsphere.options import ConnectOptions, Credentials
+from vsphere.connection import connect
+from vsphere.devices import DatastoreFileLocator
+from vsphere.options import ConnectOptions, Credentials
 
 
 async def main(cfg: dict[str, str]) -> None:

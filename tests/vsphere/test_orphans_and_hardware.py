@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from source_agent.vsphere.cbt import StoredDiskState
-from source_agent.vsphere.cleanup import cleanup_orphans
-from source_agent.vsphere.devices import find_block_device
-from source_agent.vsphere.hardware import HardwareChanged, HardwareRecord
 from source_agent.vsphere.job import vsphere_job
-from source_agent.vsphere.model import REPLICATION_SNAPSHOT_PREFIX
 from tests.vsphere.conftest import ROOT, Lab, Vcsim
+from vsphere.cleanup import cleanup_orphans
+from vsphere.devices import find_block_device
+from vsphere.hardware import HardwareChanged, HardwareRecord
+from vsphere.model import REPLICATION_SNAPSHOT_PREFIX
 
 pytestmark = pytest.mark.vcsim
 
@@ -68,7 +68,7 @@ async def test_crash_between_hotadd_and_cleanup_is_cleaned_at_next_start(lab: La
 
 async def test_next_pass_cleans_its_own_orphans_and_reports_them(lab: Lab, vcsim: Vcsim) -> None:
     # leave orphans the way a crash does: snapshot + HotAdd without clean-up
-    from source_agent.vsphere.adapter import HotAddRequest
+    from vsphere.model import HotAddRequest
 
     snap = await lab.client.create_snapshot(
         lab.vm.moid, f"{REPLICATION_SNAPSHOT_PREFIX} x", "[vzrep] r", False
@@ -151,8 +151,8 @@ async def test_device_lookup_by_scsi_unit_and_uuid(lab: Lab, tmp_path: Path) -> 
 
 async def test_job_with_stored_state_for_two_disks(client, tmp_path) -> None:
     """Two disks: names are distinct and each gets its own plan."""
-    from source_agent.vsphere.devices import DatastoreFileLocator
     from tests.vsphere.conftest import APPLIANCE, make_vm
+    from vsphere.devices import DatastoreFileLocator
 
     vm = await make_vm(client, "two-disks", disks=2)
     try:

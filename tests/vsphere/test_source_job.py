@@ -10,8 +10,8 @@ import pytest
 from source_agent.filters.extents import ExtentList, FilterKind
 from source_agent.vsphere.cbt import StoredDiskState
 from source_agent.vsphere.job import vsphere_job
-from source_agent.vsphere.model import HOTADD_MARKER_PREFIX
 from tests.vsphere.conftest import BLOCK, Lab
+from vsphere.model import HOTADD_MARKER_PREFIX
 
 pytestmark = pytest.mark.vcsim
 

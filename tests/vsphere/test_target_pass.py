@@ -23,9 +23,7 @@ import pytest
 
 from source_agent.session import PassOptions, run_pass
 from source_agent.vsphere.glue import disk_jobs
-from source_agent.vsphere.hardware import HardwareRecord
 from source_agent.vsphere.job import vsphere_job
-from source_agent.vsphere.model import AttachedDisk, VmInfo
 from target_agent.server import Stream, start_server
 from target_agent.session import TargetSession
 from target_agent.storage import transaction
@@ -37,6 +35,8 @@ from tests.support.agents import Keys
 from tests.support.proxy import CutProxy
 from tests.support.tools import qemu_compare, sha256
 from tests.vsphere.conftest import BLOCK, Lab, Vcsim
+from vsphere.hardware import HardwareRecord
+from vsphere.model import AttachedDisk, VmInfo
 from vzcommon.errors import VzrepError
 
 pytestmark = pytest.mark.vcsim

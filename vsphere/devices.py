@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from source_agent.vsphere.model import AttachedDisk, split_datastore_path
+from vsphere.model import AttachedDisk, split_datastore_path
 from vzcommon.errors import VSphereError
 
 Locator = Callable[[AttachedDisk], Path]

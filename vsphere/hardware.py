@@ -1,4 +1,8 @@
-"""The hardware a job records at its first pass, and the check that it has not changed since.
+"""The one hardware model: what a job records at its first pass, and the check that it has not changed.
+
+:class:`HardwareRecord` is stored by the source (``vsphere/<vm>/hardware.json`` in its state dir) and
+by the target (in ``vsphere-replica.json``), and it is what :meth:`VSphereClient.create_vm` builds a
+replica VM from: one type from the source VM's configuration to the replica's.
 
 A replica is only usable if the target VM has the source's hardware, and HotAdd replication cannot
 carry hardware changes (see the seed), so any change other than a grown disk stops the pass and tells
@@ -12,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from source_agent.vsphere.model import VmInfo, stable_disk_names
+from vsphere.model import VmInfo, stable_disk_names
 from vzcommon.errors import InputError
 
 

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from source_agent.vsphere.hardware import HardwareRecord
 from target_agent.vsphere.hotadd import replica_disks
 from target_agent.vsphere.replica import ensure_replica_vm
 from target_agent.vsphere.restore_points import list_restore_points, take_restore_point
 from tests.vsphere.conftest import Lab, make_vm
+from vsphere.hardware import HardwareRecord
 from vzcommon.errors import InputError
 
 pytestmark = pytest.mark.vcsim

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from source_agent.vsphere import adapter
-from source_agent.vsphere.adapter import connect, translate_fault
-from source_agent.vsphere.options import Credentials, load_credentials
 from tests.vsphere.conftest import Vcsim
+from vsphere import vmomi
+from vsphere.connection import connect
+from vsphere.faults import translate_fault
+from vsphere.options import Credentials, load_credentials
 from vzcommon.errors import InputError, VSphereError
 
 pytestmark = pytest.mark.vcsim
@@ -81,7 +82,7 @@ def test_credentials_file_must_be_private(tmp_path: Path) -> None:
 
 def test_missing_privilege_is_named_by_id() -> None:
     # vcsim grants every privilege, so the translation is checked on the fault vCenter sends
-    fault = adapter.vim.fault.NoPermission(privilegeId="VirtualMachine.State.CreateSnapshot", msg="denied")
+    fault = vmomi.vim.fault.NoPermission(privilegeId="VirtualMachine.State.CreateSnapshot", msg="denied")
     err = translate_fault(fault, "create a snapshot")
     assert isinstance(err, VSphereError)
     assert "lacks the privilege VirtualMachine.State.CreateSnapshot" in str(err)

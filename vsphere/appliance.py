@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import uuid as uuidlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from source_agent.vsphere.adapter import VSphereClient
-from source_agent.vsphere.model import VmInfo
+from vsphere.model import VmInfo
 from vzcommon.errors import InputError, VSphereError
+
+if TYPE_CHECKING:  # PRODUCT_UUID is read by the CLIs before they decide to load pyVmomi
+    from vsphere.client import VSphereClient
 
 PRODUCT_UUID = Path("/sys/class/dmi/id/product_uuid")
 

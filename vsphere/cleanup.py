@@ -13,11 +13,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from source_agent.vsphere.adapter import VSphereClient
-from source_agent.vsphere.model import CBT_STUN_SNAPSHOT_PREFIX, REPLICATION_SNAPSHOT_PREFIX
+from vsphere.model import CBT_STUN_SNAPSHOT_PREFIX, REPLICATION_SNAPSHOT_PREFIX
 from vzcommon.errors import VzrepError
+
+if TYPE_CHECKING:
+    from vsphere.client import VSphereClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

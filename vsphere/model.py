@@ -1,7 +1,8 @@
-"""Plain records of what vSphere told us, so nothing outside ``adapter.py`` touches pyVmomi objects.
+"""Plain records of what vSphere told us (and what we ask of it), and the names that mark ours.
 
-Managed objects are named by their managed object id (``moid``, e.g. ``vm-57``); the adapter turns a
-moid back into a pyVmomi object when it needs one.
+Nothing outside the client modules of this package touches pyVmomi objects: managed objects are named
+by their managed object id (``moid``, e.g. ``vm-57``), and the client turns a moid back into a
+pyVmomi object when it needs one.
 """
 
 from __future__ import annotations
@@ -113,6 +114,16 @@ class SnapshotInfo:
     @property
     def ours(self) -> bool:
         return SNAPSHOT_MARKER in self.description and self.name.startswith("vzrep-")
+
+
+@dataclass(frozen=True)
+class HotAddRequest:
+    """An existing disk file to attach to an appliance VM (:meth:`VSphereClient.hotadd`)."""
+
+    file_name: str
+    capacity: int  # bytes
+    mode: DiskMode
+    owner: str  # recorded in the appliance's marker, e.g. "vm-57/snapshot-70"
 
 
 @dataclass(frozen=True)
