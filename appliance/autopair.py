@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from appliance.layout import Layout
-from appliance.pairing_cli import _standalone
+from pairing.cli import standalone
 from vzcommon.errors import ExitCode
 
 RETRY_SECONDS = 10.0
@@ -30,7 +30,7 @@ def run(
         return 0
     keys_dir = str(layout.keys_dir)
     if config.get("role") == "target":
-        return _standalone(
+        return standalone(
             "target",
             [
                 "pair",
@@ -51,7 +51,7 @@ def run(
     stop_at = time.monotonic() + deadline
     try:
         while True:
-            rc = _standalone(
+            rc = standalone(
                 "source",
                 ["pair", "--keys-dir", keys_dir, "--port", str(peer.get("port", 2223)), peer["host"], token],
             )

@@ -18,9 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance import keys, netconfig, ovfenv
+from appliance import netconfig, ovfenv
 from appliance.layout import Layout
-from appliance.properties import AGENT_PORT, PAIRING_PORT
+from pairing.defaults import AGENT_PORT, PAIRING_PORT
+from vzcommon import keys
 from vzcommon.durable import atomic_write
 
 FW_CFG = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/vzrep/ovfenv/raw")

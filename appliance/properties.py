@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-AGENT_PORT = 2222
-PAIRING_PORT = 2223
-
 
 @dataclass(frozen=True)
 class VAppProperty:

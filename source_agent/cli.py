@@ -234,12 +234,25 @@ async def _vsphere_pass(
     return report
 
 
+def _vsphere_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
+    from .vsphere import cli
+
+    cli.add_arguments(pass_parser)
+    cli.add_source_commands(sub)
+
+
+def _pairing_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
+    from pairing.cli import add_source_commands
+
+    add_source_commands(sub)
+
+
 #: Commands and options that live in the vSphere and pairing areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
-_AREAS = {
-    "source_agent.vsphere.cli": ("--vcenter", "vsphere-check"),
-    "appliance.pairing_cli": ("pair", "unpair", "pair-status"),
-}
+_AREAS: tuple[tuple[tuple[str, ...], Callable[[Any, argparse.ArgumentParser], None]], ...] = (
+    (("--vcenter", "vsphere-check"), _vsphere_area),
+    (("pair", "unpair", "pair-status"), _pairing_area),
+)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -281,22 +294,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_keygen(sub)
     words = sys.argv[1:] if argv is None else argv
     everything = not words or "-h" in words or "--help" in words or "pass" not in words
-    for hook, triggers in _AREAS.items():
+    for triggers, add_area in _AREAS:
         if everything or any(t in words for t in triggers):
-            _extend(sub, p, hook)
+            add_area(sub, p)
     return parser
-
-
-def _extend(sub: Any, pass_parser: argparse.ArgumentParser, module: str) -> None:
-    """Let the vSphere and pairing areas add their options and commands, when installed."""
-    try:
-        mod = __import__(module, fromlist=["*"])
-    except ImportError:
-        return
-    if hasattr(mod, "add_arguments"):
-        mod.add_arguments(pass_parser)
-    if hasattr(mod, "add_source_commands"):
-        mod.add_source_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pairing.cli import add_target_commands
 from vzcommon.climain import asyncio_run, run_main
 from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
@@ -138,12 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=status)
     add_keygen(sub)
-    try:
-        from appliance.pairing_cli import add_target_commands
-    except ImportError:
-        pass
-    else:
-        add_target_commands(sub)
+    add_target_commands(sub)
     return parser
 
 

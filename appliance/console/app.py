@@ -30,7 +30,7 @@ from textual.widgets import (
 
 from appliance.console.backend import Backend, NetworkSettings
 from appliance.layout import Layout
-from appliance.pairing import new_code
+from pairing.protocol import new_code
 
 
 class ConfirmScreen(ModalScreen[bool]):

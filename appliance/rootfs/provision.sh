@@ -17,7 +17,7 @@ fi
 # The agents and the console, from the project's wheel, in a venv of their own.
 python3 -m venv /opt/vzrep/venv
 /opt/vzrep/venv/bin/pip install -q --no-index --find-links "$STAGE/wheels" vzrep
-/opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.autopair, appliance.console.app, target_agent.cli, spake2, asyncssh'
+/opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.autopair, appliance.console.app, pairing.cli, target_agent.cli, spake2, asyncssh'
 
 # Accounts: the agent runs unprivileged; admins log in as vzadmin (key-only SSH, password set at
 # first boot from the OVF environment or left locked).

@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 
-from appliance import autopair, pins
+from appliance import autopair
 from appliance.layout import Layout
+from pairing import pins
 from vzcommon.errors import ExitCode
 
 

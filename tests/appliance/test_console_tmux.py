@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance import firstboot, keys
+from appliance import firstboot
 from appliance.layout import Layout
+from vzcommon import keys
 
 pytestmark = [
     pytest.mark.slow,
@@ -106,7 +107,7 @@ def test_console_in_tmux_pairs_a_source_against_a_running_agent(target_root, tmp
         deadline = time.monotonic() + 20
         while True:  # the pairing port opens a moment after the code is shown
             proc = subprocess.run(
-                [sys.executable, "-m", "appliance.pairing_cli", "source", "pair", "--keys-dir", str(sdir),
+                [sys.executable, "-m", "pairing.cli", "source", "pair", "--keys-dir", str(sdir),
                  "--port", str(pairing_port), "127.0.0.1", code],
                 cwd=REPO, capture_output=True, text=True, timeout=60,
             )  # fmt: skip

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance import keys
 from appliance.image.boot import BootedVM
-from appliance.pairing import SourcePaired, WrongCode
-from appliance.pairing_net import pair_with_target
+from pairing.net import pair_with_target
+from pairing.protocol import SourcePaired, WrongCode
+from vzcommon import keys
 from vzcommon.errors import VzrepError
 from vzcommon.ssh import asyncssh
 
@@ -54,7 +54,7 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
     env = tmp_path / "ovfenv.xml"
     env.write_text(ENV.format(key=admin.export_public_key().decode().strip(), token=TOKEN))
     source_key = tmp_path / "id_ed25519"
-    client_public = keys.generate(source_key, "smoke-source")
+    client_public, _ = keys.generate(source_key, "smoke-source")
     serial = tmp_path / "serial.log"
     with BootedVM(IMAGE, serial, env) as vm:
         try:

@@ -185,7 +185,7 @@ async def test_wrong_client_key(target: Target, victim: dict[str, str], tmp_path
 async def test_wrong_host_key(target: Target, victim: dict[str, str], tmp_path: Path) -> None:
     pub, _ = generate(tmp_path / "impostor")
     kh = tmp_path / "kh"
-    kh.write_text(known_hosts_line("127.0.0.1", target.port, pub))
+    kh.write_text(known_hosts_line("127.0.0.1", target.port, pub) + "\n")
     spec = target.spec()
     with pytest.raises(HostKeyError, match="not the one pinned"):
         await open_tunnel(TargetSpec(spec.host, spec.port, spec.identity, kh))
@@ -215,7 +215,7 @@ async def test_target_offering_only_aes128_is_refused(tmp_path: Path, session_ke
     ) as sshd:
         kh = tmp_path / "kh"
         kh.write_text(
-            known_hosts_line("127.0.0.1", sshd.port, sshd.host_key.with_suffix(".pub").read_text().strip())
+            known_hosts_line("127.0.0.1", sshd.port, sshd.host_key.with_suffix(".pub").read_text().strip()) + "\n"
         )
         # sshd closes at once when negotiation fails; if the client's next bytes are still unread
         # then, the kernel resets the connection and the client may lose sshd's KEXINIT with it

@@ -42,7 +42,7 @@ class Keys:
 
     def known_hosts(self, port: int, name: str = "known_hosts") -> Path:
         p = self.dir / name
-        p.write_text(known_hosts_line("127.0.0.1", port, self.host_pub))
+        p.write_text(known_hosts_line("127.0.0.1", port, self.host_pub) + "\n")
         return p
 
 

@@ -23,7 +23,7 @@ async def test_empty_authorized_keys_then_pairing_without_restart(tmp_path: Path
     server, port = await start_server(handler, "127.0.0.1", 0, session_keys.host_key, authorized)
     try:
         kh = tmp_path / "kh"
-        kh.write_text(known_hosts_line("127.0.0.1", port, session_keys.host_pub))
+        kh.write_text(known_hosts_line("127.0.0.1", port, session_keys.host_pub) + "\n")
         spec = TargetSpec("127.0.0.1", port, session_keys.client_key, kh)
         with pytest.raises(AuthError):
             await open_tunnel(spec)

@@ -17,14 +17,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from appliance import keys, pins
-from appliance.layout import Layout
-from appliance.pairing import DEFAULT_EXPIRY, CodeGate, TargetPaired, new_code
-from appliance.pairing_net import PairingServer, pair_with_target
-from appliance.properties import AGENT_PORT, PAIRING_PORT
+from pairing import pins
+from pairing.defaults import AGENT_PORT, KEYS_DIR, PAIRING_PORT
+from pairing.net import PairingServer, pair_with_target
+from pairing.protocol import DEFAULT_EXPIRY, CodeGate, TargetPaired, new_code
+from vzcommon import keys
 from vzcommon.errors import ExitCode, InputError, VzrepError
-
-_DEFAULT = Layout()
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -38,7 +36,7 @@ def _keys_dir_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keys-dir",
         type=Path,
-        default=_DEFAULT.keys_dir,
+        default=KEYS_DIR,
         help="where keys, pins and peer.json live (default %(default)s)",
     )
 
@@ -208,8 +206,8 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _standalone(role: str, argv: list[str] | None = None) -> int:
-    """``python -m appliance.pairing_cli target|source ...`` until the agents' CLIs register these."""
+def standalone(role: str, argv: list[str] | None = None) -> int:
+    """The commands of one role without its agent's CLI: auto-pairing and ``python -m pairing.cli``."""
     ap = argparse.ArgumentParser(prog=f"vzrep-{role}")
     sub = ap.add_subparsers(dest="command", required=True)
     (add_target_commands if role == "target" else add_source_commands)(sub)
@@ -220,6 +218,6 @@ def _standalone(role: str, argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in ("target", "source"):
-        print("usage: python -m appliance.pairing_cli target|source COMMAND ...", file=sys.stderr)
+        print("usage: python -m pairing.cli target|source COMMAND ...", file=sys.stderr)
         raise SystemExit(int(ExitCode.USAGE))
-    raise SystemExit(_standalone(sys.argv[1], sys.argv[2:]))
+    raise SystemExit(standalone(sys.argv[1], sys.argv[2:]))

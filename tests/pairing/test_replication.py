@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import keys
+from vzcommon import keys
 from vzcommon.errors import ExitCode
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from appliance import keys
+from vzcommon import keys
 from vzcommon.durable import atomic_write, unlink_durable
 
 

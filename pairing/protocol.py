@@ -1,7 +1,7 @@
 """Pairing protocol: SPAKE2 over a plain TCP port, then an authenticated exchange of SSH keys.
 
 Sans-I/O: nothing here touches a socket or a clock (the clock is passed in). The async loop that
-drives it is :mod:`appliance.pairing_net`.
+drives it is :mod:`pairing.net`.
 
 Wire format: each message is a 4-byte big-endian length and a UTF-8 JSON object (at most
 ``MAX_MESSAGE`` bytes). The source is SPAKE2 side A, the target side B; both use the normalised code

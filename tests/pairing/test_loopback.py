@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance import keys, pins
-from appliance.pairing import CodeGate, CodeUnavailable, WrongCode
-from appliance.pairing_cli import add_source_commands, add_target_commands, status_dict
-from appliance.pairing_net import PairingServer, pair_with_target
+from pairing import pins
+from pairing.cli import add_source_commands, add_target_commands, status_dict
+from pairing.net import PairingServer, pair_with_target
+from pairing.protocol import CodeGate, CodeUnavailable, WrongCode
+from vzcommon import keys
 from vzcommon.errors import ConnectionFailed, ExitCode
 from vzcommon.ssh import asyncssh
 

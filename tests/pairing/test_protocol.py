@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from appliance.pairing import (
+from pairing.protocol import (
     MAX_ATTEMPTS,
     NEED_DATA,
     CodeGate,

@@ -1,7 +1,7 @@
-"""The asyncio loop around :mod:`appliance.pairing`: a one-shot pairing server and its client.
+"""The asyncio loop around :mod:`pairing.protocol`: a one-shot pairing server and its client.
 
 The server takes one session at a time (others are told it is busy), admits each through the
-:class:`~appliance.pairing.CodeGate`, and closes its port as soon as a source has paired or the code
+:class:`~pairing.protocol.CodeGate`, and closes its port as soon as a source has paired or the code
 can no longer be used. Every session has a deadline, so a silent peer cannot hold the port.
 """
 
@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from appliance.pairing import (
+from pairing.protocol import (
     NEED_DATA,
     CodeGate,
     CodeUnavailable,
