@@ -103,7 +103,7 @@ class VSphereDisk:
 class VSphereJob:
     client: VSphereClient
     vm: VmInfo
-    appliance: VmInfo
+    own_vm: VmInfo  # the appliance VM this agent runs in
     snapshot: SnapshotInfo
     hardware: hw.HardwareRecord  # store it at commit (it carries grown disk sizes)
     work_dir: Path
@@ -134,10 +134,10 @@ async def vsphere_job(
     locate_timeout: float = 30.0,
 ) -> AsyncIterator[VSphereJob]:
     info = await client.find_vm(vm)
-    appliance = await find_appliance(client, uuid_path=uuid_path, name=appliance_vm)
-    if appliance.moid == info.moid:
+    own_vm = await find_appliance(client, uuid_path=uuid_path, name=appliance_vm)
+    if own_vm.moid == info.moid:
         raise VSphereError(f"VM {info.name} is the appliance itself; it cannot replicate itself")
-    orphans = await cleanup_orphans(client, appliance.moid, [info.moid])
+    orphans = await cleanup_orphans(client, own_vm.moid, [info.moid])
     if not orphans.empty:
         info = await client.vm_info(info.moid)
 
@@ -155,7 +155,7 @@ async def vsphere_job(
     job = VSphereJob(
         client=client,
         vm=info,
-        appliance=appliance,
+        own_vm=own_vm,
         snapshot=snapshot,
         hardware=current,
         work_dir=Path(work_dir),
@@ -171,7 +171,7 @@ async def vsphere_job(
         snap_disks = await client.snapshot_disks(snapshot.moid)
         owner = f"{info.moid}/{snapshot.moid}"
         attached = await client.hotadd(
-            appliance.moid,
+            own_vm.moid,
             [HotAddRequest(d.file_name, d.capacity, "independent_nonpersistent", owner) for d in snap_disks],
         )
         loc = locator or find_block_device
@@ -214,7 +214,7 @@ async def _cleanup(client: VSphereClient, job: VSphereJob, attached: list[Attach
             os.unlink(f)
     if attached:
         try:
-            await client.detach(job.appliance.moid, attached)
+            await client.detach(job.own_vm.moid, attached)
         except VzrepError as e:
             errors.append(str(e))
     try:

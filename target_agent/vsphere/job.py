@@ -124,7 +124,7 @@ class ReplicaPass:
     def __init__(self, settings: ReplicaSettings, vm: str, vdir: Path) -> None:
         self.settings, self.vm, self.vdir = settings, vm, vdir
         self.client: VSphereClient | None = None
-        self.appliance: VmInfo | None = None
+        self.own_vm: VmInfo | None = None
         self.replica: ReplicaVm | None = None
         self.hardware: HardwareRecord | None = None
         self.devices: dict[str, ReplicaDevice] = {}
@@ -136,7 +136,7 @@ class ReplicaPass:
     async def start(self) -> None:
         s = self.settings
         self.client = await connect(s.connect)
-        self.appliance = await find_appliance(self.client, uuid_path=s.uuid_path, name=s.appliance_vm)
+        self.own_vm = await find_appliance(self.client, uuid_path=s.uuid_path, name=s.appliance_vm)
         self.hardware = await self._hardware()
         self.replica = await ensure_replica_vm(
             self.client,
@@ -154,7 +154,7 @@ class ReplicaPass:
             replica_disks(
                 self.client,
                 self.replica,
-                self.appliance.moid,
+                self.own_vm.moid,
                 locator=s.locator(),
                 locate_timeout=s.locate_timeout,
             )
@@ -164,7 +164,7 @@ class ReplicaPass:
             self.replica.vm.name,
             self.replica.vm.moid,
             len(self.devices),
-            self.appliance.name,
+            self.own_vm.name,
         )
 
     async def _hardware(self) -> HardwareRecord:
