@@ -88,7 +88,9 @@ class Connection:
         self._head = 0
         self._avail = 0
         self._eof = False
-        self._sent_error = False
+        self._sent_error = False  # we sent ERROR: we may still read (the peer's reason), not send
+        self._peer_error = False  # the peer sent ERROR: nothing more to say, one ERROR per session
+        self._broken = False  # a protocol error was raised: nothing more is received, ever
         self._max_body = framing.HANDSHAKE_MAX_BODY
 
     # -- public API --------------------------------------------------------------------------------
@@ -96,8 +98,8 @@ class Connection:
     def send(self, msg: Message) -> bytes:
         """Return the frame for ``msg``; raise LocalProtocolError if it may not be sent now."""
         if isinstance(msg, Error):
-            if self._sent_error or self.state is State.DONE:
-                raise LocalProtocolError("an ERROR was already sent or the session is done")
+            if self._sent_error or self._peer_error or self.state is State.DONE:
+                raise LocalProtocolError("an ERROR was already exchanged or the session is done")
             self._sent_error = True
             self.state = State.ERROR
         else:
@@ -105,6 +107,7 @@ class Connection:
                 self._apply(msg, self.our_role)
             except ProtocolError as exc:
                 self.state = State.ERROR
+                self._broken = True
                 raise LocalProtocolError(f"cannot send {msg.TYPE.name}: {exc}") from None
         return framing.encode_frame(msg.TYPE, codec.pack(msg.to_fields()))
 
@@ -118,12 +121,13 @@ class Connection:
         self._avail += len(data)
 
     def next_event(self) -> Event:
-        if self.state is State.ERROR and not self._sent_error:
+        if self._broken:
             raise RemoteProtocolError("the session is in ERROR; no more messages can be received")
         try:
             return self._next_event()
         except RemoteProtocolError:
             self.state = State.ERROR
+            self._broken = True
             raise
 
     # -- receiving ---------------------------------------------------------------------------------
@@ -153,8 +157,10 @@ class Connection:
         if isinstance(msg, Error):
             if self.state is State.DONE:
                 raise RemoteProtocolError("ERROR received after the session completed")
+            if self._peer_error:
+                raise RemoteProtocolError("a second ERROR from the peer")
             self.state = State.ERROR
-            self._sent_error = True  # nothing more to say: the peer gave up
+            self._peer_error = True
             return msg
         if self.state in TERMINAL:
             raise RemoteProtocolError(f"{mtype.name} received after the session ended")
@@ -178,6 +184,8 @@ class Connection:
         A view into the received chunk when they lie in one (the usual case: no copy), else a copy
         of just those bytes. Message fields decoded from it are copies, so no view outlives a frame.
         """
+        if n == 0:  # an empty frame body (its decoding then fails as any short body does)
+            return b""
         first = self._chunks[0]
         self._avail -= n
         if len(first) - self._head >= n:

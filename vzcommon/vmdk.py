@@ -14,7 +14,9 @@ from pathlib import Path
 from .errors import InputError
 
 FLAT_TYPES = frozenset({"monolithicFlat", "vmfs", "twoGbMaxExtentFlat", "custom"})
-_EXTENT_RE = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)\s+"([^"]+)"(?:\s+(\d+))?\s*$')
+#: ``ACCESS SECTORS KIND ["FILE" [OFFSET]]``: a ZERO extent has no file (VMDK spec, VirtualBox)
+_EXTENT_RE = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]+)"(?:\s+(\d+))?)?\s*$', re.I)
+_EXTENT_START = re.compile(r"^(RW|RDONLY|NOACCESS)\s", re.I)
 _KV_RE = re.compile(r'^([\w.]+)\s*=\s*"?([^"]*)"?\s*$')
 MAX_DESCRIPTOR = 64 * 1024
 
@@ -56,8 +58,12 @@ def parse_descriptor(text: str, where: str = "descriptor") -> Descriptor:
         m = _EXTENT_RE.match(line)
         if m:
             access, sectors, kind, name, off = m.groups()
-            extents.append(Extent(access, int(sectors), kind.upper(), name, int(off or 0)))
+            if name is None and kind.upper() != "ZERO":
+                raise InputError(f"{where}: extent {line!r} names no file")
+            extents.append(Extent(access.upper(), int(sectors), kind.upper(), name or "", int(off or 0)))
             continue
+        if _EXTENT_START.match(line):  # never skip an extent: every later one would sit at the wrong offset
+            raise InputError(f"{where}: cannot read the extent line {line!r}")
         kv = _KV_RE.match(line)
         if kv:
             (ddb if kv.group(1).startswith("ddb.") else values)[kv.group(1)] = kv.group(2)

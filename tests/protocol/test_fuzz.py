@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import traceback
 from collections import Counter
 from collections.abc import Callable
 
@@ -150,13 +149,6 @@ def _feed(conn: Connection, data: bytes, rng: random.Random) -> str:
         # every frame before the cut was accepted, so the frame lengths step over the end
         assert _frames_end_at(data) > len(data), exc
         return "eof-inside-frame"
-    except IndexError as exc:
-        # The one known escape, test_an_empty_frame_body_is_a_protocol_error (strict xfail): a frame
-        # whose empty body ends the received data makes Connection._take index an empty deque.
-        # Counted, not hidden; remove this branch with the fix.
-        if traceback.extract_tb(exc.__traceback__)[-1].name != "_take":
-            raise
-        return "known-bug-empty-body"
 
 
 def _mutate(data: bytes, rng: random.Random) -> bytes:
@@ -200,16 +192,7 @@ def test_fuzz_only_protocol_errors() -> None:
             data = b"".join(to_t[2:])
             data = _mutate(data[: rng.randint(0, len(data))], rng)
             outcomes[_feed(_target_streaming(to_t), data, rng)] += 1
-    assert (
-        {"error", "closed", "eof-inside-frame"}
-        <= set(outcomes)
-        <= {
-            "error",
-            "closed",
-            "eof-inside-frame",
-            "known-bug-empty-body",
-        }
-    ), outcomes
+    assert set(outcomes) == {"error", "closed", "eof-inside-frame"}, outcomes
     # the mutations mostly break something; a fuzz that only ever ended cleanly would test nothing
     assert outcomes["error"] + outcomes["eof-inside-frame"] > INPUTS // 2, outcomes
 
@@ -266,14 +249,6 @@ def test_end_of_stream_inside_a_frame_is_a_protocol_error(part: str) -> None:
             conn.receive_data(stream[cut : cut + 1])  # nothing can follow the end of the stream
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="bug: after the peer's ERROR, a RemoteProtocolError does not stick. Connection.next_event"
-    " only refuses to go on in ERROR when no ERROR message was exchanged (`not self._sent_error`), so"
-    " after a received ERROR and a corrupt frame it returns NEED_DATA and accepts a further ERROR frame,"
-    " against protocol/errors.py ('nothing more can be sent or received on it')",
-)
 def test_garbage_after_the_peers_error_leaves_the_connection_in_error() -> None:
     source, target = SourceConnection(), TargetConnection()
     target.receive_data(source.send(hello()))
@@ -292,13 +267,6 @@ def test_garbage_after_the_peers_error_leaves_the_connection_in_error() -> None:
         target.next_event()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="bug: a frame with an empty body (length 0) that ends the received data raises IndexError"
-    " from Connection._take (`self._chunks[0]` on an emptied deque) instead of RemoteProtocolError, and"
-    " the connection is not put in ERROR; found by test_fuzz_only_protocol_errors",
-)
 def test_an_empty_frame_body_is_a_protocol_error() -> None:
     frame = framing.encode_frame(MsgType.HELLO, b"")  # a valid header and CRC; nothing to decode
     target = TargetConnection()

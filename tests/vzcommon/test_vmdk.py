@@ -172,20 +172,19 @@ def test_cids_default_to_none_and_parent_cid_marks_a_delta() -> None:
     assert (delta.cid, delta.parent_cid, delta.extents[0].kind) == (1, 0x0BADCAFE, "VMFSSPARSE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: an extent line without a file name (`RW 2048 ZERO`, as the VMDK spec and VirtualBox"
-    " write a ZERO extent) does not match _EXTENT_RE and is dropped silently, so Descriptor.size is short"
-    " and source_agent.disks.vmdk.VmdkFlatReader (which handles ZERO extents) maps every later extent"
-    " at the wrong virtual offset",
-)
 def test_a_zero_extent_without_a_file_name_counts() -> None:
     desc = parse_descriptor(
         'createType="custom"\nRW 2048 FLAT "a.img" 0\nRW 1024 ZERO\nRW 2048 FLAT "b.img" 0\n'
     )
     assert [(e.kind, e.sectors) for e in desc.extents] == [("FLAT", 2048), ("ZERO", 1024), ("FLAT", 2048)]
     assert desc.size == 5120 * 512
+
+
+@pytest.mark.parametrize("line", ["RW 2048 FLAT", 'RW two FLAT "a.img" 0', 'RW 2048 FLAT "a.img" zero'])
+def test_an_extent_line_we_cannot_read_is_refused_not_skipped(line: str) -> None:
+    with pytest.raises(InputError, match="extent") as exc:
+        parse_descriptor(f'createType="custom"\nRW 8 FLAT "x.img" 0\n{line}\n', "disk.vmdk")
+    assert exc.value.exit_code == ExitCode.INPUT
 
 
 @pytest.mark.parametrize(
