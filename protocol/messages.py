@@ -195,6 +195,9 @@ class DiskReady(Message):
     stored_change_id: str  # change_id committed with the map at the previous pass
     replica_size: int  # current replica size (0 for a new replica)
     notes: tuple[str, ...]  # warnings for the report (map rebuilt, CID changed, ...)
+    #: the map was rebuilt from the replica's bytes: it describes no earlier pass (CBT cannot trust
+    #: its stored change id)
+    map_rebuilt: bool
 
     def __post_init__(self) -> None:
         _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
@@ -203,6 +206,8 @@ class DiskReady(Message):
         _token(self.stored_change_id, "stored_change_id")
         _int(self.replica_size, "replica_size", 0, MAX_DISK_SIZE)
         _strs(self.notes, "notes")
+        if not isinstance(self.map_rebuilt, bool):
+            raise TypeError("map_rebuilt must be a bool")
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,7 @@ class DiskStats:
     wire_bytes: int = 0  # protocol bytes sent for this disk (frames)
     map_bytes_received: int = 0
     map_status: str = ""
+    map_rebuilt: bool = False  # the target rebuilt its map from the replica's bytes (no trusted map)
     hashed_ahead: bool = False  # hashed by hash-ahead threads (``native.ahead``), not chunk by chunk
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)

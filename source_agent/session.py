@@ -164,6 +164,7 @@ class SourceSession:
         assert isinstance(ready, DiskReady)
         st.notes.extend(ready.notes)
         st.map_status = MapStatus(ready.map_status).name.lower()
+        st.map_rebuilt = ready.map_rebuilt
         base = cached if ready.map_status == MapStatus.CACHED else None
         builder = await asyncio.to_thread(self.cache.builder, reader.name, bs, reader.size, base)
         if cached:

@@ -234,6 +234,7 @@ class TargetSession:
                 result.stored_change_id,
                 result.replica_size,
                 tuple(result.notes),
+                result.map_rebuilt,
             )
         )
         entries = 0

@@ -26,14 +26,10 @@ def decode_change_id(token: str) -> str | None:
     return unquote(token) if token else None
 
 
-#: the target names a map it rebuilt from the replica's data "rebuilt-..." (target_agent/storage)
-_REBUILT_PREFIX = "rebuilt-"
-
-
 def stored_state(ready: DiskReady) -> StoredDiskState:
     return StoredDiskState(
         change_id=decode_change_id(ready.stored_change_id),
-        map_rebuilt=ready.generation.startswith(_REBUILT_PREFIX),
+        map_rebuilt=ready.map_rebuilt,
         replica_empty=ready.map_status == MapStatus.EMPTY and ready.replica_size == 0,
     )
 

@@ -81,6 +81,8 @@ class OpenResult:
     stored_change_id: str
     replica_size: int
     notes: list[str] = field(default_factory=list)
+    #: the map was rebuilt from the replica's bytes (no trusted map of an earlier pass)
+    map_rebuilt: bool = False
 
 
 @dataclass
@@ -262,7 +264,8 @@ class DiskWriter:
             elif exists:
                 with open(p.flat, "rb") as f:
                     hash_replica(f.fileno(), self.old_size, self.block_size, self.builder)
-                result.generation = "rebuilt-" + secrets.token_hex(8)
+                result.generation = secrets.token_hex(8)
+                result.map_rebuilt = True
                 result.map_status = MapStatus.SENDING
             self._undo = UndoLog.create(
                 p.undo, old_size=self.old_size, created=self.created, pass_id=self.pass_id, disk=p.disk

@@ -246,7 +246,7 @@ async def test_corrupted_vzmap_is_rebuilt(target: Target, tmp_path: Path) -> Non
     change_blocks(src, 4, seed=3)
     r = await replicate(target.spec(), "cm", [src], state)
     assert any("not trusted" in n and "checksum" in n for n in r.disks[0].notes)
-    assert r.disks[0].map_status == "sending"
+    assert r.disks[0].map_status == "sending" and r.disks[0].map_rebuilt
     assert r.disks[0].blocks_changed == 4  # rebuilt by hashing: still only the differences travel
     qemu_compare(src, target.vm("cm") / "d.vmdk")
 

@@ -23,6 +23,7 @@ from protocol.messages import (
     ZeroRange,
 )
 from protocol.state import State
+from protocol.version import PROTOCOL_VERSION
 
 from .helpers import BS, Pair, hello, welcome
 
@@ -31,7 +32,7 @@ H = b"\x11" * 32
 
 def open_disk(p: Pair, size: int = 4 * BS, disk_id: int = 0, name: str = "d0") -> None:
     p.deliver(p.source, OpenDisk(disk_id, name, size, "", ""))
-    p.deliver(p.target, DiskReady(disk_id, "", MapStatus.EMPTY, "", 0, ()))
+    p.deliver(p.target, DiskReady(disk_id, "", MapStatus.EMPTY, "", 0, (), False))
     p.deliver(p.target, MapEnd(disk_id, "", 0))
 
 
@@ -40,7 +41,7 @@ def test_full_conversation() -> None:
     p.handshake()
     assert p.source.state is p.target.state is State.IDLE
     p.deliver(p.source, OpenDisk(0, "d0", 3 * BS + 512, "", "cid"))
-    p.deliver(p.target, DiskReady(0, "g1", MapStatus.SENDING, "old", 2 * BS, ("note",)))
+    p.deliver(p.target, DiskReady(0, "g1", MapStatus.SENDING, "old", 2 * BS, ("note",), False))
     p.deliver(p.target, MapChunk(0, 0, H * 2))
     p.deliver(p.target, MapEnd(0, "g1", 2))
     assert p.source.state is State.STREAMING
@@ -57,7 +58,7 @@ def test_full_conversation() -> None:
 def test_version_mismatch_names_both_versions() -> None:
     p = Pair()
     s = SourceConnection(protocol_version=7)
-    with pytest.raises(VersionMismatch, match="version 7.*version 1"):
+    with pytest.raises(VersionMismatch, match=f"version 7.*version {PROTOCOL_VERSION}"):
         p.target.receive_data(s.send(Hello(7, "x", "vm", ("blake3-256",), (), BS)))
         p.target.next_event()
     assert p.target.state is State.ERROR
@@ -140,8 +141,8 @@ def test_duplicate_disk_and_commit_count() -> None:
 
 def test_unknown_codec_refused_after_negotiation() -> None:
     p = Pair()
-    p.deliver(p.source, Hello(1, "t", "vm", ("blake3-256",), ("none",), BS))
-    p.deliver(p.target, welcome().__class__(1, "t", "blake3-256", (), BS))
+    p.deliver(p.source, Hello(PROTOCOL_VERSION, "t", "vm", ("blake3-256",), ("none",), BS))
+    p.deliver(p.target, welcome().__class__(PROTOCOL_VERSION, "t", "blake3-256", (), BS))
     open_disk(p)
     p.target.receive_data(_raw_frame(Block(0, 0, BS, H, Codec.ZSTD, b"z")))
     with pytest.raises(RemoteProtocolError, match="codec 1 was not negotiated"):
@@ -236,7 +237,7 @@ def _answer(t: TargetConnection, msg: object) -> None:
     if isinstance(msg, Hello):
         t.send(welcome())
     elif isinstance(msg, OpenDisk):
-        t.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, ()))
+        t.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, (), False))
         t.send(MapEnd(0, "", 0))
 
 
@@ -269,7 +270,7 @@ def ready_frames() -> bytes:
     p = Pair()
     p.handshake()
     p.deliver(p.source, OpenDisk(0, "d0", 8 * BS, "", ""))
-    return p.target.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, ())) + p.target.send(MapEnd(0, "", 0))
+    return p.target.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, (), False)) + p.target.send(MapEnd(0, "", 0))
 
 
 @settings(max_examples=60, deadline=None)

@@ -43,7 +43,7 @@ INPUTS = int(os.environ.get("VZREP_FUZZ_INPUTS", "100000"))
 
 _OPEN = OpenDisk(0, "d0", 4 * BS, "", "")
 _MAP: tuple[Message, ...] = (
-    DiskReady(0, "g", MapStatus.SENDING, "", 2 * BS, ()),
+    DiskReady(0, "g", MapStatus.SENDING, "", 2 * BS, (), False),
     MapChunk(0, 0, b"\x07" * 64),
     MapEnd(0, "g", 2),
 )
