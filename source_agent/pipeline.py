@@ -236,8 +236,6 @@ class DiskScanner:
         self._zero_hash = zero_hash(block_size)
         self._zero_hash_tail = zero_hash(self.size - (self.nblocks - 1) * block_size) if self.size else b""
         self._kernel = kernel()
-        self._read_into = getattr(reader, "pread_into", None)
-        self._map: Callable[[int, int], Mapped | None] | None = getattr(reader, "map_range", None)
         #: hashes computed ahead by native threads (``native.ahead``); only for a disk read in full
         self.ahead = ahead if self.filter is None else None
         if ahead is not None and ahead.chunk_blocks != self.chunk_blocks:
@@ -267,7 +265,7 @@ class DiskScanner:
             return self._scan_ahead(first, count, mode)
         start, end = first * self.bs, min((first + count) * self.bs, self.size)
         wanted = self._wanted(first, count)
-        mapped = self._map(start, end - start) if self._map is not None and any(wanted) else None
+        mapped = self.reader.map_range(start, end - start) if any(wanted) else None
         try:
             return self._scan(first, count, wanted, mode, buf, mapped)
         finally:
@@ -452,12 +450,7 @@ class DiskScanner:
         return has_data
 
     def _read(self, target: memoryview, offset: int) -> int:
-        if self._read_into is not None:
-            got: int = self._read_into(offset, target)
-        else:
-            data = self.reader.pread(offset, len(target))
-            target[: len(data)] = data
-            got = len(data)
+        got = self.reader.pread_into(offset, target)
         if got < len(target):
             target[got:] = bytes(len(target) - got)
         return got
@@ -468,8 +461,7 @@ def start_ahead(reader: DiskReader, block_size: int, active: int | None = None) 
 
     It only saves time: if its threads cannot start, the disk is scanned chunk by chunk as before.
     """
-    region = getattr(reader, "region", None)
-    where = region() if region is not None else None
+    where = reader.region()
     if where is None or not ahead_available():
         return None
     nblocks = -(-reader.size // block_size)

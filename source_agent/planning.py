@@ -9,6 +9,7 @@ source's work directory and are removed when the disk is done.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,19 @@ from source_agent.disks.base import DiskReader
 from source_agent.filters.extents import ExtentList
 from vzcommon.log import get_logger
 
-from .session import Plan, Planner
+
+@dataclass(frozen=True)
+class Plan:
+    """Which blocks of a disk to read this pass; None reads every block (differential)."""
+
+    filter: ExtentList | None = None
+    mode: str = "differential"
+    reason: str = ""
+
+
+#: decides a disk's plan once the target said what it has (DISK_READY)
+Planner = Callable[[DiskReady], Awaitable[Plan]]
+
 
 log = get_logger("vzrep.source.planning")
 

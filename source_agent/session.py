@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ from protocol.messages import (
 )
 from protocol.version import PROTOCOL_VERSION
 from source_agent.disks.base import DiskReader
-from source_agent.filters.extents import ExtentList
 from vzcommon.blockhash import HASH_NAME
 from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError, from_peer
 from vzcommon.log import get_logger
@@ -47,6 +46,7 @@ from .mapcache import MapCache
 from .native import kernel_name
 from .native.ahead import HashAhead
 from .pipeline import DEFAULT_BLOCK_SIZE, Chunk, Compress, DiskScanner, DiskStats, start_ahead
+from .planning import Plan, Planner
 from .tunnel import TargetSpec, Tunnel, open_tunnel
 
 log = get_logger("vzrep.source.session")
@@ -56,18 +56,6 @@ AGENT = "vzrep-source/0.1"
 SCAN_THREADS = int(os.environ.get("VZREP_SCAN_THREADS", "2"))
 #: wait for the SSH channel to take what was written after about this many bytes
 DRAIN_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which blocks of a disk to read this pass; None reads every block (differential)."""
-
-    filter: ExtentList | None = None
-    mode: str = "differential"
-    reason: str = ""
-
-
-Planner = Callable[[DiskReady], Awaitable[Plan]]
 
 
 @dataclass
@@ -191,9 +179,8 @@ class SourceSession:
             scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter, job.ahead)
             st.hashed_ahead = scanner.ahead is not None
             await self._stream(scanner, st)
-            check_size = getattr(reader, "check_size", None)
-            if check_size is not None:  # a disk truncated under us must not reach the replica as zeros
-                await asyncio.to_thread(check_size)
+            # a disk truncated under us must not reach the replica as zeros
+            await asyncio.to_thread(reader.check_size)
             frame_len = await self._send(
                 DiskEnd(disk_id, st.blocks_changed, self.conn.disks[disk_id].zero_bytes)
             )

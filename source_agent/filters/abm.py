@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from source_agent.disks.base import DiskReader
+from source_agent.disks.base import VolumeReader
 from source_agent.filters import ext, lvm, ntfs, partitions, swap, xfs
 from source_agent.filters.extents import ExtentList, FilterKind
 from source_agent.filters.volume import NotParsed, Range, Volume, u16le
@@ -42,7 +42,7 @@ class AbmOptions:
     skip_pagefile: bool = False
 
 
-def active_extents(reader: DiskReader, *, skip_swap: bool = True, skip_pagefile: bool = False) -> ExtentList:
+def active_extents(reader: VolumeReader, *, skip_swap: bool = True, skip_pagefile: bool = False) -> ExtentList:
     """Byte ranges of ``reader`` the guest may use; everything else need not be read or sent."""
     opts = AbmOptions(skip_swap, skip_pagefile)
     try:

@@ -12,7 +12,7 @@ import bisect
 import struct
 from collections.abc import Iterable, Iterator
 
-from source_agent.disks.base import DiskReader
+from source_agent.disks.base import VolumeReader
 from vzcommon.errors import VzrepError
 
 Range = tuple[int, int]
@@ -25,7 +25,7 @@ class NotParsed(VzrepError):
 class Volume:
     """A byte space made of ``(volume_offset, disk_offset, length)`` segments of one disk."""
 
-    def __init__(self, reader: DiskReader, segments: list[tuple[int, int, int]], label: str) -> None:
+    def __init__(self, reader: VolumeReader, segments: list[tuple[int, int, int]], label: str) -> None:
         self.reader = reader
         self.label = label
         self._segs = sorted(segments)
@@ -38,7 +38,7 @@ class Volume:
         self.size = pos
 
     @classmethod
-    def whole(cls, reader: DiskReader) -> Volume:
+    def whole(cls, reader: VolumeReader) -> Volume:
         return cls(reader, [(0, 0, reader.size)], reader.name)
 
     def slice(self, start: int, length: int, label: str) -> Volume:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from urllib.parse import quote, unquote
 
 from protocol.messages import DiskReady, MapStatus
-from source_agent.session import DiskJob, Plan, Planner
+from source_agent.planning import Plan, Planner
+from source_agent.session import DiskJob
 from source_agent.vsphere.cbt import StoredDiskState
 from source_agent.vsphere.job import VSphereDisk, VSphereJob
 
