@@ -15,6 +15,8 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
+from vzcommon.geometry import Geometry, block_count
+
 from . import codec, framing
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError, VersionMismatch
 from .messages import (
@@ -282,7 +284,7 @@ class Connection:
         if msg.first_block != disk.map_entries:
             raise RemoteProtocolError(f"MAP_CHUNK at entry {msg.first_block}, expected {disk.map_entries}")
         disk.map_entries += len(msg.hashes) // HASH_LEN
-        if disk.map_entries > -(-disk.size // self.block_size):
+        if disk.map_entries > block_count(disk.size, self.block_size):
             raise RemoteProtocolError("the map has more entries than the disk has blocks")
 
     def _check_map_end(self, msg: MapEnd) -> None:
@@ -293,7 +295,7 @@ class Connection:
     def _check_block(self, msg: Block) -> None:
         disk = self._disk(msg.disk_id)
         self._check_range(disk, msg.offset, msg.length, "BLOCK")
-        if msg.length != min(self.block_size, disk.size - msg.offset):
+        if msg.length != Geometry(disk.size, self.block_size).length(msg.offset):
             raise RemoteProtocolError(f"BLOCK at {msg.offset} has length {msg.length}, not one block")
         if msg.codec not in self.codecs:
             raise RemoteProtocolError(f"codec {msg.codec} was not negotiated")

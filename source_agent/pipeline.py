@@ -44,6 +44,7 @@ from source_agent.native.ahead import HashAhead
 from source_agent.native.ahead import available as ahead_available
 from source_agent.native.ahead import classify as ahead_classify
 from vzcommon.blockhash import HASH_LEN, hash_block, zero_block, zero_hash
+from vzcommon.geometry import Geometry
 from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
@@ -230,11 +231,12 @@ class DiskScanner:
         self.size = reader.size
         self.builder = builder
         self.filter = filt.align(block_size).clip(self.size) if filt is not None else None
-        self.nblocks = -(-self.size // block_size)
+        geometry = Geometry(self.size, block_size)
+        self.nblocks = geometry.blocks
         self.chunk_blocks = max(2, CHUNK_BYTES // block_size)
         self.window_blocks = max(1, WINDOW_BYTES // block_size)
         self._zero_hash = zero_hash(block_size)
-        self._zero_hash_tail = zero_hash(self.size - (self.nblocks - 1) * block_size) if self.size else b""
+        self._zero_hash_tail = zero_hash(geometry.tail) if self.size else b""
         self._kernel = kernel()
         #: hashes computed ahead by native threads (``native.ahead``); only for a disk read in full
         self.ahead = ahead if self.filter is None else None
@@ -464,8 +466,7 @@ def start_ahead(reader: DiskReader, block_size: int, active: int | None = None) 
     where = reader.region()
     if where is None or not ahead_available():
         return None
-    nblocks = -(-reader.size // block_size)
-    tail = reader.size - (nblocks - 1) * block_size
+    tail = Geometry(reader.size, block_size).tail
     try:
         return HashAhead(
             where,

@@ -45,8 +45,8 @@ from protocol.messages import (
 from protocol.version import PROTOCOL_VERSION
 from vzcommon.blockhash import HASH_LEN, HASH_NAME, hash_block
 from vzcommon.errors import ConnectionFailed, ExitCode, IntegrityError, StorageError, VzrepError, from_peer
+from vzcommon.geometry import block_count
 from vzcommon.log import get_logger
-from vzcommon.vzmap import entries_for
 
 from .server import Stream
 from .storage.replica import DiskWriter
@@ -239,7 +239,7 @@ class TargetSession:
         )
         entries = 0
         if result.map_status == MapStatus.SENDING:
-            total = entries_for(result.replica_size, self.conn.block_size)
+            total = block_count(result.replica_size, self.conn.block_size)
             for first in range(0, total, MAP_CHUNK_ENTRIES):
                 count = min(MAP_CHUNK_ENTRIES, total - first)
                 chunk = await asyncio.to_thread(writer.map_entries, first, count)

@@ -26,6 +26,7 @@ from blake3 import blake3
 
 from .blockhash import HASH_LEN, HASH_NAME
 from .errors import IntegrityError
+from .geometry import block_count
 
 MAGIC = b"VZMAP\x00\r\n"
 VERSION = 1
@@ -68,7 +69,7 @@ class MapHeader:
         _, version, hash_len, bs, size, entries, cid, alg, gen, clen, change = _HEAD.unpack_from(data)
         if version != VERSION or hash_len != HASH_LEN:
             raise IntegrityError(f"{where}: map version {version} / hash length {hash_len} not supported")
-        if bs <= 0 or entries != -(-size // bs):
+        if bs <= 0 or entries != block_count(size, bs):
             raise IntegrityError(f"{where}: map header is inconsistent")
         return cls(
             bs,
@@ -79,10 +80,6 @@ class MapHeader:
             gen.rstrip(b"\0").decode("ascii", "replace"),
             change[:clen].decode("ascii", "replace"),
         )
-
-
-def entries_for(disk_size: int, block_size: int) -> int:
-    return -(-disk_size // block_size)
 
 
 class MapFile:
@@ -143,7 +140,7 @@ class MapBuilder:
         self.path = Path(path)
         self.block_size = block_size
         self.disk_size = disk_size
-        self.entries = entries_for(disk_size, block_size)
+        self.entries = block_count(disk_size, block_size)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(self._fd, HEADER_SIZE + self.entries * HASH_LEN)  # sparse: all unknown

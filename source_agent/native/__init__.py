@@ -20,6 +20,8 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from vzcommon.geometry import block_count
+
 HASH_LEN = 32
 
 # want[i]: what the caller asks of block i
@@ -82,7 +84,7 @@ def classify_native(
 ) -> int:
     lib = _library()
     assert lib is not None
-    nblocks = -(-length // block_size)
+    nblocks = block_count(length, block_size)
     if len(want) < nblocks or len(old) < nblocks * HASH_LEN or len(hashes) < nblocks * HASH_LEN or len(kinds) < nblocks:
         raise ValueError("blockscan: arrays shorter than the window")  # the C code trusts the lengths
     out_h = (ctypes.c_char * len(hashes)).from_buffer(hashes)
@@ -117,7 +119,7 @@ def classify_python(
     """
     bs, to_send = block_size, 0
     zeros = bytes(bs)
-    for i in range(-(-length // bs)):
+    for i in range(block_count(length, bs)):
         lo = i * bs
         n = min(bs, length - lo)
         h = slice(i * HASH_LEN, (i + 1) * HASH_LEN)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vzcommon.errors import InputError
+from vzcommon.geometry import block_count
 
 from . import HASH_LEN, _library, scan_mode
 
@@ -127,7 +128,7 @@ class HashAhead:
 
     def take(self, chunk: int, count: int) -> tuple[bytearray, bytearray, int]:
         """Wait (without the GIL) for ``chunk`` and return its hashes, flags and bytes read."""
-        first, nblocks = chunk * self.chunk_blocks, -(-self.size // self.block_size)
+        first, nblocks = chunk * self.chunk_blocks, block_count(self.size, self.block_size)
         if not 0 <= first < nblocks:
             raise RuntimeError(f"hash-ahead: chunk {chunk} is not available (past the disk's end)")
         if count != min(self.chunk_blocks, nblocks - first):

@@ -29,10 +29,11 @@ from protocol.messages import MapStatus
 from vzcommon.blockhash import hash_block, zero_block, zero_hash
 from vzcommon.durable import fsync_dir, start_writeback, unlink_durable, write_durable
 from vzcommon.errors import InputError, IntegrityError, StorageError
+from vzcommon.geometry import Geometry, block_count
 from vzcommon.log import get_logger
 from vzcommon.sparse import data_segments, punch_hole
 from vzcommon.vmdk import read_descriptor, render_flat_descriptor
-from vzcommon.vzmap import MapBuilder, MapFile, entries_for
+from vzcommon.vzmap import MapBuilder, MapFile
 
 from . import undo
 from .undo import RecordKind, UndoLog, encode_record
@@ -161,14 +162,14 @@ def _zero_range(fd: int, offset: int, length: int, *, block_device: bool) -> Non
 
 def hash_replica(fd: int, size: int, block_size: int, builder: MapBuilder) -> None:
     """Rebuild map entries from the replica's bytes; holes hash as zero blocks without reading."""
+    geometry = Geometry(size, block_size)
     zh = zero_hash(block_size)
-    builder.fill(0, entries_for(size, block_size), zh)
-    tail = size % block_size
-    if tail:
-        builder.set_range(size // block_size, zero_hash(tail))
+    builder.fill(0, geometry.blocks, zh)
+    if geometry.tail != block_size and size:
+        builder.set_range(geometry.full_blocks, zero_hash(geometry.tail))
     for seg_off, seg_len in data_segments(fd, 0, size):
         first = seg_off // block_size
-        last = -(-(seg_off + seg_len) // block_size)
+        last = block_count(seg_off + seg_len, block_size)
         for idx0 in range(first, last, 128):
             idx1 = min(last, idx0 + 128)
             start, end = idx0 * block_size, min(idx1 * block_size, size)
@@ -248,7 +249,7 @@ class DiskWriter:
             )
             self.builder = MapBuilder(p.map_next, self.block_size, self.size, base)
             if base is None and self.fresh:
-                self.builder.fill(0, entries_for(self.size, self.block_size), zero_hash(self.block_size))
+                self.builder.fill(0, block_count(self.size, self.block_size), zero_hash(self.block_size))
                 if self.size % self.block_size:
                     self.builder.set_range(
                         self.size // self.block_size, zero_hash(self.size % self.block_size)
@@ -322,13 +323,14 @@ class DiskWriter:
     def write_zeros(self, offset: int, length: int) -> None:
         """Make a range read as zeros: only its data parts are saved to undo and punched."""
         assert self.builder is not None
-        bs = self.block_size
+        bs, geometry = self.block_size, Geometry(self.size, self.block_size)
         end = offset + length
-        full = (min(end, self.size // bs * bs) - offset) // bs if offset < self.size // bs * bs else 0
+        full_end = geometry.full_blocks * bs  # where a short last block starts (or the disk's end)
+        full = (min(end, full_end) - offset) // bs if offset < full_end else 0
         if full > 0:
             self.builder.fill(offset // bs, full, zero_hash(bs))
-        if end == self.size and self.size % bs:
-            self.builder.set_range(self.size // bs, zero_hash(self.size % bs))
+        if end == self.size and geometry.tail != bs:
+            self.builder.set_range(geometry.full_blocks, zero_hash(geometry.tail))
         for seg_off, seg_len in list(data_segments(self._fd, offset, min(end, self.old_size))):
             pos = seg_off
             while pos < seg_off + seg_len:
