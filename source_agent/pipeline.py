@@ -75,6 +75,7 @@ class DiskStats:
     blocks_unchanged: int = 0  # hash matched the map
     zero_blocks_skipped: int = 0  # zero and the map already said zero: nothing sent
     zero_blocks_sent: int = 0  # zero, sent as part of a ZERO_RANGE (no payload)
+    zero_bytes_sent: int = 0  # bytes the ZERO_RANGE messages cover (DISK_END's total)
     payload_raw: int = 0  # bytes of changed blocks
     payload_wire: int = 0  # their bytes after compression
     blocks_compressed: int = 0
@@ -106,6 +107,7 @@ class ChunkStats:
     blocks_unchanged: int = 0
     zero_blocks_skipped: int = 0
     zero_blocks_sent: int = 0
+    zero_bytes_sent: int = 0
     payload_raw: int = 0
     payload_wire: int = 0
     blocks_compressed: int = 0
@@ -191,6 +193,7 @@ class _Emitter:
     def flush_zero(self) -> None:
         if self.zero_len:
             self.messages.append(ZeroRange(self.disk_id, self.zero_off, self.zero_len))
+            self.st.zero_bytes_sent += self.zero_len
             self.zero_len = 0
 
     def _block(self, off: int, n: int, digest: bytes, payload: bytes) -> None:

@@ -181,9 +181,9 @@ class SourceSession:
             await self._stream(scanner, st)
             # a disk truncated under us must not reach the replica as zeros
             await asyncio.to_thread(reader.check_size)
-            frame_len = await self._send(
-                DiskEnd(disk_id, st.blocks_changed, self.conn.disks[disk_id].zero_bytes)
-            )
+            # The scanner's own totals: the connection checks them against the frames it framed
+            # (a chunk lost between scanner and tunnel fails here), the target against what it got.
+            frame_len = await self._send(DiskEnd(disk_id, st.blocks_changed, st.zero_bytes_sent))
             st.wire_bytes += frame_len
             await self.tunnel.drain()
         except BaseException:

@@ -186,6 +186,7 @@ class TargetSession:
             await self._open_disk(msg)
         elif isinstance(msg, DiskEnd):
             await self._drain()
+            self._check_disk_end(msg)
         elif isinstance(msg, Commit):
             await self._commit()
             return True
@@ -261,6 +262,16 @@ class TargetSession:
         if self._batch:
             ops, self._batch, self._batch_bytes = self._batch, [], 0
             self._inflight = asyncio.get_running_loop().run_in_executor(None, _apply_batch, ops)
+
+    def _check_disk_end(self, msg: DiskEnd) -> None:
+        """DISK_END's totals against what the writer applied (the connection checked the frames)."""
+        st = self.writers[msg.disk_id].stats
+        if (st.blocks_applied, st.zero_range_bytes) != (msg.blocks, msg.zero_bytes):
+            raise IntegrityError(
+                f"disk {self.writers[msg.disk_id].paths.disk!r}: the source sent {msg.blocks} blocks and"
+                f" {msg.zero_bytes} zero bytes, the replica writer applied {st.blocks_applied} and"
+                f" {st.zero_range_bytes}; the pass is rolled back"
+            )
 
     async def _drain(self) -> None:
         await self._submit()

@@ -93,6 +93,9 @@ class WriteStats:
     bytes_written: int = 0
     bytes_zeroed: int = 0
     undo_bytes: int = 0
+    #: what the writer was given, whatever it had to do: BLOCKs and the bytes ZERO_RANGEs cover
+    blocks_applied: int = 0
+    zero_range_bytes: int = 0
 
 
 class DeviceNotAttached(StorageError):
@@ -301,6 +304,7 @@ class DiskWriter:
         assert self.builder is not None
         orig = self._original(offset, len(data))
         idx = offset // self.block_size
+        self.stats.blocks_applied += 1
         if orig == data or (orig is None and data == zero_block(len(data))):
             self.stats.blocks_unchanged += 1
         else:
@@ -325,6 +329,7 @@ class DiskWriter:
         assert self.builder is not None
         bs, geometry = self.block_size, Geometry(self.size, self.block_size)
         end = offset + length
+        self.stats.zero_range_bytes += length
         full_end = geometry.full_blocks * bs  # where a short last block starts (or the disk's end)
         full = (min(end, full_end) - offset) // bs if offset < full_end else 0
         if full > 0:
