@@ -7,7 +7,7 @@ agent's ``main()``, so the tuning sweeps need no option in the shipped CLIs:
   ``VZREP_UVLOOP``; their default is uvloop);
 * ``VZBENCH_WINDOW`` / ``VZBENCH_PKTSIZE``: ``vzcommon.tunnel_policy.WINDOW`` / ``MAX_PKTSIZE``
   (both agents read them when they open the channel);
-* ``VZBENCH_ZSTD_LEVEL``: ``source_agent.pipeline.ZSTD_LEVEL``.
+* ``VZBENCH_ZSTD_LEVEL``: ``source_agent.compression.ZSTD_LEVEL``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def main() -> int:
     if pktsize := os.environ.get("VZBENCH_PKTSIZE"):
         tunnel_policy.MAX_PKTSIZE = int(pktsize)
     if level := os.environ.get("VZBENCH_ZSTD_LEVEL"):
-        from source_agent import pipeline
+        from source_agent import compression
 
-        pipeline.ZSTD_LEVEL = int(level)
+        compression.ZSTD_LEVEL = int(level)
     if role == "source":
         from source_agent.cli import main as agent_main
     else:

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import ctypes
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from enum import Enum
-
-import zstandard
 
 from protocol.messages import Block, Codec, ZeroRange
 from source_agent.disks.base import DiskReader
@@ -48,6 +44,8 @@ from vzcommon.geometry import Geometry
 from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
+from .compression import BlockPacker, Compress
+
 log = get_logger("vzrep.source.pipeline")
 
 DEFAULT_BLOCK_SIZE = 64 << 10  # bench: the fastest full pass (README, "Tuning")
@@ -56,7 +54,6 @@ CHUNK_BYTES = 16 << 20  # per scanned chunk (its messages); at most ~4 chunks ar
 #: when they are checked for zeros and hashed (bench: 512 KiB - 1 MiB windows scan a warm 4 GiB
 #: image 2.5x faster than 16 MiB ones on a 2-core Xeon, and as fast as mmap)
 WINDOW_BYTES = 1 << 20
-ZSTD_LEVEL = 1  # bench: level 1 gives most of the ratio at the highest speed (README, "Tuning")
 
 
 @dataclass
@@ -113,33 +110,11 @@ class ChunkStats:
     blocks_compressed: int = 0
 
 
-class Compress(Enum):
-    OFF = "off"
-    ON = "on"
-    #: compress the chunk if its first changed block shrinks to under PROBE_RATIO
-    PROBE = "probe"
-
-
-PROBE_RATIO = 0.85
-GIVE_UP_AFTER = 4  # consecutive blocks that do not shrink: stop compressing the rest of the chunk
-
-
 @dataclass
 class Chunk:
     messages: list[Block | ZeroRange]
     end: int  # byte offset where the chunk ends
     stats: ChunkStats
-
-
-_local = threading.local()
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    """One compressor per worker thread (a ZstdCompressor must not be shared between threads)."""
-    cctx: zstandard.ZstdCompressor | None = getattr(_local, "cctx", None)
-    if cctx is None:
-        cctx = _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    return cctx
 
 
 #: (index in the window, length) -> (hash, bytes) of a changed block
@@ -161,16 +136,14 @@ def _want(wanted: list[bool], has_data: list[bool]) -> bytes:
 class _Emitter:
     """Turns classified windows into messages in disk order.
 
-    Adjacent zero blocks become one ZERO_RANGE; a changed block becomes a BLOCK, zstd-compressed
-    while compression is on for the chunk and only when that saves at least ~3 %.
+    Adjacent zero blocks become one ZERO_RANGE; a changed block becomes a BLOCK, packed as the
+    chunk's :class:`~source_agent.compression.BlockPacker` decides.
     """
 
     def __init__(self, disk_id: int, mode: Compress, stats: ChunkStats) -> None:
         self.disk_id, self.st = disk_id, stats
         self.messages: list[Block | ZeroRange] = []
-        self.compress = mode is Compress.ON
-        self.probing = mode is Compress.PROBE  # the chunk's first changed block decides for the chunk
-        self.misses = 0
+        self.packer = BlockPacker(mode)
         self.zero_off = self.zero_len = 0  # the pending zero range (none while zero_len is 0)
 
     def window(self, w_start: int, w_len: int, bs: int, kinds: bytearray, block: BlockSource) -> None:
@@ -197,18 +170,10 @@ class _Emitter:
             self.zero_len = 0
 
     def _block(self, off: int, n: int, digest: bytes, payload: bytes) -> None:
-        st, codec = self.st, Codec.NONE
-        if self.compress or self.probing:
-            packed = _compressor().compress(payload)
-            if self.probing:
-                self.probing, self.compress = False, len(packed) < n * PROBE_RATIO
-            if len(packed) < n - n // 32:
-                payload, codec = packed, Codec.ZSTD
-                st.blocks_compressed += 1
-                self.misses = 0
-            else:
-                self.misses += 1
-                self.compress = self.compress and self.misses < GIVE_UP_AFTER
+        st = self.st
+        payload, codec = self.packer.pack(payload)
+        if codec is Codec.ZSTD:
+            st.blocks_compressed += 1
         self.messages.append(Block(self.disk_id, off, n, digest, codec, payload))
         st.blocks_changed += 1
         st.payload_raw += n

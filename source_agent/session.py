@@ -21,7 +21,6 @@ from typing import Any
 from protocol.connection import CLOSED, NEED_DATA, SourceConnection
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    Codec,
     Commit,
     Committed,
     DiskEnd,
@@ -42,10 +41,11 @@ from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError, from_peer
 from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
+from .compression import chunk_mode, pass_mode
 from .mapcache import MapCache
 from .native import kernel_name
 from .native.ahead import HashAhead
-from .pipeline import DEFAULT_BLOCK_SIZE, Chunk, Compress, DiskScanner, DiskStats, start_ahead
+from .pipeline import DEFAULT_BLOCK_SIZE, Chunk, DiskScanner, DiskStats, start_ahead
 from .planning import Plan, Planner
 from .tunnel import TargetSpec, Tunnel, open_tunnel
 
@@ -208,10 +208,7 @@ class SourceSession:
         of the chunk compresses well or when the sender is behind (the link is the bottleneck).
         """
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=2)
-        if Codec.ZSTD not in self.conn.codecs or self.opts.compress == "none":
-            base = Compress.OFF
-        else:
-            base = Compress.ON if self.opts.compress == "zstd" else Compress.PROBE
+        base = pass_mode(self.opts.compress, self.conn.codecs)
         loop = asyncio.get_running_loop()
 
         async def produce() -> None:
@@ -219,7 +216,7 @@ class SourceSession:
             inflight: deque[tuple[asyncio.Future[Chunk], bytearray]] = deque()
             try:
                 for first in scanner.chunks():
-                    mode = Compress.ON if base is Compress.PROBE and queue.full() else base
+                    mode = chunk_mode(base, sender_behind=queue.full())
                     buf = buffers.pop()
                     inflight.append((loop.run_in_executor(None, scanner.scan, first, mode, buf), buf))
                     if len(inflight) >= SCAN_THREADS:
