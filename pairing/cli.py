@@ -22,7 +22,8 @@ from pairing.defaults import AGENT_PORT, KEYS_DIR, PAIRING_PORT
 from pairing.net import PairingServer, pair_with_target
 from pairing.protocol import DEFAULT_EXPIRY, CodeGate, TargetPaired, new_code
 from vzcommon import keys
-from vzcommon.errors import ExitCode, InputError, VzrepError
+from vzcommon.climain import run_main
+from vzcommon.errors import ExitCode, InputError
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -95,11 +96,6 @@ def _pin_files(keys_dir: Path, role: str) -> Path:
     return keys_dir / ("authorized_keys" if role == "target" else "known_hosts")
 
 
-def _fail(exc: VzrepError) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return int(exc.exit_code)
-
-
 def _target_pair(args: argparse.Namespace) -> int:
     host_key_path = args.host_key or _own_key(args.keys_dir, "target")
     authorized = args.authorized_keys or _pin_files(args.keys_dir, "target")
@@ -108,13 +104,11 @@ def _target_pair(args: argparse.Namespace) -> int:
         try:
             code = args.code_file.read_text().strip()
         except OSError as exc:
-            return _fail(InputError(f"cannot read the pairing code file: {exc}"))
+            raise InputError(f"cannot read the pairing code file: {exc}") from None
     code = code or new_code()
     try:
         host_key = keys.ensure(host_key_path, f"vzrep-target@{socket.gethostname()}")
         peer = asyncio.run(_serve(args, code, host_key))
-    except VzrepError as exc:
-        return _fail(exc)
     finally:
         if args.code_file is not None:
             args.code_file.unlink(missing_ok=True)  # single use, also when it expired
@@ -142,28 +136,15 @@ async def _serve(args: argparse.Namespace, code: str, host_key: str) -> tuple[Ta
 def _source_pair(args: argparse.Namespace) -> int:
     identity = args.identity or _own_key(args.keys_dir, "source")
     known_hosts = args.known_hosts or _pin_files(args.keys_dir, "source")
-    try:
-        client_key = keys.ensure(identity, f"vzrep-source@{socket.gethostname()}")
-        result = asyncio.run(
-            pair_with_target(
-                args.host,
-                args.port,
-                args.code,
-                client_key,
-                socket.gethostname(),
-                session_timeout=args.timeout,
-            )
+    client_key = keys.ensure(identity, f"vzrep-source@{socket.gethostname()}")
+    result = asyncio.run(
+        pair_with_target(
+            args.host, args.port, args.code, client_key, socket.gethostname(), session_timeout=args.timeout
         )
-        record = pins.pin_target(
-            known_hosts,
-            args.keys_dir / "peer.json",
-            args.host,
-            result.agent_port,
-            result.host_key,
-            result.name,
-        )
-    except VzrepError as exc:
-        return _fail(exc)
+    )
+    record = pins.pin_target(
+        known_hosts, args.keys_dir / "peer.json", args.host, result.agent_port, result.host_key, result.name
+    )
     print(f"paired with target {record.name} at {record.address}; pinned host key {record.fingerprint}")
     return 0
 
@@ -211,9 +192,7 @@ def standalone(role: str, argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"vzrep-{role}")
     sub = ap.add_subparsers(dest="command", required=True)
     (add_target_commands if role == "target" else add_source_commands)(sub)
-    args = ap.parse_args(argv)
-    rc: int = args.func(args)
-    return rc
+    return run_main(f"vzrep-{role}", ap, argv, "nothing was paired")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ are fresh per session, so a replayed exchange derives a different key and fails 
 target's :class:`CodeGate` counts every session that reached step 2 as an attempt until it succeeds:
 attempts are limited, spaced out, and the code expires and is single-use.
 
-Transitions (a (state, message) pair missing from ``_TABLE`` is a RemoteProtocolError):
+Transitions (a (state, message) pair missing from ``_TABLE`` is a PairingProtocolError):
     source: SENT_HELLO --pake--> SENT_CONFIRM --welcome--> DONE
     target: START --hello--> SENT_PAKE --confirm--> DONE
 """
@@ -59,7 +59,7 @@ DEFAULT_EXPIRY = 15 * 60.0
 MAX_ATTEMPTS = 5
 
 
-class RemoteProtocolError(PairingError):
+class PairingProtocolError(PairingError):
     """The peer sent something the pairing protocol does not allow."""
 
 
@@ -140,7 +140,7 @@ def encode(msg: dict[str, Any]) -> bytes:
 
 
 class FrameReader:
-    """Bytes in, JSON objects out; garbage raises RemoteProtocolError."""
+    """Bytes in, JSON objects out; garbage raises PairingProtocolError."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -153,7 +153,7 @@ class FrameReader:
             return NEED_DATA
         (length,) = struct.unpack(">I", self._buf[:4])
         if length > MAX_MESSAGE:
-            raise RemoteProtocolError(f"pairing message of {length} bytes exceeds {MAX_MESSAGE}")
+            raise PairingProtocolError(f"pairing message of {length} bytes exceeds {MAX_MESSAGE}")
         if len(self._buf) < 4 + length:
             return NEED_DATA
         body = bytes(self._buf[4 : 4 + length])
@@ -161,9 +161,9 @@ class FrameReader:
         try:
             msg = json.loads(body)
         except (UnicodeDecodeError, ValueError):
-            raise RemoteProtocolError("pairing message is not JSON") from None
+            raise PairingProtocolError("pairing message is not JSON") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-            raise RemoteProtocolError("pairing message has no type")
+            raise PairingProtocolError("pairing message has no type")
         return msg
 
 
@@ -174,11 +174,11 @@ def _b64(data: bytes) -> str:
 def _unb64(msg: dict[str, Any], field: str, limit: int = 4096) -> bytes:
     value = msg.get(field)
     if not isinstance(value, str) or len(value) > limit:
-        raise RemoteProtocolError(f"pairing message field {field!r} is missing or malformed")
+        raise PairingProtocolError(f"pairing message field {field!r} is missing or malformed")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise RemoteProtocolError(f"pairing message field {field!r} is not base64") from None
+        raise PairingProtocolError(f"pairing message field {field!r} is not base64") from None
 
 
 # --- session keys ------------------------------------------------------------------------------
@@ -218,16 +218,16 @@ def _open(key: bytes, msg: dict[str, Any]) -> dict[str, Any]:
         plain = AESGCM(key).decrypt(blob[:12], blob[12:], b"vzrep-pair-v1")
         payload = json.loads(plain)
     except (InvalidTag, ValueError):
-        raise RemoteProtocolError("the peer's sealed payload does not open") from None
+        raise PairingProtocolError("the peer's sealed payload does not open") from None
     if not isinstance(payload, dict):
-        raise RemoteProtocolError("the peer's sealed payload is not an object")
+        raise PairingProtocolError("the peer's sealed payload is not an object")
     return payload
 
 
 def _str(payload: dict[str, Any], field: str, limit: int = 8192) -> str:
     value = payload.get(field)
     if not isinstance(value, str) or len(value) > limit or not value.isprintable():
-        raise RemoteProtocolError(f"the peer's {field} is missing or malformed")
+        raise PairingProtocolError(f"the peer's {field} is missing or malformed")
     return value
 
 
@@ -279,7 +279,7 @@ class _Side:
         handler = self._table.get((self.state, str(msg.get("t"))))
         if handler is None:
             self.state = State.ERROR
-            raise RemoteProtocolError(
+            raise PairingProtocolError(
                 f"unexpected pairing message {str(msg.get('t'))[:40]!r} in {self.state.name}"
             )
         try:
@@ -308,7 +308,7 @@ class SourcePairing(_Side):
         try:
             shared = self._spake.finish(pake_b)
         except (SPAKEError, NotOnCurve, ValueError, TypeError):
-            raise RemoteProtocolError("the target's SPAKE2 message is invalid") from None
+            raise PairingProtocolError("the target's SPAKE2 message is invalid") from None
         keys = _Keys.derive(shared, self._pake_a, pake_b)
         if not hmac.compare_digest(_unb64(msg, "confirm"), keys.mac(keys.target_confirm)):
             raise WrongCode("wrong pairing code (or not talking to the real target): nothing was pinned")
@@ -322,7 +322,7 @@ class SourcePairing(_Side):
         payload = _open(self._keys.target_box, msg)
         port = payload.get("agent_port")
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise RemoteProtocolError("the target's agent port is malformed")
+            raise PairingProtocolError("the target's agent port is malformed")
         self.state = State.DONE
         return None, SourcePaired(_str(payload, "host_key"), port, _str(payload, "name", 255))
 
@@ -340,13 +340,13 @@ class TargetPairing(_Side):
 
     def _on_hello(self, msg: dict[str, Any]) -> tuple[bytes | None, Any]:
         if msg.get("v") != VERSION:
-            raise RemoteProtocolError(f"unsupported pairing version {str(msg.get('v'))[:10]}")
+            raise PairingProtocolError(f"unsupported pairing version {str(msg.get('v'))[:10]}")
         pake_a = _unb64(msg, "pake")
         pake_b = self._spake.start()
         try:
             shared = self._spake.finish(pake_a)
         except (SPAKEError, NotOnCurve, ValueError, TypeError):
-            raise RemoteProtocolError("the source's SPAKE2 message is invalid") from None
+            raise PairingProtocolError("the source's SPAKE2 message is invalid") from None
         self._keys = _Keys.derive(shared, pake_a, pake_b)
         self.state = State.SENT_PAKE
         return encode(

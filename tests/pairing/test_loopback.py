@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import socket
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pairing import pins
-from pairing.cli import add_source_commands, add_target_commands, status_dict
+from pairing.cli import standalone, status_dict
 from pairing.net import PairingServer, pair_with_target
 from pairing.protocol import CodeGate, CodeUnavailable, WrongCode
 from vzcommon import keys
@@ -28,11 +27,8 @@ def free_port() -> int:
 
 
 def cli(role: str, *argv: str) -> int:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="command", required=True)
-    (add_target_commands if role == "target" else add_source_commands)(sub)
-    args = ap.parse_args(list(argv))
-    return int(args.func(args))
+    """The role's pairing commands through their entry point (errors become one line and a code)."""
+    return standalone(role, list(argv))
 
 
 class TargetThread(threading.Thread):
@@ -113,8 +109,11 @@ def test_wrong_code_fails_and_pins_nothing(tmp_path):
     assert pins.load(tdir / "peer.json") is None and pins.load(sdir / "peer.json") is None
 
 
-def test_source_without_target_reports_connection_failure(tmp_path):
+def test_source_without_target_reports_connection_failure(tmp_path, capsys):
     assert source_pair(tmp_path, free_port(), "KX7P-22QM") == ExitCode.CONNECTION
+    err = capsys.readouterr().err
+    # the one error format of every entry point: PROG: MESSAGE, one line
+    assert err.startswith("vzrep-source: cannot reach the pairing port 127.0.0.1:") and err.count("\n") == 1
 
 
 HOST = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()

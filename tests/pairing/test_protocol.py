@@ -13,7 +13,7 @@ from pairing.protocol import (
     CodeGate,
     CodeUnavailable,
     FrameReader,
-    RemoteProtocolError,
+    PairingProtocolError,
     SourcePaired,
     SourcePairing,
     State,
@@ -118,10 +118,10 @@ def test_replay_of_a_captured_exchange_fails():
 
 def test_messages_out_of_order_are_protocol_errors():
     tgt = TargetPairing(normalise_code("CDEF-GHJK"), HOST_KEY, 2222, "tgt")
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(PairingProtocolError):
         tgt.handle({"t": "confirm", "confirm": "AA==", "box": "AA=="})
     assert tgt.state is State.ERROR
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(PairingProtocolError):
         tgt.handle({"t": "hello", "v": 1, "pake": "AA=="})
 
 
@@ -138,7 +138,7 @@ def test_messages_out_of_order_are_protocol_errors():
 )
 def test_garbage_hello_is_a_remote_protocol_error(msg):
     tgt = TargetPairing(normalise_code("CDEF-GHJK"), HOST_KEY, 2222, "tgt")
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(PairingProtocolError):
         tgt.handle(msg)
 
 
@@ -152,7 +152,7 @@ def test_frame_reader_limits_and_partial_input():
     for bad in (struct.pack(">I", 10**6), struct.pack(">I", 3) + b"abc", struct.pack(">I", 2) + b"[]"):
         frames = FrameReader()
         frames.receive_data(bad)
-        with pytest.raises(RemoteProtocolError):
+        with pytest.raises(PairingProtocolError):
             frames.next_message()
 
 
@@ -172,7 +172,7 @@ def test_fuzzed_frames_only_raise_remote_protocol_errors():
             if msg is not NEED_DATA:
                 assert isinstance(msg, dict)
                 tgt.handle(msg)
-        except RemoteProtocolError:
+        except PairingProtocolError:
             pass
 
 
