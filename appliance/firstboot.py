@@ -22,6 +22,7 @@ from appliance import netconfig, ovfenv
 from appliance.layout import Layout
 from pairing.defaults import AGENT_PORT, PAIRING_PORT
 from vzcommon import keys
+from vzcommon.climain import run_main
 from vzcommon.durable import atomic_write
 
 FW_CFG = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/vzrep/ovfenv/raw")
@@ -153,25 +154,35 @@ def _chown_agent_files(layout: Layout) -> None:
         os.chown(path, uid, gid)
 
 
+PROG = "vzrep-firstboot"
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m appliance.firstboot", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/"))
     ap.add_argument("--ovf-env", type=Path, help="read the OVF environment from this file")
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=_first_boot)
+    return run_main(PROG, ap, argv, "first boot did not finish; it runs again at the next boot")
+
+
+def _first_boot(args: argparse.Namespace) -> int:
+    """Problems in the OVF environment are reported and fall back to defaults (exit 0); only a
+    failure to write the files themselves is an error (one line and its exit code, as every
+    entry point reports errors)."""
     layout = Layout(args.root)
     try:
         document = read_environment(args.ovf_env)
     except OSError as exc:
-        print(f"vzrep first boot: cannot read the OVF environment: {exc}", file=sys.stderr)
+        print(f"{PROG}: cannot read the OVF environment: {exc}", file=sys.stderr)
         document = None
     result = ovfenv.parse(document)
     for problem in result.problems:
-        print(f"vzrep first boot: {problem}", flush=True)
+        print(f"{PROG}: {problem}", flush=True)
     apply(result.settings, result.problems, layout)
     atomic_write(layout.firstboot_done, b"")
     s = result.settings
     print(
-        f"vzrep first boot: role {s.role.value}, network {'static' if s.static else 'DHCP'}, "
+        f"{PROG}: role {s.role.value}, network {'static' if s.static else 'DHCP'}, "
         f"{'pairing token set' if s.pairing_token else 'unpaired'}",
         flush=True,
     )

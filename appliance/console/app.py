@@ -31,6 +31,7 @@ from textual.widgets import (
 from appliance.console.backend import Backend, NetworkSettings
 from appliance.layout import Layout
 from pairing.protocol import new_code
+from vzcommon.climain import run_main
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -391,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--pairing-listen", metavar="HOST:PORT", help="pairing port address (default 0.0.0.0:2223)"
     )
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=_run)
+    return run_main("vzrep-console", ap, argv, "the console closed")
+
+
+def _run(args: argparse.Namespace) -> int:
     backend = Backend(Layout(args.root), systemd=not args.no_systemd, pairing_listen=args.pairing_listen)
     for item in args.agent_cli:
         role, _, command = item.partition("=")
