@@ -1,12 +1,9 @@
-"""One replica disk during a pass: its files, the write path with undo, the map, and rollback.
+"""One replica disk during a pass: the write path with undo, and the map.
 
-Files of disk ``NAME`` in ``DATA_DIR/<vm>/``:
-
-* ``NAME.vmdk`` -- monolithicFlat descriptor (readable by qemu-img and ESXi)
-* ``NAME-flat.vmdk`` -- the flat extent, created sparse
-* ``NAME-flat.vmdk.vzmap`` -- block hashes as of the last committed pass
-* ``NAME-flat.vmdk.vzundo`` -- original bytes of blocks this pass overwrote (exists only during a pass)
-* ``*.next`` -- descriptor and map of the pass being committed (exist only during a commit)
+The disk's files are named in ``paths``; undoing or finishing a pass is ``rollback``'s. Whether a
+block is "unchanged" is decided here and only here: the session verified what arrived against its
+hash, and the writer, which reads the replica's bytes anyway for the undo log, skips a block whose
+bytes the replica already holds (no write, no undo record).
 
 **Device-backed replicas** (vSphere jobs): the flat bytes live in a given ``device`` -- the replica
 VM's disk HotAdded to the target appliance (a block device), or its ``-flat.vmdk`` on a datastore the
@@ -27,52 +24,21 @@ from pathlib import Path
 
 from protocol.messages import MapStatus
 from vzcommon.blockhash import hash_block, zero_block, zero_hash
-from vzcommon.durable import fsync_dir, start_writeback, unlink_durable, write_durable
+from vzcommon.durable import fsync_dir, start_writeback, write_durable
 from vzcommon.errors import InputError, IntegrityError, StorageError
 from vzcommon.geometry import Geometry, block_count
 from vzcommon.log import get_logger
-from vzcommon.sparse import data_segments, punch_hole
+from vzcommon.sparse import data_segments
 from vzcommon.vmdk import read_descriptor, render_flat_descriptor
 from vzcommon.vzmap import MapBuilder, MapFile
 
-from . import undo
+from .paths import ReplicaPaths, zero_range
 from .undo import RecordKind, UndoLog, encode_record
 
 log = get_logger("vzrep.target.replica")
 
 #: Flush undo and data once this many original bytes are pending (bounds memory on huge zero ranges).
 FLUSH_BYTES = 16 << 20
-
-
-@dataclass(frozen=True)
-class ReplicaPaths:
-    vm_dir: Path
-    disk: str
-    device: Path | None = None  # device-backed replica: the flat bytes live here (module docstring)
-
-    @property
-    def descriptor(self) -> Path:
-        return self.vm_dir / f"{self.disk}.vmdk"
-
-    @property
-    def flat(self) -> Path:
-        return self.device if self.device is not None else self.vm_dir / f"{self.disk}-flat.vmdk"
-
-    @property
-    def map(self) -> Path:
-        return self.vm_dir / f"{self.disk}-flat.vmdk.vzmap"
-
-    @property
-    def undo(self) -> Path:
-        return self.vm_dir / f"{self.disk}-flat.vmdk.vzundo"
-
-    @property
-    def map_next(self) -> Path:
-        return self.vm_dir / f"{self.disk}-flat.vmdk.vzmap.next"
-
-    @property
-    def descriptor_next(self) -> Path:
-        return self.vm_dir / f"{self.disk}.vmdk.next"
 
 
 @dataclass
@@ -96,10 +62,6 @@ class WriteStats:
     #: what the writer was given, whatever it had to do: BLOCKs and the bytes ZERO_RANGEs cover
     blocks_applied: int = 0
     zero_range_bytes: int = 0
-
-
-class DeviceNotAttached(StorageError):
-    """A pending pass wrote to a disk that recovery cannot find now; the VM stays pending."""
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:
@@ -149,18 +111,6 @@ def device_size(path: Path) -> int:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
-
-
-def _zero_range(fd: int, offset: int, length: int, *, block_device: bool) -> None:
-    """Make a range read as zeros: punch a hole in a file; write zeros to a block device (a discard
-    is not guaranteed to read back as zeros there)."""
-    if not block_device:
-        punch_hole(fd, offset, length)
-        return
-    zeros = zero_block(min(length, 1 << 20))
-    end = offset + length
-    while offset < end:
-        offset += os.pwrite(fd, zeros[: min(len(zeros), end - offset)], offset)
 
 
 def hash_replica(fd: int, size: int, block_size: int, builder: MapBuilder) -> None:
@@ -365,7 +315,7 @@ class DiskWriter:
             lo, hi = -1, -1
             for offset, what in self._pending_writes:
                 if isinstance(what, int):
-                    _zero_range(self._fd, offset, what, block_device=self._block_device)
+                    zero_range(self._fd, offset, what, block_device=self._block_device)
                     continue
                 view = memoryview(what)
                 pos = offset
@@ -407,67 +357,3 @@ class DiskWriter:
             self._undo.close()
         if self.builder is not None and self.builder._fd >= 0:
             self.builder.abort()
-
-
-def rollback_disk(paths: ReplicaPaths) -> str:
-    """Restore a disk from its undo log; idempotent and safe to interrupt. Returns what was done."""
-    done = "nothing to undo"
-    if paths.undo.exists():
-        try:
-            head = undo.read_header(paths.undo)
-        except (IntegrityError, OSError):
-            head = None  # the log's header never became durable, so the replica was never touched
-        if head is not None and head.created and paths.device is None:
-            unlink_durable(paths.flat, paths.descriptor)
-            done = "removed the disk this pass had created"
-        elif head is not None:
-            restored = 0
-            try:
-                fd = os.open(paths.flat, os.O_RDWR)
-            except FileNotFoundError:
-                if paths.device is not None:  # keep the undo log: the device may come back
-                    raise DeviceNotAttached(
-                        f"cannot roll back replica disk {paths.disk!r}: its device {paths.device} is not"
-                        " there; re-attach the disk and roll back again (rollback is safe to repeat)"
-                    ) from None
-                if next(undo.read_records(paths.undo), None) is not None:
-                    # Original bytes with nowhere to go (the disk was removed, or its device was not
-                    # recorded): keep them rather than lose them.
-                    raise DeviceNotAttached(
-                        f"cannot roll back replica disk {paths.disk!r}: {paths.flat} is missing but its undo"
-                        f" log {paths.undo} holds original blocks; the undo log is kept. Restore the disk"
-                        " (or start the agent with the vSphere options it used) and roll back again"
-                    ) from None
-                fd = -1
-            if fd >= 0:
-                try:
-                    block_device = stat.S_ISBLK(os.fstat(fd).st_mode)
-                    for rec in undo.read_records(paths.undo):
-                        if rec.kind is RecordKind.DATA:
-                            os.pwrite(fd, rec.data, rec.offset)
-                        else:
-                            _zero_range(fd, rec.offset, rec.length, block_device=block_device)
-                        restored += 1
-                    # a device is never resized by a pass (vSphere grows it before), so never truncated
-                    if paths.device is None and os.fstat(fd).st_size != head.old_size:
-                        os.ftruncate(fd, head.old_size)
-                    os.fsync(fd)
-                except OSError as exc:
-                    raise StorageError(
-                        f"rollback of disk {paths.disk!r} failed: {exc.strerror}; fix the storage and run"
-                        " `vzrep-target rollback` again (rollback is safe to repeat)"
-                    ) from None
-                finally:
-                    os.close(fd)
-            done = f"restored {restored} block ranges"
-    unlink_durable(paths.map_next, paths.descriptor_next, paths.undo)
-    return done
-
-
-def roll_forward_disk(paths: ReplicaPaths) -> None:
-    """After the commit point: move the ``.next`` files into place and drop the undo log."""
-    for nxt, final in ((paths.descriptor_next, paths.descriptor), (paths.map_next, paths.map)):
-        if nxt.exists():
-            os.replace(nxt, final)
-    fsync_dir(paths.vm_dir)
-    unlink_durable(paths.undo)

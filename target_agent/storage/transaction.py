@@ -44,7 +44,9 @@ from vzcommon.records import read_record, write_record
 from vzcommon.vzmap import MapFile
 
 from .lock import VmLock
-from .replica import DeviceNotAttached, DiskWriter, OpenResult, ReplicaPaths, roll_forward_disk, rollback_disk
+from .paths import DeviceNotAttached, ReplicaPaths
+from .replica import DiskWriter, OpenResult
+from .rollback import roll_forward_disk, rollback_disk
 
 log = get_logger("vzrep.target.pass")
 

@@ -17,7 +17,8 @@ import pytest
 
 from protocol.messages import MapStatus
 from target_agent.storage import transaction as txn
-from target_agent.storage.replica import ReplicaPaths, rollback_disk
+from target_agent.storage.paths import ReplicaPaths
+from target_agent.storage.rollback import rollback_disk
 from target_agent.storage.transaction import VmPass, recover_vm
 from target_agent.storage.undo import HEADER_SIZE, RecordKind, encode_record, read_records
 from tests.support.tools import sha256_py
@@ -177,7 +178,7 @@ def test_rollback_interrupted_and_repeated(tmp_path: Path, monkeypatch: pytest.M
     crash(p)
     paths = ReplicaPaths(tmp_path / "vm", "d")
     # The first rollback dies after restoring some records (before it could delete the undo log).
-    import target_agent.storage.replica as replica
+    import target_agent.storage.rollback as replica
 
     real = replica.undo.read_records
     monkeypatch.setattr(

@@ -27,7 +27,7 @@ from source_agent.vsphere.job import vsphere_job
 from target_agent.server import Stream, start_server
 from target_agent.session import TargetSession
 from target_agent.storage import transaction
-from target_agent.storage.replica import ReplicaPaths
+from target_agent.storage.paths import ReplicaPaths
 from target_agent.storage.transaction import vm_status
 from target_agent.vsphere.job import ReplicaSettings
 from target_agent.vsphere.restore_points import list_restore_points
