@@ -47,7 +47,7 @@ from .native import kernel_name
 from .native.ahead import HashAhead
 from .pipeline import DEFAULT_BLOCK_SIZE, Chunk, DiskScanner, DiskStats, start_ahead
 from .planning import Plan, Planner
-from .tunnel import TargetSpec, Tunnel, open_tunnel
+from .tunnel import ByteTunnel, TargetSpec, open_tunnel
 
 log = get_logger("vzrep.source.session")
 
@@ -98,7 +98,7 @@ Progress = Callable[[str, int, int], None]
 
 class SourceSession:
     def __init__(
-        self, tunnel: Tunnel, vm: str, options: PassOptions, cache: MapCache, progress: Progress | None = None
+        self, tunnel: ByteTunnel, vm: str, options: PassOptions, cache: MapCache, progress: Progress | None = None
     ) -> None:
         self.tunnel = tunnel
         self.vm = vm
@@ -330,10 +330,25 @@ async def run_pass(
     target: TargetSpec, vm: str, jobs: list[DiskJob], options: PassOptions, progress: Progress | None = None
 ) -> PassReport:
     """One pass: connect, replicate every disk, commit. Raises VzrepError on failure."""
-    report = PassReport(vm=vm, target=target.label)
     t0 = time.monotonic()
     tunnel = await open_tunnel(target)
-    session = SourceSession(tunnel, vm, options, MapCache(options.state_dir, target.label, vm), progress)
+    return await run_pass_over(tunnel, target.label, vm, jobs, options, progress, started=t0)
+
+
+async def run_pass_over(
+    tunnel: ByteTunnel,
+    label: str,
+    vm: str,
+    jobs: list[DiskJob],
+    options: PassOptions,
+    progress: Progress | None = None,
+    *,
+    started: float | None = None,
+) -> PassReport:
+    """One pass over an open tunnel (SSH in the agent, :mod:`tests.support.memory` in fast tests)."""
+    report = PassReport(vm=vm, target=label)
+    t0 = time.monotonic() if started is None else started
+    session = SourceSession(tunnel, vm, options, MapCache(options.state_dir, label, vm), progress)
     try:
         await session.run(jobs, report)
         report.ok = True

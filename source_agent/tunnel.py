@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import AuthError, CipherError, ConnectionFailed, HostKeyError, InputError, VzrepError
@@ -33,8 +33,26 @@ class TargetSpec:
         return target_label(self.host, self.port)
 
 
+class ByteTunnel(Protocol):
+    """What a source session needs of its transport: the SSH channel here, a memory pipe in tests."""
+
+    sent: int
+
+    async def read(self) -> bytes:
+        """Bytes from the target; b"" at the end of the stream."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None:
+        """Wait until the transport has taken what was written (flow control)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Tunnel:
-    """An open subsystem channel: bytes in, bytes out."""
+    """An open subsystem channel: bytes in, bytes out (a :class:`ByteTunnel`)."""
 
     def __init__(self, conn: Any, writer: Any, reader: Any) -> None:
         self._conn, self._writer, self._reader = conn, writer, reader

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import InputError
@@ -22,8 +22,23 @@ log = get_logger("vzrep.target.server")
 Handler = Callable[["Stream", str], Awaitable[None]]
 
 
+class ByteStream(Protocol):
+    """What a target session needs of its transport: the SSH channel here, a memory pipe in tests."""
+
+    async def read(self) -> bytes:
+        """Bytes from the source; b"" at the end of the stream (or when the connection broke)."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send and wait until the transport took it (flow control)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Stream:
-    """The subsystem channel as plain byte reads and writes (the session never sees asyncssh)."""
+    """The subsystem channel as plain byte reads and writes (a :class:`ByteStream`; the session never
+    sees asyncssh)."""
 
     def __init__(self, reader: Any, writer: Any) -> None:
         self._reader, self._writer = reader, writer

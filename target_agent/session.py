@@ -48,7 +48,7 @@ from vzcommon.errors import ConnectionFailed, ExitCode, IntegrityError, StorageE
 from vzcommon.geometry import block_count
 from vzcommon.log import get_logger
 
-from .server import Stream
+from .server import ByteStream
 from .storage.replica import DiskWriter
 from .storage.transaction import VmPass
 
@@ -110,12 +110,12 @@ class TargetSession:
         self._batch: list[Op] = []
         self._batch_bytes = 0
         self._inflight: asyncio.Future[None] | None = None
-        self._stream: Stream | None = None
+        self._stream: ByteStream | None = None
         self._on_pass_end = on_pass_end
         self._t0 = time.monotonic()
         self.received_bytes = 0
 
-    async def run(self, stream: Stream) -> None:
+    async def run(self, stream: ByteStream) -> None:
         self._stream = stream
         committed = False
         try:
@@ -143,7 +143,7 @@ class TargetSession:
         finally:
             await stream.close()
 
-    async def _read(self, stream: Stream) -> bytes:
+    async def _read(self, stream: ByteStream) -> bytes:
         """Read from the tunnel while the writer works; keep the writer fed; fail fast if it fails.
 
         Adaptive group commit: whenever the writer is idle it gets whatever is queued, so batches
