@@ -26,7 +26,7 @@ from .peers import GiB, MiB
 
 Table = tuple[str, list[str], list[list[str]]]
 #: the packages the agents run from; byte-compiled before measuring (see :func:`byte_compile`)
-PACKAGES = ("protocol", "source_agent", "target_agent", "vzcommon", "bench")
+PACKAGES = ("protocol", "source_agent", "target_agent", "vzcommon", "vsphere", "pairing", "bench")
 CONCLUSIONS = "## Conclusions"
 
 
