@@ -20,8 +20,10 @@ from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
 from vzcommon.log import get_logger
 
+from .points_cli import add_point_commands
 from .server import Stream, start_server
 from .session import TargetSession
+from .storage.points import DEFAULT_RETENTION
 from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir, vm_status
 from .vsphere.cli import add_serve_arguments, settings_from_args
 
@@ -54,7 +56,9 @@ async def serve(args: argparse.Namespace) -> int:
         assert task is not None
         sessions.add(task)
         try:
-            await TargetSession(data_dir, peer, replicas=replicas).run(stream)
+            await TargetSession(data_dir, peer, replicas=replicas, restore_points=args.restore_points).run(
+                stream
+            )
         finally:
             sessions.discard(task)
 
@@ -127,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ready-file", type=Path, help="write the bound port here once listening (for scripts and tests)"
     )
+    p.add_argument(
+        "--restore-points",
+        type=int,
+        default=DEFAULT_RETENTION,
+        metavar="N",
+        help=f"restore points kept per replica ({DEFAULT_RETENTION}; 1 keeps only the live replica)",
+    )
     add_serve_arguments(p)
     p.set_defaults(func=lambda a: asyncio_run(serve(a)))
     p = sub.add_parser("rollback", help="roll back an interrupted pass of a VM (safe to repeat)")
@@ -138,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vm")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=status)
+    add_point_commands(sub)
     add_keygen(sub)
     add_target_commands(sub)
     return parser

@@ -49,6 +49,7 @@ from vzcommon.geometry import block_count
 from vzcommon.log import get_logger
 
 from .server import ByteStream
+from .storage.points import DEFAULT_RETENTION
 from .storage.replica import DiskWriter
 from .storage.transaction import VmPass
 
@@ -99,8 +100,10 @@ class TargetSession:
         *,
         on_pass_end: Callable[[dict[str, Any]], None] | None = None,
         replicas: ReplicaSettings | None = None,
+        restore_points: int = DEFAULT_RETENTION,
     ) -> None:
         self.data_dir = data_dir
+        self.restore_points = restore_points
         self.replicas = replicas
         self.replica: ReplicaPass | None = None
         self.peer = peer
@@ -200,7 +203,13 @@ class TargetSession:
                 f"the source offers hash algorithms {list(msg.hash_algs)}, this target needs {HASH_NAME}"
             )
         codecs = tuple(c for c in SUPPORTED_CODECS if c in msg.codecs and c != "none")
-        vm_pass = VmPass(self.data_dir, msg.vm, block_size=msg.block_size, peer=self.peer)
+        vm_pass = VmPass(
+            self.data_dir,
+            msg.vm,
+            block_size=msg.block_size,
+            peer=self.peer,
+            restore_points=self.restore_points,
+        )
         recovered = await asyncio.to_thread(vm_pass.begin)
         self.vm_pass = vm_pass
         if recovered:

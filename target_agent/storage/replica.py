@@ -33,6 +33,7 @@ from vzcommon.vmdk import read_descriptor, render_flat_descriptor
 from vzcommon.vzmap import MapBuilder, MapFile
 
 from .paths import ReplicaPaths, zero_range
+from .points import Increment
 from .undo import RecordKind, UndoLog, encode_record
 
 log = get_logger("vzrep.target.replica")
@@ -333,6 +334,16 @@ class DiskWriter:
             self._pending_bytes = 0
 
     # -- commit preparation --------------------------------------------------------------------
+
+    def increment(self) -> Increment:
+        """The pass's undo log as a restore point's reverse increment (after :meth:`prepare_commit`)."""
+        assert self._undo is not None
+        return Increment(
+            bytes=self._undo.bytes,
+            sha256=self._undo.sha256.hexdigest(),
+            old_size=self.old_size,
+            created=self.created,
+        )
 
     def prepare_commit(self, generation: str) -> int:
         """Make data durable and write the ``.next`` descriptor and map; return the new CID."""

@@ -12,7 +12,7 @@ import stat
 from vzcommon.durable import fsync_dir, unlink_durable
 from vzcommon.errors import IntegrityError, StorageError
 
-from . import undo
+from . import points, undo
 from .paths import DeviceNotAttached, ReplicaPaths, zero_range
 from .undo import RecordKind
 
@@ -72,10 +72,14 @@ def rollback_disk(paths: ReplicaPaths) -> str:
     return done
 
 
-def roll_forward_disk(paths: ReplicaPaths) -> None:
-    """After the commit point: move the ``.next`` files into place and drop the undo log."""
+def roll_forward_disk(paths: ReplicaPaths, keep_as: str | None = None) -> None:
+    """After the commit point: move the ``.next`` files into place; the undo log becomes restore point
+    ``keep_as``'s increment (``points``), or is dropped when no point keeps it."""
     for nxt, final in ((paths.descriptor_next, paths.descriptor), (paths.map_next, paths.map)):
         if nxt.exists():
             os.replace(nxt, final)
     fsync_dir(paths.vm_dir)
-    unlink_durable(paths.undo)
+    if keep_as is not None:
+        points.keep_increment(paths.vm_dir, keep_as, paths.disk, paths.undo)
+    else:
+        unlink_durable(paths.undo)

@@ -9,7 +9,9 @@ Commit order (a crash at any step recovers to the old or the new state):
    CID and change id), each fsynced; fsync the directory;
 3. **commit point**: atomically rewrite ``.vzpass`` with ``state = committed``;
 4. rename every ``.next`` file over its final name; fsync the directory;
-5. unlink every ``.vzundo`` and ``vzundo-script``; fsync the directory;
+5. rename every ``.vzundo`` into ``points/<generation>/`` as the new restore point's reverse
+   increment (or unlink it when no point keeps it), write the restore-point index, remove the
+   increments retention dropped (``points``); unlink ``vzundo-script``; fsync the directories;
 6. write ``vzrep-status.json``, unlink ``.vzpass``.
 
 Recovery: a journal in state ``committed`` redoes steps 4-6 (roll forward). A journal in state
@@ -43,6 +45,7 @@ from vzcommon.log import get_logger
 from vzcommon.records import read_record, write_record
 from vzcommon.vzmap import MapFile
 
+from . import points
 from .lock import VmLock
 from .paths import DeviceNotAttached, ReplicaPaths
 from .replica import DiskWriter, OpenResult
@@ -129,8 +132,14 @@ def recover_locked(vdir: Path, devices: Mapping[str, Path] | None = None) -> str
     if journal is None and not disks and not (vdir / SCRIPT).exists():
         return None
     if journal is not None and journal.get("state") == "committed":
-        for d in disks:
-            roll_forward_disk(ReplicaPaths(vdir, d))  # moves map files only: no device needed
+        kept = [points.Point.from_json(p) for p in journal["points"]["points"]] if "points" in journal else None
+        newest = kept[-1] if kept else None
+        for d in disks:  # moves map and undo files only: no device needed
+            keep_as = newest.id if newest is not None and d in newest.increments else None
+            roll_forward_disk(ReplicaPaths(vdir, d), keep_as)
+        if kept is not None:
+            points.write_index(vdir, kept)
+            points.prune(vdir, kept)
         unlink_durable(vdir / SCRIPT)
         _write_status(vdir, journal.get("status", {}))
         unlink_durable(vdir / JOURNAL)
@@ -188,6 +197,25 @@ def _write_status(vdir: Path, status: dict[str, Any]) -> None:
         write_record(vdir / STATUS, STATUS_MAGIC, status)
 
 
+def _points_from_status(vdir: Path) -> list[points.Point]:
+    """A replica from before restore points: its last committed pass becomes its first point."""
+    last = _read_status(vdir).get("last_pass")
+    if not isinstance(last, dict) or not last.get("generation"):
+        return []
+    try:
+        return [
+            points.Point(
+                id=str(last["generation"]),
+                time=str(last.get("finished", "")),
+                pass_id=str(last.get("pass_id", "")),
+                disks={str(n): int(d["size"]) for n, d in last.get("disks", {}).items()},
+                origin="upgrade",
+            )
+        ]
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
 def vm_status(vdir: Path) -> dict[str, Any]:
     """What ``vzrep-target status`` shows for one VM (read-only)."""
     status = _read_status(vdir)
@@ -227,7 +255,20 @@ def vm_status(vdir: Path) -> dict[str, Any]:
 class VmPass:
     """One pass for one VM, owned by one target session."""
 
-    def __init__(self, data_dir: Path, vm: str, *, block_size: int, peer: str = "") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        vm: str,
+        *,
+        block_size: int,
+        peer: str = "",
+        restore_points: int = points.DEFAULT_RETENTION,
+        job: str = "",
+    ) -> None:
+        if restore_points < 1:
+            raise InputError(f"--restore-points must be at least 1, not {restore_points}")
+        self.restore_points = restore_points
+        self.job = job
         self.data_dir = data_dir
         self.vm = vm
         self.vdir = vm_dir(data_dir, vm)
@@ -259,7 +300,27 @@ class VmPass:
             raise
         return recovered
 
-    def _journal(self, state: str, status: dict[str, Any] | None = None) -> None:
+    def _points(self, generation: str, finished: str) -> list[points.Point] | None:
+        """The VM's restore points once this pass commits (retention applied); None for a
+        device-backed (vSphere) replica, whose restore points are snapshots of the replica VM."""
+        if self.devices:
+            return None
+        earlier = points.load(self.vdir) or _points_from_status(self.vdir)
+        increments = {n: w.increment() for n, w in self.disks.items()} if earlier else {}
+        new = points.Point(
+            id=generation,
+            time=finished,
+            pass_id=self.pass_id,
+            disks={n: w.size for n, w in self.disks.items()},
+            change_ids={n: w.change_id for n, w in self.disks.items() if w.change_id},
+            job=self.job,
+            increments=increments if self.restore_points > 1 else {},
+        )
+        return points.retain([*earlier, new], self.restore_points)
+
+    def _journal(
+        self, state: str, status: dict[str, Any] | None = None, kept: list[points.Point] | None = None
+    ) -> None:
         body: dict[str, Any] = {
             "state": state,
             "pass_id": self.pass_id,
@@ -271,6 +332,8 @@ class VmPass:
             body["devices"] = self.devices
         if status is not None:
             body["status"] = status
+        if kept is not None:
+            body["points"] = points.index_body(kept)
         write_record(self.vdir / JOURNAL, JOURNAL_MAGIC, body)
 
     def _write_script(self) -> None:
@@ -344,11 +407,17 @@ class VmPass:
             "peer": self.peer,
             "disks": {n: {"size": w.size, "cid": f"{cids[n]:08x}"} for n, w in self.disks.items()},
         }
-        self._journal("committed", status)  # step 3: the commit point
+        kept = self._points(generation, status["last_pass"]["finished"])
+        self._journal("committed", status, kept)  # step 3: the commit point
         for w in self.disks.values():
             w.close()
-        for w in self.disks.values():  # steps 4-5
-            roll_forward_disk(w.paths)
+        newest = kept[-1] if kept else None
+        for w in self.disks.values():  # steps 4-5 (the undo logs become the new point's increments)
+            keep = generation if newest is not None and w.paths.disk in newest.increments else None
+            roll_forward_disk(w.paths, keep)
+        if kept is not None:
+            points.write_index(self.vdir, kept)
+            points.prune(self.vdir, kept)
         unlink_durable(self.vdir / SCRIPT)
         _write_status(self.vdir, status)  # step 6
         unlink_durable(self.vdir / JOURNAL)

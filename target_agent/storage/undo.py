@@ -16,6 +16,7 @@ was never fsynced, so the block it would protect was never written.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Iterator
@@ -69,9 +70,12 @@ def encode_record(offset: int, kind: RecordKind, data: bytes = b"", length: int 
 class UndoLog:
     """An open undo log, appended to by one disk writer."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, header: bytes) -> None:
         self.path, self._fd = path, fd
-        self.bytes = 0
+        self.bytes = len(header)
+        #: SHA-256 of the whole file as written: a committed log kept as a restore point's increment
+        #: is recorded with it (``points``), computed here so keeping it costs no extra read
+        self.sha256 = hashlib.sha256(header)
 
     @classmethod
     def create(
@@ -85,13 +89,14 @@ class UndoLog:
                 MAGIC, VERSION, FLAG_CREATED if created else 0, old_size, pass_id.encode(), disk.encode()
             )
             head += struct.pack("<I", crc32(head))
-            os.write(fd, head.ljust(HEADER_SIZE, b"\0"))
+            head = head.ljust(HEADER_SIZE, b"\0")
+            os.write(fd, head)
             os.fsync(fd)
             fsync_dir(p.parent)
         except BaseException:
             os.close(fd)
             raise
-        return cls(p, fd)
+        return cls(p, fd, head)
 
     def append(self, records: bytes) -> None:
         """Append encoded records and fsync them (one group commit)."""
@@ -101,6 +106,7 @@ class UndoLog:
             view = view[n:]
         os.fdatasync(self._fd)
         self.bytes += len(records)
+        self.sha256.update(records)
 
     def close(self) -> None:
         if self._fd >= 0:

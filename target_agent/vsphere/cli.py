@@ -31,9 +31,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--replica-datastore", metavar="DS", help="datastore for new replica VMs")
     g.add_argument("--replica-pool", metavar="POOL", help="resource pool for new replica VMs")
     g.add_argument("--replica-host", metavar="HOST", help="ESXi host for new replica VMs")
-    g.add_argument(
-        "--restore-points", type=int, default=7, metavar="N", help="restore points kept per replica (7)"
-    )
     g.add_argument("--datastore-root", action="append", default=[], type=_ds_root, help=argparse.SUPPRESS)
 
 

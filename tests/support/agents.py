@@ -55,10 +55,11 @@ class Target:
     port: int = 0
     server: Any = None
     sessions: list[asyncio.Task[None]] = field(default_factory=list)
+    restore_points: int = 7
 
     async def start(self) -> Target:
         async def handle(stream: Stream, peer: str) -> None:
-            await TargetSession(self.data_dir, peer).run(stream)
+            await TargetSession(self.data_dir, peer, restore_points=self.restore_points).run(stream)
 
         self.server, self.port = await start_server(
             handle, "127.0.0.1", 0, self.keys.host_key, self.keys.authorized_keys

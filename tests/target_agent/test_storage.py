@@ -138,7 +138,7 @@ def test_crash_at_each_commit_step(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     if step == "after_prepare":
         monkeypatch.setattr(
-            txn.VmPass, "_journal", lambda self, state, status=None: boom() if state == "committed" else None
+            txn.VmPass, "_journal", lambda self, state, *a: boom() if state == "committed" else None
         )
     elif step == "after_commit_point":
         monkeypatch.setattr(txn, "roll_forward_disk", boom)

@@ -1,0 +1,82 @@
+"""``vzrep-target points`` and ``vzrep-target export``: a replica's points in time, and one of them
+written out as VMDKs (``storage.points``, ``storage.export``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vzcommon.errors import InputError
+
+from .storage import points as rp
+from .storage.export import export_point
+from .storage.transaction import vm_dir
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, list[rp.Point]]:
+    vdir = vm_dir(args.data_dir, args.vm)
+    if not vdir.is_dir():
+        raise InputError(f"no replica of VM {args.vm!r} in {args.data_dir}")
+    return vdir, rp.load(vdir)
+
+
+def points_report(vm: str, points: list[rp.Point]) -> list[dict[str, Any]]:
+    """Newest first, as an operator reads them; ``held_bytes`` is what keeping the point costs."""
+    out = []
+    for i, p in enumerate(points):
+        newer = points[i + 1] if i + 1 < len(points) else None
+        out.append(
+            {
+                "id": p.id,
+                "time": p.time,
+                "vm": vm,
+                "job": p.job,
+                "origin": p.origin,
+                "ours": True,  # a file replica holds only points vzrep made
+                "live": newer is None,
+                "disks": dict(p.disks),
+                "change_ids": dict(p.change_ids),
+                "held_bytes": newer.held_bytes if newer is not None else 0,
+            }
+        )
+    return out[::-1]
+
+
+def show_points(args: argparse.Namespace) -> int:
+    _, points = _load(args)
+    rows = points_report(args.vm, points)
+    if args.json:
+        print(json.dumps({"vm": args.vm, "points": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"VM {args.vm!r} has no restore points yet (no pass has committed)")
+    for r in rows:
+        disks = ", ".join(f"{n} {s} bytes" for n, s in r["disks"].items())
+        tag = "live replica" if r["live"] else f"{r['held_bytes']} bytes of increments"
+        print(
+            f"{r['id']}  {r['time']}  {r['origin']}{' job ' + r['job'] if r['job'] else ''}  [{tag}]  {disks}"
+        )
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    written = export_point(args.data_dir, args.vm, args.point, args.to)
+    for path in written:
+        print(path)
+    return 0
+
+
+def add_point_commands(sub: Any) -> None:
+    p = sub.add_parser("points", help="list a replica's restore points (newest first)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=show_points)
+    p = sub.add_parser("export", help="write a restore point's disks as thin monolithicFlat VMDKs")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True)
+    p.add_argument("--point", required=True, metavar="ID", help="a point id from `points`")
+    p.add_argument("--to", type=Path, required=True, metavar="OUTDIR", help="an empty or new directory")
+    p.set_defaults(func=export)
