@@ -288,7 +288,12 @@ async def test_130_ctrl_c_rolls_the_pass_back(setup: Setup, monkeypatch: pytest.
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(target_replica.DiskWriter, "write_block", slow)
-    code = "import sys\nfrom source_agent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored:
+    # give the source the disposition a terminal gives it, whatever ran this suite.
+    code = (
+        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from source_agent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
