@@ -10,6 +10,7 @@ from typing import Any
 
 from vzcommon.errors import InputError
 
+from .storage import failover as fo
 from .storage import points as rp
 from .storage.export import export_point
 from .storage.transaction import vm_dir
@@ -68,6 +69,24 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def failover(args: argparse.Namespace) -> int:
+    if args.undo:
+        print(fo.undo_failover(args.data_dir, args.vm))
+    elif args.commit:
+        print(fo.commit_failover(args.data_dir, args.vm))
+    elif args.test:
+        where = fo.test_failover(args.data_dir, args.vm, args.point, args.to)
+        print(f"test failover of VM {args.vm!r}: its disks are in {where}; replication goes on")
+    else:
+        st = fo.start(args.data_dir, args.vm, args.point)
+        deltas = ", ".join(st["deltas"].values())
+        print(
+            f"VM {args.vm!r} failed over to restore point {st['point']}: run it from {deltas} in"
+            f" {vm_dir(args.data_dir, args.vm)}; passes from the source are refused until --undo or failback"
+        )
+    return 0
+
+
 def add_point_commands(sub: Any) -> None:
     p = sub.add_parser("points", help="list a replica's restore points (newest first)")
     p.add_argument("--data-dir", type=Path, required=True)
@@ -80,3 +99,15 @@ def add_point_commands(sub: Any) -> None:
     p.add_argument("--point", required=True, metavar="ID", help="a point id from `points`")
     p.add_argument("--to", type=Path, required=True, metavar="OUTDIR", help="an empty or new directory")
     p.set_defaults(func=export)
+    p = sub.add_parser("failover", help="start, test, undo or commit a failover of a replica")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True)
+    p.add_argument("--point", metavar="ID", help="restore point to fail over to (default: the newest)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--test", action="store_true", help="a test VM from an exported copy; replication goes on"
+    )
+    what.add_argument("--undo", action="store_true", help="end the failover (test or permanent)")
+    what.add_argument("--commit", action="store_true", help="make a permanent failover final")
+    p.add_argument("--to", type=Path, metavar="DIR", help="with --test: where the copy goes")
+    p.set_defaults(func=failover)

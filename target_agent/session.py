@@ -49,6 +49,7 @@ from vzcommon.geometry import block_count
 from vzcommon.log import get_logger
 
 from .server import ByteStream
+from .storage.failover import refuse_passes
 from .storage.points import DEFAULT_RETENTION
 from .storage.replica import DiskWriter
 from .storage.transaction import VmPass
@@ -203,6 +204,7 @@ class TargetSession:
                 f"the source offers hash algorithms {list(msg.hash_algs)}, this target needs {HASH_NAME}"
             )
         codecs = tuple(c for c in SUPPORTED_CODECS if c in msg.codecs and c != "none")
+        await asyncio.to_thread(refuse_passes, self.data_dir / msg.vm, msg.vm)
         vm_pass = VmPass(
             self.data_dir,
             msg.vm,

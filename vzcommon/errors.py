@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     VSPHERE = 12  # vCenter/ESXi refused or failed an operation
     ROLLED_BACK = 13  # the target failed the pass for a reason of its own (a bug there) and rolled it back
     PAIRING = 14  # pairing failed (wrong or expired code)
+    FAILED_OVER = 15  # the replica is failed over (production at the DR site): passes into it are refused
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); the target rolls the pass back
 
 
@@ -125,6 +126,13 @@ class RolledBack(VzrepError):
     """The peer failed the pass for a reason of its own (a bug there) and rolled it back."""
 
     exit_code = ExitCode.ROLLED_BACK
+
+
+@peer_error
+class FailedOver(VzrepError):
+    """The replica is failed over (production at the DR site): the source may not write into it."""
+
+    exit_code = ExitCode.FAILED_OVER
 
 
 @peer_error

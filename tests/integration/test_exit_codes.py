@@ -21,6 +21,7 @@ import pytest
 
 from target_agent import session as target_session
 from target_agent.server import Stream, start_server
+from target_agent.storage import failover
 from target_agent.storage import replica as target_replica
 from target_agent.storage.lock import VmLock
 from tests.support.agents import Keys, Target, snapshot, wait_idle
@@ -273,6 +274,16 @@ async def test_14_pairing_with_a_wrong_code(setup: Setup) -> None:
     assert rc == ExitCode.PAIRING == 14, err
     assert err.strip()
     assert not (setup.tmp / "skeys" / "known_hosts").exists()
+
+
+async def test_15_the_replica_is_failed_over(setup: Setup) -> None:
+    await setup.replicated()
+    failover.start(setup.target.data_dir, VM, None)
+    before = snapshot(setup.target.vm(VM))
+    rc, err = await source(*setup.args())
+    assert rc == ExitCode.FAILED_OVER == 15
+    assert "is failed-over" in err and "failover --undo" in err
+    assert snapshot(setup.target.vm(VM)) == before
 
 
 async def test_130_ctrl_c_rolls_the_pass_back(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:

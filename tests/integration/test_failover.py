@@ -1,0 +1,141 @@
+"""Failover of a file replica through the CLI: test, permanent to an older point, undo, commit.
+
+The "running VM" at the DR site is qemu-io writing into the failover deltas; qemu-img compare and
+sha256sum judge what the replica and the deltas hold against the source as saved after each pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from target_agent.storage import failover as fo
+from target_agent.storage import points as rp
+from target_agent.storage import transaction as txn
+from target_agent.storage.export import export_point
+from tests.support.agents import Keys, Target, replicate
+from tests.support.tools import change_blocks, make_image, need, qemu_compare, run
+from vzcommon.errors import ExitCode, VzrepError
+
+MiB = 1 << 20
+VM = "fo"
+
+
+def target_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "target_agent.cli", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+async def passes(tmp_path: Path, session_keys: Keys):
+    """Three committed passes; yields the target, the source image and its saved copies by point id."""
+    t = await Target(tmp_path / "data", session_keys, restore_points=4).start()
+    src = make_image(tmp_path / "d.img", 16 * MiB, data_blocks=80, seed=1)
+    saved: dict[str, Path] = {}
+    try:
+        for n in range(3):
+            if n:
+                change_blocks(src, 30, seed=40 + n)
+                change_blocks(src, 5, seed=50 + n, zero=True)
+            report = await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")
+            saved[report.generation] = shutil.copy(src, tmp_path / f"saved-{n}.img")
+        yield t, src, saved
+    finally:
+        await t.stop()
+
+
+async def test_a_test_failover_leaves_replication_running(passes, tmp_path: Path) -> None:
+    t, src, saved = passes
+    ids = list(saved)
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--point", ids[1], "--test")
+    assert res.returncode == 0, res.stderr
+    scratch = t.vm(VM) / "failover-test"
+    qemu_compare(saved[ids[1]], scratch / "d.vmdk")
+    change_blocks(src, 10, seed=7)
+    assert (await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")).ok  # replication goes on
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--undo")
+    assert res.returncode == 0, res.stderr
+    assert not scratch.exists() and fo.read_state(t.vm(VM)) is None
+
+
+async def test_permanent_failover_to_an_older_point_then_undo(passes, tmp_path: Path) -> None:
+    t, src, saved = passes
+    ids = list(saved)
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--point", ids[1])
+    assert res.returncode == 0, res.stderr
+    vdir = t.vm(VM)
+    qemu_compare(saved[ids[1]], vdir / "d.vmdk")  # the replica was rolled to the point
+    delta = vdir / "d-failover.vmdk"
+    qemu_compare(saved[ids[1]], delta)  # and the VM's delta reads the same, until the VM writes
+    # Passes from the source are refused while failed over: exit 15, through the source's CLI.
+    change_blocks(src, 10, seed=8)
+    with pytest.raises(VzrepError, match="failed-over") as exc:
+        await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")
+    assert exc.value.exit_code == ExitCode.FAILED_OVER
+    # The VM runs at the DR site and writes: into its delta, never into the replica.
+    run(need("qemu-io"), "-c", "write -P 0xab 1M 256k", delta)
+    assert run(need("qemu-img"), "compare", saved[ids[1]], delta, check=False).returncode == 1
+    qemu_compare(saved[ids[1]], vdir / "d.vmdk")
+    # Every point, the newest included, still exports as it was.
+    for pid in ids:
+        [desc] = export_point(t.data_dir, VM, pid, tmp_path / f"x-{pid}")
+        qemu_compare(saved[pid], desc)
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--undo")
+    assert res.returncode == 0, res.stderr
+    assert not delta.exists() and fo.read_state(vdir) is None
+    qemu_compare(saved[ids[2]], vdir / "d.vmdk")  # back at the newest point
+    report = await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")
+    assert report.ok and report.disks[0].blocks_changed == 10  # incremental, not full
+    qemu_compare(src, vdir / "d.vmdk")
+
+
+async def test_commit_makes_the_failed_over_replica_production(passes, tmp_path: Path) -> None:
+    t, src, _ = passes
+    vdir = t.vm(VM)
+    fo.start(t.data_dir, VM, None)  # the newest point: nothing to roll
+    delta = vdir / "d-failover.vmdk"
+    run(need("qemu-io"), "-c", "write -P 0xcd 2M 128k", delta)
+    running = shutil.copy(delta, tmp_path / "running.vmdk")  # what the VM sees (parent: the replica)
+    shutil.copy(vdir / "d.vmdk", tmp_path / "d.vmdk")
+    shutil.copy(vdir / "d-flat.vmdk", tmp_path / "d-flat.vmdk")
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--commit")
+    assert res.returncode == 0, res.stderr
+    qemu_compare(running, vdir / "d.vmdk")  # the VM's writes are in the replica now
+    assert not delta.exists() and not (vdir / "d-flat.vmdk.vzmap").exists()
+    assert rp.load(vdir) == []
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--undo")
+    assert res.returncode == ExitCode.INPUT and "only come home by failback" in res.stderr
+    with pytest.raises(VzrepError) as exc:
+        await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")
+    assert exc.value.exit_code == ExitCode.FAILED_OVER
+
+
+async def test_a_crash_while_rolling_to_the_point_is_finished_by_running_it_again(
+    passes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t, src, saved = passes
+    ids = list(saved)
+
+    class Crash(Exception):
+        pass
+
+    real = txn.VmPass.commit
+
+    def crash(self: txn.VmPass, summary: dict) -> str:
+        raise Crash
+
+    monkeypatch.setattr(txn.VmPass, "commit", crash)
+    with pytest.raises(Crash):
+        fo.start(t.data_dir, VM, ids[0])
+    monkeypatch.setattr(txn.VmPass, "commit", real)
+    assert fo.read_state(t.vm(VM))["state"] == "failing-over"
+    qemu_compare(saved[ids[2]], t.vm(VM) / "d.vmdk")  # the roll was rolled back, like any pass
+    with pytest.raises(VzrepError) as exc:  # and the source is refused meanwhile
+        await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")
+    assert exc.value.exit_code == ExitCode.FAILED_OVER
+    st = fo.start(t.data_dir, VM, ids[0])
+    assert st["state"] == "failed-over"
+    qemu_compare(saved[ids[0]], t.vm(VM) / "d.vmdk")
