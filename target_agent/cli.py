@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pairing.cli import add_target_commands
+from protocol.messages import valid_name
 from vzcommon.climain import asyncio_run, run_main
 from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
@@ -37,6 +38,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def parse_map(value: str) -> tuple[tuple[str, str], Path]:
+    where, sep, path = value.partition("=")
+    vm, slash, disk = where.partition("/")
+    if not (sep and slash and valid_name(vm) and valid_name(disk) and path):
+        raise argparse.ArgumentTypeError(f"expected VM/DISK=PATH with valid names, got {value!r}")
+    p = Path(path)
+    if not p.is_file() and not p.is_block_device():
+        raise argparse.ArgumentTypeError(f"{path} is not an existing file or block device")
+    return (vm, disk), p.resolve()
+
+
 async def serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
@@ -56,9 +68,10 @@ async def serve(args: argparse.Namespace) -> int:
         assert task is not None
         sessions.add(task)
         try:
-            await TargetSession(data_dir, peer, replicas=replicas, restore_points=args.restore_points).run(
-                stream
+            session = TargetSession(
+                data_dir, peer, replicas=replicas, restore_points=args.restore_points, mapped=dict(args.map)
             )
+            await session.run(stream)
         finally:
             sessions.discard(task)
 
@@ -137,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RETENTION,
         metavar="N",
         help=f"restore points kept per replica ({DEFAULT_RETENTION}; 1 keeps only the live replica)",
+    )
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        type=parse_map,
+        metavar="VM/DISK=PATH",
+        help="write that disk of that VM into an existing file, in place (failback onto the original"
+        " disks, or mapping onto a copy): it is hashed where it is and only differences are sent",
     )
     add_serve_arguments(p)
     p.set_defaults(func=lambda a: asyncio_run(serve(a)))

@@ -72,6 +72,8 @@ def export(args: argparse.Namespace) -> int:
 def failover(args: argparse.Namespace) -> int:
     if args.undo:
         print(fo.undo_failover(args.data_dir, args.vm))
+    elif args.release:
+        print(fo.release(args.data_dir, args.vm))
     elif args.commit:
         print(fo.commit_failover(args.data_dir, args.vm))
     elif args.test:
@@ -109,5 +111,8 @@ def add_point_commands(sub: Any) -> None:
     )
     what.add_argument("--undo", action="store_true", help="end the failover (test or permanent)")
     what.add_argument("--commit", action="store_true", help="make a permanent failover final")
+    what.add_argument(
+        "--release", action="store_true", help="after failback: the replica accepts passes again"
+    )
     p.add_argument("--to", type=Path, metavar="DIR", help="with --test: where the copy goes")
     p.set_defaults(func=failover)

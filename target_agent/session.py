@@ -102,9 +102,13 @@ class TargetSession:
         on_pass_end: Callable[[dict[str, Any]], None] | None = None,
         replicas: ReplicaSettings | None = None,
         restore_points: int = DEFAULT_RETENTION,
+        mapped: dict[tuple[str, str], Path] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.restore_points = restore_points
+        #: (vm, disk) -> an existing file the pass writes in place (``serve --map``): failback onto the
+        #: original disks, or a copy made by another tool; hashed where it is, so only differences travel
+        self.mapped = mapped or {}
         self.replicas = replicas
         self.replica: ReplicaPass | None = None
         self.peer = peer
@@ -229,7 +233,10 @@ class TargetSession:
     async def _open_disk(self, msg: OpenDisk) -> None:
         assert self.vm_pass is not None
         kw: dict[str, Any] = {}
-        if self.replica is not None:
+        onto = self.mapped.get((self.vm_pass.vm, msg.name))
+        if onto is not None:
+            kw = {"device": onto, "device_info": {"mapped": True}}
+        elif self.replica is not None:
             dev = self.replica.device(msg.name, msg.size)
             kw = {"device": dev.path, "device_info": dev.info, "fresh": dev.fresh}
         writer, result = await asyncio.to_thread(

@@ -198,6 +198,19 @@ def undo_failover(data_dir: Path, vm: str) -> str:
     )
 
 
+def release(data_dir: Path, vm: str) -> str:
+    """After failback: the committed replica (now equal to the original again) accepts passes."""
+    vdir = data_dir / vm
+    st = read_state(vdir)
+    if st is None or st.get("state") != "committed":
+        raise InputError(
+            f"VM {vm!r} has no committed failover to release (state {st and st.get('state')});"
+            " a failover that is not committed ends with --undo"
+        )
+    unlink_durable(vdir / STATE)
+    return f"VM {vm!r} replicates again: the next pass re-hashes the replica and sends only what differs"
+
+
 def commit_failover(data_dir: Path, vm: str) -> str:
     """Make the failover final: the deltas' writes go into the replica, which is production now."""
     vdir = data_dir / vm

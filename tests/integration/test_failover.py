@@ -139,3 +139,55 @@ async def test_a_crash_while_rolling_to_the_point_is_finished_by_running_it_agai
     st = fo.start(t.data_dir, VM, ids[0])
     assert st["state"] == "failed-over"
     qemu_compare(saved[ids[0]], t.vm(VM) / "d.vmdk")
+
+
+def blocks_differing(a: Path, b: Path, bs: int = 64 * 1024) -> int:
+    """An independent count of the 64 KiB blocks in which two files differ (hashlib, block by block)."""
+    import hashlib
+
+    n = 0
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(bs), fb.read(bs)
+            if not x and not y:
+                return n
+            n += hashlib.sha256(x).digest() != hashlib.sha256(y).digest()
+
+
+async def test_round_trip_failover_commit_failback_and_forward_again(
+    passes, tmp_path: Path, session_keys: Keys
+) -> None:
+    """Fail over to the second-newest point, the VM writes at the DR site, commit; fail back onto the
+    original disk by differences; the original then equals the replica and the next forward pass is
+    incremental."""
+    t, src, saved = passes
+    ids = list(saved)
+    vdir = t.vm(VM)
+    fo.start(t.data_dir, VM, ids[1])
+    delta = vdir / "d-failover.vmdk"
+    for i in range(12):  # the VM at the DR site writes 12 blocks
+        run(need("qemu-io"), "-c", f"write -P {0x40 + i} {(5 + 17 * i) * 64 * 1024} 64k", delta)
+    fo.commit_failover(t.data_dir, VM)
+    expected = blocks_differing(src, vdir / "d-flat.vmdk")  # what failback has to carry
+    assert expected >= 12
+    # Failback: a target at the production site writes into the original disk where it is.
+    home = await Target(tmp_path / "home", session_keys, mapped={(VM, "d"): src}).start()
+    try:
+        report = await replicate(home.spec(), VM, {"d": vdir / "d.vmdk"}, tmp_path / "state-dr")
+    finally:
+        await home.stop()
+    assert report.ok and report.disks[0].map_rebuilt  # the original was hashed where it is
+    assert report.disks[0].blocks_changed + report.disks[0].zero_blocks_sent == expected
+    wire = report.wire_bytes_sent
+    print(f"failback: {expected} blocks differ (judged by hashlib), {report.disks[0].blocks_changed} BLOCKs and"
+          f" {report.disks[0].zero_blocks_sent} zero blocks sent, {wire} bytes on the wire")  # fmt: skip
+    assert wire < (expected + 8) * 64 * 1024 + (1 << 20), f"{wire} bytes for {expected} blocks"
+    qemu_compare(vdir / "d.vmdk", src)
+    # Home again: the replica takes passes and the next one is incremental (nothing differs).
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--release")
+    assert res.returncode == 0, res.stderr
+    again = await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")
+    assert again.ok and again.disks[0].blocks_changed == 0 and again.disks[0].zero_blocks_sent == 0
+    change_blocks(src, 6, seed=77)
+    assert (await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")).disks[0].blocks_changed == 6
+    qemu_compare(src, vdir / "d.vmdk")

@@ -56,10 +56,14 @@ class Target:
     server: Any = None
     sessions: list[asyncio.Task[None]] = field(default_factory=list)
     restore_points: int = 7
+    mapped: dict[tuple[str, str], Path] = field(default_factory=dict)
 
     async def start(self) -> Target:
         async def handle(stream: Stream, peer: str) -> None:
-            await TargetSession(self.data_dir, peer, restore_points=self.restore_points).run(stream)
+            session = TargetSession(
+                self.data_dir, peer, restore_points=self.restore_points, mapped=self.mapped
+            )
+            await session.run(stream)
 
         self.server, self.port = await start_server(
             handle, "127.0.0.1", 0, self.keys.host_key, self.keys.authorized_keys
