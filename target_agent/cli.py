@@ -123,6 +123,10 @@ def status(args: argparse.Namespace) -> int:
             print(f"  {name}: {d['size']} bytes, {where}{'' if d['has_map'] else ', no map'}")
         if vm["last_failure"]:
             print(f"  last failure: rolled back at {vm['last_failure'].get('rolled_back_at')}")
+        print(f"  restore points: {len(vm['restore_points'])}")
+        if vm["failover"]:
+            fo = vm["failover"]
+            print(f"  {fo.get('state')} to restore point {fo.get('point')} since {fo.get('since')}")
     return 0
 
 

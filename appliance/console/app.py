@@ -112,7 +112,9 @@ class StatusPage(Page):
         table.clear()
         for vm in status.get("vms", []):
             last: dict[str, Any] = vm.get("last_pass") or {}
-            state = "running" if vm.get("pass_running") else "idle"
+            failover = (vm.get("failover") or {}).get("state")
+            state = {"test": "test failover", "failing-over": "failing over", "failed-over": "failed over",
+                     "committed": "failed over (final)"}.get(str(failover), "replicating" if vm.get("pass_running") else "idle")  # fmt: skip
             result = "failed, rolled back" if vm.get("last_failure") else ("ok" if last else "-")
             table.add_row(
                 str(vm.get("vm")), state, str(last.get("finished", "never")), result, _throughput(last),

@@ -184,7 +184,7 @@ class DiskWriter:
             if self.size > self.old_size:
                 raise StorageError(
                     f"replica disk {p.disk!r} ({p.device}) has {self.old_size} bytes, the source disk"
-                    f" {self.size}: extend it first (a vSphere disk in vSphere, a mapped file with truncate)"
+                    f" {self.size}: it must be extended first (in vSphere for a replica VM disk, with truncate for a mapped file)"
                 )
         else:
             self.old_size = p.flat.stat().st_size if exists else 0

@@ -242,6 +242,13 @@ def vm_status(vdir: Path) -> dict[str, Any]:
             size = 0
         disks[name] = {"size": size, "allocated": None, "has_map": True, "backing": "vSphere replica disk"}
     pending = pending_disks(vdir)
+    from .failover import read_state  # failover builds on the pass: imported here, not at the top
+
+    try:
+        kept = [p.id for p in points.load(vdir)]
+        failover = read_state(vdir)
+    except IntegrityError as exc:
+        kept, failover = [], {"state": "unknown", "error": str(exc)}
     return {
         "vm": vdir.name,
         "disks": disks,
@@ -249,6 +256,8 @@ def vm_status(vdir: Path) -> dict[str, Any]:
         "last_failure": status.get("last_failure"),
         "pending_rollback": bool(journal) or bool(pending),
         "pass_running": VmLock.is_held(vdir),
+        "restore_points": kept,
+        "failover": failover,
     }
 
 
