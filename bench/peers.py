@@ -286,6 +286,7 @@ class VzrepTarget:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+        self.extra: list[str] = []  # more `serve` options (scenario (d): --map)
 
     def start(self, timeout: float = 30) -> VzrepTarget:
         ready = self.keys.dir / f"ready-{time.monotonic_ns()}"
@@ -293,7 +294,7 @@ class VzrepTarget:
             sys.executable, "-m", "bench.agent", "target", "--log-level", "warning", "serve",
             "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}",
             "--host-key", str(self.keys.host_key), "--authorized-keys", str(self.keys.authorized_keys),
-            "--ready-file", str(ready),
+            "--ready-file", str(ready), *self.extra,
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log, env=knob_env(self.knobs))

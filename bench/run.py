@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import abm, full_pass, incremental, tuning
+from . import abm, full_pass, incremental, points, tuning
 from .context import Context
 from .images import ChangeSet, build_mixed
 from .peers import GiB, MiB
@@ -74,6 +74,31 @@ def tables(rep: dict[str, Any]) -> list[Table]:
             ],
         )
     )
+    if "points" in rep:
+        e, f = rep["points"]["export"], rep["points"]["failback"]
+        out.append(
+            (
+                "(d) export of the point before (b)'s last pass, as a thin monolithicFlat VMDK",
+                ["", "wall", "peak RSS", "ratio"],
+                [
+                    ["vzrep-target export", f"{e['vzrep']['seconds']:.2f} s", mib(e["vzrep"]["rss"]),
+                     f"{e['ratio']:.2f}x qemu-img's speed"],
+                    ["qemu-img convert (raw copy -> flat VMDK) + sync", f"{e['qemu_img_convert']['seconds']:.2f} s",
+                     mib(e["qemu_img_convert"]["rss"]), "1.00x"],
+                ],
+            )
+        )  # fmt: skip
+        out.append(
+            (
+                f"(d) failback: {f['changed_blocks']} blocks written at DR (2 %) onto the original, one pass behind",
+                [*HEAD, "ratio"],
+                [
+                    row("vzrep (serve --map onto the original)", f["vzrep"],
+                        [f"{f['ratio']['speedup']:.2f}x faster, {f['ratio']['wire_ratio']:.2f}x the bytes"]),
+                    row("rsync --inplace --no-whole-file", f["rsync"], ["1.00x"]),
+                ],
+            )
+        )  # fmt: skip
     t = rep.get("tuning", {})
     if "block_sizes" in t:
         rows = []
@@ -191,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, help="runs of (a) and (b) per side, best kept (default 2, quick 1)")
     ap.add_argument("--no-tuning", action="store_true")
     ap.add_argument("--no-abm", action="store_true")
+    ap.add_argument("--no-points", action="store_true", help="skip scenario (d): export and failback")
     ap.add_argument("--json", type=Path, default=Path("build/bench.json"))
     ap.add_argument("--results", type=Path, help="also write the tables as Markdown here")
     ap.add_argument("--workdir", type=Path, help="parent for the temporary directory (default: $TMPDIR)")
@@ -231,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             changes.undo()
             dest.unlink(missing_ok=True)
+        if not args.no_points:
+            print("(d) restore points: export, then failback ...", flush=True)
+            rep["points"] = {"export": points.export(ctx, image, "bench"), "failback": points.failback(ctx, image, "bench")}
         ctx.forget("bench")
         rep["incremental"] = {"changed_blocks": n, "rsync": b_peer, "vzrep": b_vz,
                               "ratio": incremental.compare(b_vz, b_peer)}
