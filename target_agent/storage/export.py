@@ -84,7 +84,7 @@ def _apply(increment: Path, fd: int) -> None:
 def export_point(data_dir: Path, vm: str, point_id: str, out_dir: Path) -> list[Path]:
     """Write the VM's disks as they were at ``point_id`` into ``out_dir``; the descriptors written."""
     vdir = data_dir / vm
-    if not (vdir / rp.POINTS / rp.INDEX).exists() and not vdir.is_dir():
+    if not vdir.is_dir():
         raise InputError(f"no replica of VM {vm!r} in {data_dir}")
     with VmLock(vdir, vm):
         points = rp.load(vdir)
