@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import InputError
 from vzcommon.log import get_logger
-from vzcommon.ssh import asyncssh
+from vzcommon.ssh import asyncssh, kex_algs
 
 log = get_logger("vzrep.target.server")
 
@@ -157,7 +157,7 @@ async def start_server(
         server_host_keys=keys,
         encryption_algs=list(policy.ENCRYPTION_ALGS),
         mac_algs=list(policy.MAC_ALGS),
-        kex_algs=list(policy.KEX_ALGS),
+        kex_algs=kex_algs(),
         compression_algs=list(policy.COMPRESSION_ALGS),
         password_auth=False,
         kbdint_auth=False,
@@ -168,7 +168,8 @@ async def start_server(
         window=policy.WINDOW,
         max_pktsize=policy.MAX_PKTSIZE,
         login_timeout=30,
-        keepalive_interval=30,
+        keepalive_interval=policy.KEEPALIVE_INTERVAL,
+        keepalive_count_max=policy.KEEPALIVE_COUNT_MAX,
     )
     sockets = server.sockets
     bound = sockets[0].getsockname()[1] if sockets else port
