@@ -57,6 +57,10 @@ _MAX_CODEC = max(Codec)  # validation runs once per block: not an enum walk each
 _MAX_MAP_STATUS = max(MapStatus)
 
 
+#: the rule :func:`valid_name` checks, as error messages state it
+NAME_RULE = "use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit, without '..'"
+
+
 def valid_name(name: str) -> bool:
     """VM and disk names become path components on the target: no separators, no dot-dot, bounded."""
     return bool(_NAME_RE.fullmatch(name)) and ".." not in name
@@ -83,10 +87,7 @@ def _token(value: object, name: str) -> None:
 
 def _name(value: object, what: str) -> None:
     if type(value) is not str or not valid_name(value):
-        _fail(
-            f"invalid {what} name {value!r}: use 1-64 letters, digits, '.', '_', '+' or '-',"
-            " starting with a letter or digit, without '..'"
-        )
+        _fail(f"invalid {what} name {value!r}: {NAME_RULE}")
 
 
 def _strs(value: object, name: str, max_items: int = 16) -> None:
