@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -103,8 +104,10 @@ async def replicate(
 class TargetProcess:
     """``vzrep-target serve`` as a real subprocess (for SIGKILL and restart tests)."""
 
-    def __init__(self, data_dir: Path, keys: Keys, log: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, keys: Keys, log: Path, port: int = 0, *, nofile: int | None = None) -> None:
+        """``nofile``: the agent's limit of open files (RLIMIT_NOFILE), as systemd's LimitNOFILE= sets it."""
         self.data_dir, self.keys, self.log_path, self.port = data_dir, keys, log, port
+        self.nofile = nofile
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> TargetProcess:
@@ -126,8 +129,13 @@ class TargetProcess:
             str(ready),
         ]
         self.log = open(self.log_path, "ab")
+        nofile = self.nofile
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=self.log, env={**os.environ, "VZREP_LOG_FORMAT": "json"}
+            cmd,
+            stdout=self.log,
+            stderr=self.log,
+            env={**os.environ, "VZREP_LOG_FORMAT": "json"},
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
         deadline = time.monotonic() + timeout
         while not ready.exists() or not ready.read_text().strip():
