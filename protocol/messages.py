@@ -37,6 +37,7 @@ class MsgType(IntEnum):
     COMMIT = 10
     COMMITTED = 11
     ERROR = 12
+    KEEPALIVE = 13
 
 
 class Codec(IntEnum):
@@ -319,6 +320,14 @@ class Error(Message):
         _str(self.message, "message", 4096)
 
 
+@dataclass(frozen=True, slots=True)
+class KeepAlive(Message):
+    """The source is alive and at work (scanning unchanged blocks, planning the next disk): sent when it
+    has had nothing else to send for a while, so the target can end a pass whose source went silent."""
+
+    TYPE = MsgType.KEEPALIVE
+
+
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -334,5 +343,6 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Commit,
         Committed,
         Error,
+        KeepAlive,
     )
 }

@@ -19,7 +19,7 @@ from source_agent.planning import AbmSettings
 from source_agent.session import DiskJob, PassOptions, PassReport, run_pass
 from source_agent.tunnel import TargetSpec
 from target_agent.server import Stream, start_server
-from target_agent.session import TargetSession
+from target_agent.session import IDLE_TIMEOUT, TargetSession
 from target_agent.storage.transaction import vm_status
 from tests.support.tools import sha256
 from vzcommon.keys import generate, known_hosts_line
@@ -57,10 +57,13 @@ class Target:
     server: Any = None
     sessions: list[asyncio.Task[None]] = field(default_factory=list)
     restore_points: int = 7
+    idle_timeout: float = IDLE_TIMEOUT
 
     async def start(self) -> Target:
         async def handle(stream: Stream, peer: str) -> None:
-            await TargetSession(self.data_dir, peer, restore_points=self.restore_points).run(stream)
+            await TargetSession(
+                self.data_dir, peer, restore_points=self.restore_points, idle_timeout=self.idle_timeout
+            ).run(stream)
 
         self.server, self.port = await start_server(
             handle, "127.0.0.1", 0, self.keys.host_key, self.keys.authorized_keys
