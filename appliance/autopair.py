@@ -2,8 +2,11 @@
 
 Both appliances were deployed with the same token. The target serves the pairing port with it
 until a source pairs or the token expires (15 minutes); the source keeps trying its peer until the
-target answers (the target may boot later), then pairs once. Either way the token file is deleted:
-it is single use, and the unit's ``ConditionPathExists`` keeps it from starting again.
+target answers (the target may boot later) and while the target is busy pairing someone else, then
+pairs once. Then the token file is deleted: it is single use, and the unit's ``ConditionPathExists``
+keeps it from starting again. Only a source that gave up while its target was still busy keeps its
+token (exit 10, BUSY): the unit restarts it (``Restart=on-failure``) and it tries again, since the
+code may still be good.
 """
 
 from __future__ import annotations
@@ -49,17 +52,21 @@ def run(
         return int(ExitCode.INPUT)
     token = layout.token_file.read_text().strip()
     stop_at = time.monotonic() + deadline
+    rc = int(ExitCode.CONNECTION)
     try:
         while True:
+            busy_wait = max(stop_at - time.monotonic(), 0.0)  # the target is pairing another source
             rc = standalone(
                 "source",
-                ["pair", "--keys-dir", keys_dir, "--port", str(peer.get("port", 2223)), peer["host"], token],
-            )
-            if rc != ExitCode.CONNECTION or time.monotonic() + retry > stop_at:
+                ["pair", "--keys-dir", keys_dir, "--port", str(peer.get("port", 2223)), "--busy-wait",
+                 f"{busy_wait:.1f}", peer["host"], token],
+            )  # fmt: skip
+            if rc not in (ExitCode.CONNECTION, ExitCode.BUSY) or time.monotonic() + retry > stop_at:
                 return rc
             time.sleep(retry)
     finally:
-        layout.token_file.unlink(missing_ok=True)
+        if rc != ExitCode.BUSY:  # busy is no verdict on the token: keep it for the next start
+            layout.token_file.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ def _cpu() -> float:
 
 async def _serve(keys: Path, port_file: Path) -> None:
     from vzcommon import tunnel_policy as policy
-    from vzcommon.ssh import asyncssh
+    from vzcommon.ssh import asyncssh, kex_algs
 
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -62,7 +62,7 @@ async def _serve(keys: Path, port_file: Path) -> None:
         "127.0.0.1", 0, server_host_keys=[str(keys / "host_key")],
         authorized_client_keys=str(keys / "authorized_keys"), process_factory=sink, encoding=None,
         encryption_algs=list(policy.ENCRYPTION_ALGS), mac_algs=list(policy.MAC_ALGS),
-        kex_algs=list(policy.KEX_ALGS), compression_algs=list(policy.COMPRESSION_ALGS),
+        kex_algs=kex_algs(), compression_algs=list(policy.COMPRESSION_ALGS),
         window=policy.WINDOW, max_pktsize=policy.MAX_PKTSIZE, password_auth=False,
     )  # fmt: skip
     port_file.write_text(str(server.sockets[0].getsockname()[1]))
@@ -73,13 +73,13 @@ async def _serve(keys: Path, port_file: Path) -> None:
 
 async def _send(keys: Path, port: int, nbytes: int) -> dict[str, Any]:
     from vzcommon import tunnel_policy as policy
-    from vzcommon.ssh import asyncssh
+    from vzcommon.ssh import asyncssh, kex_algs
 
     conn = await asyncssh.connect(
         "127.0.0.1", port, username="vzrep", client_keys=[str(keys / "client_key")],
         known_hosts=str(keys / f"known_hosts-{port}"), config=[], agent_path=None,
         encryption_algs=list(policy.ENCRYPTION_ALGS), mac_algs=list(policy.MAC_ALGS),
-        kex_algs=list(policy.KEX_ALGS), compression_algs=list(policy.COMPRESSION_ALGS),
+        kex_algs=kex_algs(), compression_algs=list(policy.COMPRESSION_ALGS),
     )  # fmt: skip
     async with conn:
         writer, reader, _ = await conn.open_session(

@@ -2,7 +2,8 @@
 
 The agents' CLIs register these with :func:`add_target_commands` / :func:`add_source_commands`; each
 handler returns an exit code (0, or :class:`~vzcommon.errors.ExitCode` values: PAIRING 14 for a wrong,
-expired or used code, CONNECTION 4 when the target cannot be reached, INPUT 3 for bad key files).
+expired or used code, CONNECTION 4 when the target cannot be reached, BUSY 10 when the target was
+still pairing another source after ``--busy-wait``, INPUT 3 for bad key files).
 ``pair-status`` is not called ``status`` because ``vzrep-target status`` reports replication.
 """
 
@@ -71,7 +72,14 @@ def add_source_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--port", type=int, default=PAIRING_PORT, help="pairing port (default %(default)s)")
     p.add_argument("--identity", type=Path, help="default KEYS_DIR/id_ed25519 (created if missing)")
     p.add_argument("--known-hosts", type=Path, help="default KEYS_DIR/known_hosts")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds one pairing exchange may take")
+    p.add_argument(
+        "--busy-wait",
+        type=float,
+        default=DEFAULT_EXPIRY,
+        metavar="SECONDS",
+        help="how long to keep trying while the target is pairing another source (default: a code's life)",
+    )
     p.set_defaults(func=_source_pair)
     _add_common(subparsers, "source")
 
@@ -139,7 +147,13 @@ def _source_pair(args: argparse.Namespace) -> int:
     client_key = keys.ensure(identity, f"vzrep-source@{socket.gethostname()}")
     result = asyncio.run(
         pair_with_target(
-            args.host, args.port, args.code, client_key, socket.gethostname(), session_timeout=args.timeout
+            args.host,
+            args.port,
+            args.code,
+            client_key,
+            socket.gethostname(),
+            session_timeout=args.timeout,
+            busy_wait=args.busy_wait,
         )
     )
     record = pins.pin_target(

@@ -1,8 +1,12 @@
 """The asyncio loop around :mod:`pairing.protocol`: a one-shot pairing server and its client.
 
-The server takes one session at a time (others are told it is busy), admits each through the
-:class:`~pairing.protocol.CodeGate`, and closes its port as soon as a source has paired or the code
-can no longer be used. Every session has a deadline, so a silent peer cannot hold the port.
+The server accepts several connections at once (up to :data:`MAX_CONNECTIONS`); each must send its
+first message within :data:`FIRST_MESSAGE_TIMEOUT` seconds, so silent peers cost nothing and block
+nobody. A first message starts an attempt through the :class:`~pairing.protocol.CodeGate`; one
+attempt runs at a time (for :data:`SESSION_TIMEOUT` at most), and a source arriving meanwhile is told
+"busy", which its client answers by trying again every :data:`BUSY_RETRY` seconds until the code's
+life is over (:func:`pair_with_target`). The port closes as soon as a source has paired or the code
+can no longer be used.
 """
 
 from __future__ import annotations
@@ -13,20 +17,30 @@ import time
 from collections.abc import Callable
 
 from pairing.protocol import (
+    DEFAULT_EXPIRY,
     NEED_DATA,
     CodeGate,
     CodeUnavailable,
     FrameReader,
+    PairingBusy,
     SourcePaired,
     SourcePairing,
     TargetPaired,
     TargetPairing,
     WrongCode,
+    busy_message,
     error_message,
 )
 from vzcommon.errors import ConnectionFailed, PairingError
 
+#: the whole exchange, from the source's first message
 SESSION_TIMEOUT = 30.0
+#: a connection that has sent nothing after this long is closed (it never used an attempt)
+FIRST_MESSAGE_TIMEOUT = 5.0
+#: connections open at once; more are told "busy" and closed
+MAX_CONNECTIONS = 32
+#: seconds between a source's tries while the target is busy
+BUSY_RETRY = 1.0
 Clock = Callable[[], float]
 
 
@@ -53,13 +67,18 @@ class PairingServer:
         name: str,
         clock: Clock = time.monotonic,
         session_timeout: float = SESSION_TIMEOUT,
+        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.gate, self.clock, self.session_timeout = gate, clock, session_timeout
+        self.first_message_timeout, self.max_connections = first_message_timeout, max_connections
         self._offer = (host_key, agent_port, name)
-        self._busy = asyncio.Lock()
+        self._busy = asyncio.Lock()  # held by the one attempt in progress
+        self._sessions: dict[asyncio.Task[None], asyncio.StreamWriter] = {}  # owned: ended by close()
         self._done: asyncio.Future[TargetPaired] = asyncio.get_running_loop().create_future()
         self._server: asyncio.Server | None = None
         self.failures: list[str] = []
+        self.told_busy = 0  # sources told to try again
         self.peer_address: str | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -78,20 +97,46 @@ class PairingServer:
             await self.close()
 
     async def close(self) -> None:
+        """Stop listening and end the sessions still open (say, a silent peer's): their connections are
+        closed, so each ends as a lost connection does, and they are awaited."""
         if self._server is not None:
             self._server.close()
+        sessions = dict(self._sessions)
+        for writer in sessions.values():
+            writer.close()
+        if sessions:
+            await asyncio.gather(*sessions, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[task] = writer
         try:
-            if self._busy.locked() or self._done.done():
-                writer.write(error_message("busy: another source is pairing"))
+            if self._done.done():  # paired, or the code ran out: the port is closing
+                over = self._done.exception()
+                writer.write(error_message(str(over) if over else "this pairing code was already used"))
+                return
+            if len(self._sessions) > self.max_connections:
+                self.told_busy += 1
+                writer.write(busy_message("too many connections to the pairing port, try again"))
+                return
+            frames = FrameReader()
+            try:
+                first = await asyncio.wait_for(_read_message(reader, frames), timeout=self.first_message_timeout)
+            except TimeoutError:
+                raise PairingError("a peer connected and sent nothing") from None
+            if self._busy.locked():
+                self.told_busy += 1
+                writer.write(busy_message("pairing another source, try again"))
                 return
             async with self._busy:
-                await asyncio.wait_for(self._run(reader, writer), timeout=self.session_timeout)
+                await asyncio.wait_for(self._run(first, frames, reader, writer), timeout=self.session_timeout)
         except (TimeoutError, PairingError, OSError) as exc:
             self.failures.append(str(exc) or type(exc).__name__)
         finally:
+            del self._sessions[task]
             with contextlib.suppress(OSError):
                 await writer.drain()
             writer.close()
@@ -100,21 +145,22 @@ class PairingServer:
             if not self._done.done() and self.gate.exhausted(self.clock()):
                 self._done.set_exception(CodeUnavailable("the pairing code has no attempts left"))
 
-    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        frames = FrameReader()
+    async def _run(
+        self,
+        msg: dict[str, object],
+        frames: FrameReader,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         side = TargetPairing(self.gate.password, *self._offer)
-        first = True
+        # The attempt counts from the source's hello: that is when the target answers with something
+        # a guess can be tested against. Probes and silent peers cost nothing.
+        try:
+            self.gate.admit(self.clock())
+        except CodeUnavailable as exc:
+            writer.write(error_message(str(exc)))
+            raise
         while True:
-            msg = await _read_message(reader, frames)
-            if first:
-                # The attempt counts from the source's hello: that is when the target answers with
-                # something a guess can be tested against. Probes and silent peers cost nothing.
-                first = False
-                try:
-                    self.gate.admit(self.clock())
-                except CodeUnavailable as exc:
-                    writer.write(error_message(str(exc)))
-                    raise
             try:
                 reply, result = side.handle(msg)
             except WrongCode:
@@ -129,12 +175,36 @@ class PairingServer:
                 self.peer_address = str(peer[0]) if isinstance(peer, tuple) else None
                 self._done.set_result(result)
                 return
+            msg = await _read_message(reader, frames)
 
 
 async def pair_with_target(
-    host: str, port: int, code: str, client_key: str, name: str, session_timeout: float = SESSION_TIMEOUT
+    host: str,
+    port: int,
+    code: str,
+    client_key: str,
+    name: str,
+    session_timeout: float = SESSION_TIMEOUT,
+    busy_wait: float = DEFAULT_EXPIRY,
 ) -> SourcePaired:
-    """Run the source side against ``host:port``; raises PairingError or ConnectionFailed."""
+    """Run the source side against ``host:port``; raises PairingError or ConnectionFailed.
+
+    While the target says it is busy (pairing another source), try again every :data:`BUSY_RETRY`
+    seconds for up to ``busy_wait`` seconds (by default a code's whole life), then raise
+    :class:`~pairing.protocol.PairingBusy`."""
+    give_up = time.monotonic() + busy_wait
+    while True:
+        try:
+            return await _pair_once(host, port, code, client_key, name, session_timeout)
+        except PairingBusy as exc:
+            if time.monotonic() + BUSY_RETRY > give_up:
+                raise PairingBusy(f"{exc}; still busy after {busy_wait:g} s of trying") from None
+        await asyncio.sleep(BUSY_RETRY)
+
+
+async def _pair_once(
+    host: str, port: int, code: str, client_key: str, name: str, session_timeout: float
+) -> SourcePaired:
     side = SourcePairing(code, client_key, name)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=session_timeout)

@@ -13,6 +13,9 @@ as the password. ``T = SHA256(pakeA || pakeB)`` is the transcript hash.
     4 target -> source  welcome  {box: AESGCM(k_t, {host_key, agent_port, name})}
       or, at any point, target -> source  error {reason}
 
+An error whose reason starts with ``busy:`` (another source is pairing right now) is not final: the
+source tries again (:class:`PairingBusy`).
+
 Security rules. Keys come from HKDF(K) with one label each. Each side checks the other's
 confirmation before it sends anything derived from its own key, so a peer that does not know the
 code gets at most one guess per session and nothing to test guesses against offline. SPAKE2 messages
@@ -49,7 +52,7 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
-from vzcommon.errors import PairingError
+from vzcommon.errors import ExitCode, PairingError
 
 VERSION = 1
 MAX_MESSAGE = 16 * 1024
@@ -69,6 +72,12 @@ class WrongCode(PairingError):
 
 class CodeUnavailable(PairingError):
     """The code expired, was used, or has no attempts left."""
+
+
+class PairingBusy(PairingError):
+    """The target is pairing another source right now: try again shortly (not a failed attempt)."""
+
+    exit_code = ExitCode.BUSY
 
 
 class NeedData(Enum):
@@ -270,12 +279,12 @@ class _Side:
         """Process one message: returns (reply bytes or None, result or None)."""
         if msg.get("t") == "error":
             self.state = State.ERROR
-            reason = msg.get("reason")
-            raise (
-                WrongCode(str(reason)[:200])
-                if reason == "wrong code"
-                else PairingError(f"the peer refused pairing: {str(reason)[:200]}")
-            )
+            reason = str(msg.get("reason"))[:200]
+            if reason == "wrong code":
+                raise WrongCode(reason)
+            if reason.startswith(BUSY_PREFIX):
+                raise PairingBusy(f"the target is {reason}")
+            raise PairingError(f"the peer refused pairing: {reason}")
         handler = self._table.get((self.state, str(msg.get("t"))))
         if handler is None:
             self.state = State.ERROR
@@ -365,5 +374,13 @@ class TargetPairing(_Side):
     _table = {(State.START, "hello"): _on_hello, (State.SENT_PAKE, "confirm"): _on_confirm}
 
 
+BUSY_PREFIX = "busy:"
+
+
 def error_message(reason: str) -> bytes:
     return encode({"t": "error", "reason": reason})
+
+
+def busy_message(detail: str) -> bytes:
+    """The error that tells a source to try again (:class:`PairingBusy`)."""
+    return error_message(f"{BUSY_PREFIX} {detail}")

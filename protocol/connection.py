@@ -113,6 +113,12 @@ class Connection:
                 raise LocalProtocolError(f"cannot send {msg.TYPE.name}: {exc}") from None
         return framing.encode_frame(msg.TYPE, codec.pack(msg.to_fields()))
 
+    def can_send(self, msg_type: MsgType) -> bool:
+        """Whether a message of this type may be sent now (say, a KEEPALIVE: only when it is our turn)."""
+        if self._sent_error or self._broken:
+            return False
+        return next_state(self.state, self.our_role, msg_type) is not None
+
     def receive_data(self, data: bytes) -> None:
         if self._eof and data:
             raise LocalProtocolError("data received after end of stream")

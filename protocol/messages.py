@@ -37,6 +37,7 @@ class MsgType(IntEnum):
     COMMIT = 10
     COMMITTED = 11
     ERROR = 12
+    KEEPALIVE = 13
 
 
 class Codec(IntEnum):
@@ -55,6 +56,10 @@ class MapStatus(IntEnum):
 
 _MAX_CODEC = max(Codec)  # validation runs once per block: not an enum walk each time
 _MAX_MAP_STATUS = max(MapStatus)
+
+
+#: the rule :func:`valid_name` checks, as error messages state it
+NAME_RULE = "use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit, without '..'"
 
 
 def valid_name(name: str) -> bool:
@@ -83,10 +88,7 @@ def _token(value: object, name: str) -> None:
 
 def _name(value: object, what: str) -> None:
     if type(value) is not str or not valid_name(value):
-        _fail(
-            f"invalid {what} name {value!r}: use 1-64 letters, digits, '.', '_', '+' or '-',"
-            " starting with a letter or digit, without '..'"
-        )
+        _fail(f"invalid {what} name {value!r}: {NAME_RULE}")
 
 
 def _strs(value: object, name: str, max_items: int = 16) -> None:
@@ -318,6 +320,14 @@ class Error(Message):
         _str(self.message, "message", 4096)
 
 
+@dataclass(frozen=True, slots=True)
+class KeepAlive(Message):
+    """The source is alive and at work (scanning unchanged blocks, planning the next disk): sent when it
+    has had nothing else to send for a while, so the target can end a pass whose source went silent."""
+
+    TYPE = MsgType.KEEPALIVE
+
+
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -333,5 +343,6 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Commit,
         Committed,
         Error,
+        KeepAlive,
     )
 }

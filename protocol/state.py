@@ -12,9 +12,12 @@ Rules:
 The conversation::
 
     S: HELLO  T: WELCOME
-    ( S: OPEN_DISK  T: DISK_READY  T: MAP_CHUNK*  T: MAP_END
-      S: (BLOCK | ZERO_RANGE)*  S: DISK_END )*
-    S: COMMIT  T: COMMITTED
+    ( S: KEEPALIVE*  S: OPEN_DISK  T: DISK_READY  T: MAP_CHUNK*  T: MAP_END
+      S: (BLOCK | ZERO_RANGE | KEEPALIVE)*  S: DISK_END )*
+    S: KEEPALIVE*  S: COMMIT  T: COMMITTED
+
+KEEPALIVE changes nothing: the source sends it, in a state where it is the one to speak, when it has
+had nothing else to send for a while (the target ends a pass whose source stays silent).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ TRANSITIONS: dict[tuple[State, Role, MsgType], State] = {
     (State.STREAMING, S, MsgType.BLOCK): State.STREAMING,
     (State.STREAMING, S, MsgType.ZERO_RANGE): State.STREAMING,
     (State.STREAMING, S, MsgType.DISK_END): State.IDLE,
+    (State.STREAMING, S, MsgType.KEEPALIVE): State.STREAMING,
+    (State.IDLE, S, MsgType.KEEPALIVE): State.IDLE,
     (State.IDLE, S, MsgType.COMMIT): State.COMMITTING,
     (State.COMMITTING, T, MsgType.COMMITTED): State.DONE,
 }

@@ -7,4 +7,4 @@ its meaning, exchanged in the handshake. Either mismatch fails with both version
 from __future__ import annotations
 
 FRAME_VERSION = 1
-PROTOCOL_VERSION = 2  # 2: DISK_READY says whether the target rebuilt the map
+PROTOCOL_VERSION = 3  # 2: DISK_READY says whether the target rebuilt the map; 3: KEEPALIVE

@@ -24,7 +24,7 @@ from vzcommon.climain import asyncio_run, run_main
 from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
 
-from .disks import DiskReader, open_disk, parse_disk_spec
+from .disks import DiskReader, check_name, open_disk, parse_disk_spec
 from .mapcache import MapCache, target_label
 from .native.ahead import HashAhead
 from .pipeline import DEFAULT_BLOCK_SIZE, start_ahead
@@ -64,13 +64,22 @@ def default_state_dir() -> Path:
     return Path(base) / "vzrep"
 
 
+def disk_specs(specs: list[str]) -> list[tuple[str, Path]]:
+    """Each ``--disk [NAME=]PATH`` as (name, path), the names checked; nothing is opened."""
+    disks: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, path = parse_disk_spec(spec)
+        check_name("disk", name, f" (from --disk {spec[:100]!r}; give NAME=PATH)")
+        if any(n == name for n, _ in disks):
+            raise InputError(f"two disks are named {name!r}: give one of them NAME=PATH")
+        disks.append((name, path))
+    return disks
+
+
 def open_readers(specs: list[str]) -> list[DiskReader]:
     readers: list[DiskReader] = []
     try:
-        for spec in specs:
-            name, path = parse_disk_spec(spec)
-            if any(r.name == name for r in readers):
-                raise InputError(f"two disks are named {name!r}: give one of them NAME=PATH")
+        for name, path in disk_specs(specs):
             readers.append(open_disk(path, name))
     except BaseException:
         for r in readers:
@@ -143,6 +152,10 @@ async def _run(
 
 def _pass_command(args: argparse.Namespace) -> int:
     """``pass``: open local disks and start hashing the first (module docstring), then run the pass."""
+    # First of all: the names become paths (in the state dir, on the target); nothing is opened,
+    # created or connected to before they are checked.
+    check_name("VM", args.vm)
+    disk_specs(args.disk)
     vcenter = getattr(args, "vcenter", None)
     if bool(args.disk) == bool(vcenter):
         raise InputError(

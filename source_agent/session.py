@@ -5,6 +5,10 @@ target for the disk's map (or confirms its cached copy), lets the disk's planner
 (differential, CBT, ABM), then streams the scanner's chunks, one chunk scanned while the previous
 is sent. In ``auto`` compression mode, compression is on while the link is the bottleneck (the
 scanner had to wait for the sender) and off while the scanner is (compression would only slow it).
+
+While it is the source's turn to speak and nothing was sent for a while (a long run of unchanged
+blocks, a slow CBT query, the next disk being prepared), it sends KEEPALIVE: the target ends a pass
+whose source stays silent (``target_agent.session.IDLE_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from protocol.messages import (
     DiskReady,
     Error,
     Hello,
+    KeepAlive,
     MapChunk,
     MapEnd,
     MapStatus,
     Message,
+    MsgType,
     OpenDisk,
     Welcome,
 )
@@ -56,6 +62,8 @@ AGENT = "vzrep-source/0.1"
 SCAN_THREADS = int(os.environ.get("VZREP_SCAN_THREADS", "2"))
 #: wait for the SSH channel to take what was written after about this many bytes
 DRAIN_BYTES = 1 << 20
+#: a KEEPALIVE goes out after at most two of these without a byte sent (the target waits 60 s)
+KEEPALIVE_INTERVAL = 10.0
 
 
 @dataclass
@@ -255,7 +263,20 @@ class SourceSession:
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
 
+    async def _keep_alive(self) -> None:
+        """Send KEEPALIVE when a whole interval went by without a byte sent while it is our turn."""
+        sent = self.tunnel.sent
+        while True:
+            await asyncio.sleep(KEEPALIVE_INTERVAL)
+            if self.tunnel.sent == sent and self.conn.can_send(MsgType.KEEPALIVE):
+                try:
+                    self.tunnel.write(self.conn.send(KeepAlive()))
+                except (VzrepError, ProtocolError):  # the pass is failing: its own path reports why
+                    return
+            sent = self.tunnel.sent
+
     async def run(self, jobs: list[DiskJob], report: PassReport) -> None:
+        keepalive = asyncio.ensure_future(self._keep_alive())  # owned: cancelled and reaped below
         try:
             await self.handshake()
             for disk_id, job in enumerate(jobs):
@@ -269,6 +290,8 @@ class SourceSession:
                 await asyncio.to_thread(self.cache.commit, name, builder, done.generation)
             self._builders.clear()
         finally:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
             for builder in self._builders.values():
                 builder.abort()
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import AuthError, CipherError, ConnectionFailed, HostKeyError, InputError, VzrepError
-from vzcommon.ssh import asyncssh
+from vzcommon.ssh import asyncssh, kex_algs
 
 from .mapcache import target_label
 
@@ -102,6 +102,11 @@ def _translate(exc: BaseException, spec: TargetSpec) -> VzrepError:
             f"target {spec.label} refused our key {spec.identity}: add its public key"
             f" ({spec.identity}.pub) to the target's authorized keys file"
         )
+    if "key exchange" in text.lower():
+        return CipherError(
+            f"target {spec.label} offers no key exchange in common with ours ({', '.join(kex_algs())}):"
+            f" {text}"
+        )
     if isinstance(exc, asyncssh.KeyExchangeFailed) or "algorithm" in text.lower():
         return CipherError(
             f"target {spec.label} offers no AES-256 cipher (aes256-gcm@openssh.com or aes256-ctr with an"
@@ -142,9 +147,10 @@ async def open_tunnel(spec: TargetSpec) -> Tunnel:
                 preferred_auth=["publickey"],
                 encryption_algs=list(policy.ENCRYPTION_ALGS),
                 mac_algs=list(policy.MAC_ALGS),
-                kex_algs=list(policy.KEX_ALGS),
+                kex_algs=kex_algs(),
                 compression_algs=list(policy.COMPRESSION_ALGS),
-                keepalive_interval=30,
+                keepalive_interval=policy.KEEPALIVE_INTERVAL,
+                keepalive_count_max=policy.KEEPALIVE_COUNT_MAX,
             ),
             spec.connect_timeout,
         )

@@ -51,7 +51,7 @@ def parse_map(value: str) -> tuple[tuple[str, str], Path]:
 
 async def serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)  # replicas are private
     replicas = settings_from_args(args)
     recovered: dict[str, str] = {}
     if replicas is not None:  # re-attach the replica disks of interrupted passes and roll them back

@@ -3,6 +3,8 @@
 Replication runs in the ``vzrep`` SSH subsystem; shells, commands, PTYs, X11, agent and port
 forwarding are all refused. Only keys listed in the authorized keys file get in; password and
 keyboard-interactive authentication are off. Only AES-256 ciphers are offered (``tunnel_policy``).
+Unauthenticated connections are capped per address and in total (``admission``) and must log in
+within :data:`LOGIN_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from typing import Any, Protocol
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import InputError
 from vzcommon.log import get_logger
-from vzcommon.ssh import asyncssh
+from vzcommon.ssh import asyncssh, kex_algs
+
+from .admission import Admission
 
 log = get_logger("vzrep.target.server")
+
+#: seconds a connection has to authenticate (asyncssh's login_timeout)
+LOGIN_TIMEOUT = 30
 
 Handler = Callable[["Stream", str], Awaitable[None]]
 
@@ -92,17 +99,37 @@ def load_authorized_keys(path: Path) -> Any:
 
 
 class _Server(asyncssh.SSHServer):
-    def __init__(self, handler: Handler, authorized_keys: Path) -> None:
+    def __init__(self, handler: Handler, authorized_keys: Path, admission: Admission) -> None:
         self._handler = handler
         self._authorized_keys = authorized_keys
+        self._admission = admission
         self._peer = "?"
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._closed_by_us = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self._peer = f"{peer[0]}:{peer[1]}"
+        verdict = self._admission.admit(self, str(peer[0]))
+        if not verdict.admitted:
+            self._refuse(str(peer[0]), "ssh_connection_refused", verdict.reason)
+            return
+        if verdict.evict is not None:
+            assert isinstance(verdict.evict, _Server)
+            verdict.evict._refuse(None, "ssh_connection_dropped", verdict.reason)
         log.info("ssh_connection", peer=self._peer)
+
+    def _refuse(self, address: str | None, event: str, reason: str) -> None:
+        """Close this unauthenticated connection at once; log it (rate-limited per address)."""
+        address = address or self._admission.address_of(self) or self._peer.rpartition(":")[0]
+        self._admission.done(self)
+        self._closed_by_us = True
+        count = self._admission.refused(address, asyncio.get_running_loop().time())
+        if count:
+            log.warning(event, address=address, reason=reason, connections=count)
+        assert self._conn is not None
+        self._conn.abort()
 
     def begin_auth(self, username: str) -> bool:
         """Re-read the authorized keys for every connection, so pairing takes effect without a restart."""
@@ -116,10 +143,12 @@ class _Server(asyncssh.SSHServer):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
+        self._admission.done(self)
+        if exc is not None and not self._closed_by_us:
             log.info("ssh_connection_lost", peer=self._peer, reason=str(exc))
 
     def auth_completed(self) -> None:
+        self._admission.done(self)  # no longer counts against the caps
         log.info("ssh_authenticated", peer=self._peer)
 
     def password_auth_supported(self) -> bool:
@@ -141,23 +170,32 @@ class _Server(asyncssh.SSHServer):
 
 
 async def start_server(
-    handler: Handler, host: str, port: int, host_key: Path, authorized_keys: Path
+    handler: Handler,
+    host: str,
+    port: int,
+    host_key: Path,
+    authorized_keys: Path,
+    *,
+    admission: Admission | None = None,
 ) -> tuple[Any, int]:
-    """Listen on ``host:port``; returns the server and the port actually bound."""
+    """Listen on ``host:port``; returns the server and the port actually bound.
+
+    ``admission``: the caps on unauthenticated connections (default: ``admission``'s constants)."""
     try:
         keys = [asyncssh.read_private_key(str(host_key))]
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise InputError(f"cannot load the host key {host_key}: {exc}") from None
     if load_authorized_keys(authorized_keys) is None:
         log.warning("no_authorized_keys", path=str(authorized_keys), hint="pair a source, or add its public key")
+    gate = admission or Admission()
     server = await asyncssh.create_server(
-        lambda: _Server(handler, authorized_keys),
+        lambda: _Server(handler, authorized_keys, gate),
         host,
         port,
         server_host_keys=keys,
         encryption_algs=list(policy.ENCRYPTION_ALGS),
         mac_algs=list(policy.MAC_ALGS),
-        kex_algs=list(policy.KEX_ALGS),
+        kex_algs=kex_algs(),
         compression_algs=list(policy.COMPRESSION_ALGS),
         password_auth=False,
         kbdint_auth=False,
@@ -167,8 +205,9 @@ async def start_server(
         encoding=None,
         window=policy.WINDOW,
         max_pktsize=policy.MAX_PKTSIZE,
-        login_timeout=30,
-        keepalive_interval=30,
+        login_timeout=LOGIN_TIMEOUT,
+        keepalive_interval=policy.KEEPALIVE_INTERVAL,
+        keepalive_count_max=policy.KEEPALIVE_COUNT_MAX,
     )
     sockets = server.sockets
     bound = sockets[0].getsockname()[1] if sockets else port

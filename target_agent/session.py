@@ -10,6 +10,11 @@ With a vSphere target (``replicas``), the pass writes the replica VM's disks Hot
 appliance (``target_agent.vsphere.job``): they are attached at HELLO, written through the same core
 writer (device-backed), rolled back through ``.vzundo`` while still attached, detached at the end, and
 a restore point is taken after a commit -- before COMMITTED is sent.
+
+A source that sends nothing, not even a KEEPALIVE (which a live source sends when it has had nothing
+else to send for a while), for ``idle_timeout`` seconds (:data:`IDLE_TIMEOUT`) while the target waits
+for it, has its pass rolled back: it no longer holds the VM's lock. A source whose host or link died
+is dropped sooner or later by the SSH keep-alives too (``tunnel_policy``).
 """
 
 from __future__ import annotations
@@ -63,6 +68,12 @@ AGENT = "vzrep-target/0.1"
 SUPPORTED_CODECS = ("zstd", "none")
 BATCH_OPS = 64
 BATCH_BYTES = 8 << 20
+#: seconds the target waits for a byte from the source before it ends the pass (module docstring)
+IDLE_TIMEOUT = 60.0
+
+
+class SourceSilent(ConnectionFailed):
+    """The source sent nothing, not even a KEEPALIVE, for the idle timeout; the pass is rolled back."""
 
 Op = tuple[Block | ZeroRange, DiskWriter]
 
@@ -103,8 +114,10 @@ class TargetSession:
         replicas: ReplicaSettings | None = None,
         restore_points: int = DEFAULT_RETENTION,
         mapped: dict[tuple[str, str], Path] | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.data_dir = data_dir
+        self.idle_timeout = idle_timeout
         self.restore_points = restore_points
         #: (vm, disk) -> an existing file the pass writes in place (``serve --map``): failback onto the
         #: original disks, or a copy made by another tool; hashed where it is, so only differences travel
@@ -155,9 +168,12 @@ class TargetSession:
         """Read from the tunnel while the writer works; keep the writer fed; fail fast if it fails.
 
         Adaptive group commit: whenever the writer is idle it gets whatever is queued, so batches
-        grow only while the disk is the bottleneck.
+        grow only while the disk is the bottleneck. Nothing from the source for ``idle_timeout``
+        seconds raises :class:`SourceSilent`.
         """
         reader: asyncio.Future[bytes] | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.idle_timeout
         try:
             while True:
                 inflight = self._inflight
@@ -170,10 +186,14 @@ class TargetSession:
                     inflight = self._inflight
                 if reader is None:
                     reader = asyncio.ensure_future(stream.read())
-                if inflight is None:
-                    return await reader
-                waiting: set[asyncio.Future[Any]] = {reader, inflight}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise SourceSilent(
+                        f"the source sent nothing for {self.idle_timeout:g} s (not even a keep-alive):"
+                        " ending its pass"
+                    )
+                waiting: set[asyncio.Future[Any]] = {reader} if inflight is None else {reader, inflight}
+                await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 if reader.done():
                     return reader.result()
         finally:
@@ -200,6 +220,7 @@ class TargetSession:
             return True
         elif isinstance(msg, Error):
             raise from_peer(msg.code, msg.message, "the source aborted the pass")
+        # KEEPALIVE: its bytes were all it had to bring (``_read``'s idle timer)
         return False
 
     async def _hello(self, msg: Hello) -> None:
@@ -365,7 +386,9 @@ class TargetSession:
         log.warning("pass_failed", peer=self.peer, error=text, rollback=rolled)
         if self._on_pass_end:
             self._on_pass_end({"result": "rolled-back", "error": text})
-        told = isinstance(exc, ConnectionFailed) or (isinstance(exc, VzrepError) and exc.from_peer)
+        # A lost link has nobody to tell; a silent source may still be listening.
+        lost = isinstance(exc, ConnectionFailed) and not isinstance(exc, SourceSilent)
+        told = lost or (isinstance(exc, VzrepError) and exc.from_peer)
         if self._stream is not None and not told:
             try:
                 await asyncio.wait_for(self._send(Error(int(code), f"{text} [target: {rolled}]")), 5)

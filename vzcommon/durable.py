@@ -4,6 +4,9 @@ Two shapes, as in borg:
 
 * :func:`atomic_write` -- write a temporary file beside the target, fsync it, ``os.replace`` it over
   the target, fsync the directory. Readers see the old or the new content, never a mix.
+* :func:`create_durable` -- the same for a file that must not exist yet (a private key): created
+  under a fresh name with the exact mode, never through a symlink, then linked into place only if
+  nothing (not even a dangling symlink) is there.
 * :func:`fsync_dir` -- after creating, renaming or unlinking a file, fsync its directory so the
   name change itself is durable.
 
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
+import tempfile
 from pathlib import Path
 
 from .libc import function
@@ -39,31 +44,77 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    os.fsync(fd)
+
+
+def write_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, new: bool = False) -> None:
     """Write ``data`` to ``path`` itself (created or truncated) and fsync it; no rename, no directory fsync.
 
     Not atomic: a crash can leave ``path`` partly written. Callers write a name nobody reads as
     state yet -- :func:`atomic_write`'s temporary file, or a commit's ``.next`` file, which a later,
-    separate step renames with :func:`replace_durable`.
+    separate step renames with :func:`replace_durable`. ``new``: the file must not exist (not even as
+    a symlink), so it gets ``mode`` and no earlier file's.
     """
-    p = Path(path)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL | os.O_NOFOLLOW if new else os.O_TRUNC)
+    fd = os.open(Path(path), flags, mode)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+        _write_all(fd, data)
     finally:
         os.close(fd)
 
 
+def create_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` holding ``data`` with exactly ``mode``, atomically and durably; raise
+    FileExistsError if anything is at ``path`` (a file, a directory, a symlink, dangling or not).
+
+    The bytes go to a temporary file of a fresh random name (``mkstemp``: ``O_CREAT|O_EXCL|O_NOFOLLOW``,
+    so no leftover file and no planted symlink is reused), set to ``mode`` whatever the umask, fsynced,
+    then hard-linked to ``path`` -- ``link`` never follows or replaces what is there -- and the
+    temporary name removed; the directory is fsynced. Where hard links are not supported, ``path``
+    itself is created with ``O_EXCL|O_NOFOLLOW`` (not atomic, still never through a symlink).
+    """
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, p, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            try:
+                os.fchmod(fd, mode)
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(p.parent)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp, fsync, rename, fsync dir)."""
+    """Replace ``path`` with ``data`` atomically and durably (temp, fsync, rename, fsync dir).
+
+    A temporary file left by a crash is removed first, so the new one is created with ``mode``
+    (not the leftover's) and never through a symlink planted at its name.
+    """
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp")
     try:
-        write_durable(tmp, data, mode)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        write_durable(tmp, data, mode, new=True)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

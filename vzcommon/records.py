@@ -49,8 +49,9 @@ def load_record(data: bytes, magic: str, where: str) -> dict[str, Any]:
     return dict(body)
 
 
-def write_record(path: str | os.PathLike[str], magic: str, body: dict[str, Any]) -> None:
-    atomic_write(path, dump_record(magic, body))
+def write_record(path: str | os.PathLike[str], magic: str, body: dict[str, Any], mode: int = 0o600) -> None:
+    """Atomically replace ``path`` with the record; private by default (the target's state files)."""
+    atomic_write(path, dump_record(magic, body), mode)
 
 
 def read_record(path: str | os.PathLike[str], magic: str) -> dict[str, Any]:

@@ -56,4 +56,19 @@ _import_asyncssh()
 
 import asyncssh  # noqa: E402  (loaded above: this binds the module here)
 
-__all__ = ["asyncssh"]
+from . import tunnel_policy  # noqa: E402
+
+
+def kex_algs() -> list[str]:
+    """The tunnel's key exchanges, in order of preference: the policy's post-quantum hybrids this
+    asyncssh can run (ML-KEM needs a ``cryptography`` built with it), then Curve25519."""
+    try:
+        from asyncssh.kex import get_kex_algs
+
+        have = {alg.decode() for alg in get_kex_algs()}
+    except (ImportError, AttributeError):  # an asyncssh without the listing: offer the classic ones
+        have = set()
+    return [alg for alg in tunnel_policy.PQ_KEX_ALGS if alg in have] + list(tunnel_policy.KEX_ALGS)
+
+
+__all__ = ["asyncssh", "kex_algs"]

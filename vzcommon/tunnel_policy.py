@@ -1,8 +1,11 @@
 """What the SSH tunnel allows, in one place for both agents.
 
 Only AES-256 ciphers: ``aes256-gcm@openssh.com`` (authenticated encryption, no separate MAC) and
-``aes256-ctr`` with an encrypt-then-MAC SHA-2 MAC. No SSH compression (blocks are compressed by the
-pipeline, and only when it pays). Window and packet size were tuned on loopback (README, "Tuning").
+``aes256-ctr`` with an encrypt-then-MAC SHA-2 MAC. Key exchange over Curve25519 only, after the
+post-quantum hybrid ML-KEM-768 + X25519 when asyncssh can do it through ``cryptography`` (no liboqs):
+no NIST curves, no finite-field groups (an ssh-audit finding). No SSH compression (blocks are
+compressed by the pipeline, and only when it pays). Window and packet size were tuned on loopback
+(README, "Tuning").
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ from __future__ import annotations
 SUBSYSTEM = "vzrep"
 ENCRYPTION_ALGS = ("aes256-gcm@openssh.com", "aes256-ctr")
 MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
-KEX_ALGS = (
-    "curve25519-sha256",
-    "curve25519-sha256@libssh.org",
-    "ecdh-sha2-nistp256",
-    "diffie-hellman-group16-sha512",
-)
+#: offered first when the installed asyncssh and cryptography support them (``vzcommon.ssh.kex_algs``)
+PQ_KEX_ALGS = ("mlkem768x25519-sha256",)
+#: always offered, after the post-quantum ones
+KEX_ALGS = ("curve25519-sha256", "curve25519-sha256@libssh.org")
 COMPRESSION_ALGS = ("none",)
 WINDOW = 16 << 20
 MAX_PKTSIZE = 256 << 10
+#: SSH keep-alives on both ends: a peer that answers none of KEEPALIVE_COUNT_MAX requests sent every
+#: KEEPALIVE_INTERVAL seconds of silence is dropped (within about 75 s); a target drops its pass with it.
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT_MAX = 4
 
 
 def read_size() -> int:

@@ -141,7 +141,7 @@ class MapBuilder:
         self.block_size = block_size
         self.disk_size = disk_size
         self.entries = block_count(disk_size, block_size)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # block hashes: private
         try:
             os.ftruncate(self._fd, HEADER_SIZE + self.entries * HASH_LEN)  # sparse: all unknown
             if base is not None and base.header.block_size == block_size:

@@ -267,7 +267,8 @@ class Backend:
         self.pairing_process = None
 
     def pair_with(self, host: str, code: str) -> CommandResult:
-        return self._agent(["pair", "--keys-dir", str(self.layout.keys_dir), host, code])
+        # A target pairing someone else says "busy": retry it, but answer within _run's 60 s.
+        return self._agent(["pair", "--keys-dir", str(self.layout.keys_dir), "--busy-wait", "40", host, code])
 
     def unpair(self) -> CommandResult:
         return self._agent(["unpair", "--keys-dir", str(self.layout.keys_dir)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol.messages import valid_name
+from protocol.messages import NAME_RULE, valid_name
 from vzcommon.errors import InputError
 from vzcommon.vmdk import looks_like_descriptor
 
@@ -12,7 +12,15 @@ from .base import DiskReader
 from .raw import RawReader
 from .vmdk import VmdkFlatReader, sparse_create_type
 
-__all__ = ["DiskReader", "RawReader", "VmdkFlatReader", "default_name", "open_disk", "parse_disk_spec"]
+__all__ = [
+    "DiskReader",
+    "RawReader",
+    "VmdkFlatReader",
+    "check_name",
+    "default_name",
+    "open_disk",
+    "parse_disk_spec",
+]
 
 
 def default_name(path: Path) -> str:
@@ -22,19 +30,25 @@ def default_name(path: Path) -> str:
 
 
 def parse_disk_spec(spec: str) -> tuple[str, Path]:
-    """``NAME=PATH`` or ``PATH``."""
+    """``NAME=PATH`` or ``PATH`` (a ``/`` before the first ``=`` makes it a path); the name is not
+    checked here (:func:`check_disk_name`)."""
     name, sep, path = spec.partition("=")
-    if sep and valid_name(name) and not name.startswith("/"):
+    if sep and "/" not in name:
         return name, Path(path)
     p = Path(spec)
     return default_name(p), p
 
 
-def open_disk(path: Path, name: str) -> DiskReader:
+def check_name(what: str, name: str, hint: str = "") -> None:
+    """Refuse a VM or disk name that cannot be a file name here and on the target
+    (``protocol.messages.valid_name``); the message states the rule."""
     if not valid_name(name):
-        raise InputError(
-            f"invalid disk name {name!r}: use letters, digits, '.', '_', '+' or '-' (give NAME=PATH)"
-        )
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise InputError(f"invalid {what} name {shown!r}{hint}: {NAME_RULE}")
+
+
+def open_disk(path: Path, name: str) -> DiskReader:
+    check_name("disk", name, " (give NAME=PATH)")
     try:
         with open(path, "rb") as f:
             head = f.read(1024)

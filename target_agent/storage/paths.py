@@ -9,6 +9,10 @@ Files of disk ``NAME`` in ``DATA_DIR/<vm>/``:
 * ``*.next`` -- descriptor and map of the pass being committed (exist only during a commit)
 
 A device-backed replica (vSphere) keeps its flat bytes in ``device``; see ``replica``.
+
+Replica data is for the agent alone: the VM directory is made 0700 at every pass (whoever created
+it: a seeded replica's directory is often 0755) and every file in it is created 0600
+(:data:`PRIVATE_DIR`, :data:`PRIVATE_FILE`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,30 @@ from pathlib import Path
 
 from vzcommon.blockhash import zero_block
 from vzcommon.errors import StorageError
+from vzcommon.log import get_logger
 from vzcommon.sparse import punch_hole
+
+log = get_logger("vzrep.target.paths")
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def make_private(path: Path | int, mode: int) -> None:
+    """chmod a replica's directory (a path) or file (an fd) to ``mode``; best effort: what another user
+    owns keeps its mode, with a warning (the agent may still be allowed to write it)."""
+    try:
+        if isinstance(path, int):
+            os.fchmod(path, mode)
+        else:
+            os.chmod(path, mode)
+    except PermissionError as exc:
+        log.warning(
+            "replica_not_private",
+            path=str(path) if not isinstance(path, int) else f"fd {path}",
+            error=exc.strerror,
+            hint="give it to the agent's user (chown), so the agent can keep it private",
+        )
 
 
 @dataclass(frozen=True)

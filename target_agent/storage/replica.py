@@ -32,7 +32,7 @@ from vzcommon.sparse import data_segments
 from vzcommon.vmdk import read_descriptor, render_flat_descriptor
 from vzcommon.vzmap import MapBuilder, MapFile
 
-from .paths import ReplicaPaths, zero_range
+from .paths import PRIVATE_FILE, ReplicaPaths, make_private, zero_range
 from .points import Increment
 from .undo import RecordKind, UndoLog, encode_record
 
@@ -225,7 +225,9 @@ class DiskWriter:
             self._undo = UndoLog.create(
                 p.undo, old_size=self.old_size, created=self.created, pass_id=self.pass_id, disk=p.disk
             )
-            self._fd = os.open(p.flat, os.O_RDWR | (0 if p.device is not None else os.O_CREAT), 0o644)
+            self._fd = os.open(p.flat, os.O_RDWR | (0 if p.device is not None else os.O_CREAT), PRIVATE_FILE)
+            if p.device is None and not self.created:  # a seeded flat file may be anyone's to read
+                make_private(self._fd, PRIVATE_FILE)
             if self.created:
                 fsync_dir(p.vm_dir)
             if self.size > self.old_size and p.device is None:
@@ -354,7 +356,7 @@ class DiskWriter:
             os.fsync(self._fd)
             if self.paths.device is None:  # vSphere owns a device's descriptor
                 text = render_flat_descriptor(self.paths.flat.name, self.size, cid)
-                write_durable(self.paths.descriptor_next, text.encode())
+                write_durable(self.paths.descriptor_next, text.encode(), PRIVATE_FILE)
             self.builder.finish(generation=generation, cid=cid, change_id=self.change_id)
         except OSError as exc:
             raise _storage_error(exc, f"cannot commit replica disk {self.paths.disk!r}") from None

@@ -47,7 +47,7 @@ from vzcommon.vzmap import MapFile
 
 from . import points
 from .lock import VmLock
-from .paths import DeviceNotAttached, ReplicaPaths
+from .paths import PRIVATE_DIR, DeviceNotAttached, ReplicaPaths, make_private
 from .replica import DiskWriter, OpenResult
 from .rollback import roll_forward_disk, rollback_disk
 
@@ -294,10 +294,11 @@ class VmPass:
         """Lock the VM, recover leftovers of an earlier pass, journal this one, write the undo script.
 
         ``devices``: where the device-backed disks of an interrupted earlier pass are now."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         if not self.vdir.exists():
-            self.vdir.mkdir(mode=0o750)
+            self.vdir.mkdir(mode=PRIVATE_DIR)
             fsync_dir(self.data_dir)
+        make_private(self.vdir, PRIVATE_DIR)  # also when it pre-existed (seeded, made by hand)
         self._lock.acquire()
         try:
             recovered = recover_locked(self.vdir, devices)

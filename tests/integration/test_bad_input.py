@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,71 @@ async def test_target_offering_only_aes128_is_refused(tmp_path: Path, session_ke
 def test_policy_offers_only_aes256() -> None:
     assert all(alg.startswith("aes256-") for alg in tunnel_policy.ENCRYPTION_ALGS)
     assert all("etm" in mac and "sha2" in mac for mac in tunnel_policy.MAC_ALGS)
+
+
+#: what the tunnel offers for key exchange, in order (an ssh-audit finding: no NIST curves, no DH groups)
+KEX_OFFER = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org"]
+
+
+async def read_kexinit(reader: asyncio.StreamReader) -> list[str]:
+    """The peer's key exchange list from its (unencrypted) SSH_MSG_KEXINIT, as ssh-audit reads it;
+    without the markers that name no algorithm (ext-info-*, kex-strict-*)."""
+    while not (line := await asyncio.wait_for(reader.readline(), 15)).startswith(b"SSH-"):
+        assert line, "the peer closed before its version line"
+    (length,) = struct.unpack(">I", await reader.readexactly(4))
+    packet = await reader.readexactly(length)
+    payload = packet[1:]  # padding length, then the payload (the padding is at the end)
+    assert payload[0] == 20, f"expected KEXINIT, got message {payload[0]}"
+    (n,) = struct.unpack(">I", payload[17:21])  # after the type byte and the 16-byte cookie
+    names = payload[21 : 21 + n].decode().split(",")
+    return [a for a in names if not a.startswith(("ext-info-", "kex-strict-"))]
+
+
+async def test_target_offers_only_curve25519_key_exchange(target: Target) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+    try:
+        writer.write(b"SSH-2.0-audit\r\n")
+        assert await read_kexinit(reader) == KEX_OFFER
+    finally:
+        writer.close()
+
+
+async def test_source_offers_only_curve25519_key_exchange(session_keys: Keys) -> None:
+    offered: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+
+    async def audit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-audit\r\n")
+        try:
+            offered.set_result(await read_kexinit(reader))
+        except Exception as exc:  # reported by the assertion below
+            offered.set_exception(exc)
+        writer.close()
+
+    server = await asyncio.start_server(audit, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        spec = TargetSpec("127.0.0.1", port, session_keys.client_key, session_keys.known_hosts(port, "kh-audit"))
+        with pytest.raises(ConnectionFailed):
+            await open_tunnel(spec)
+        assert await asyncio.wait_for(offered, 15) == KEX_OFFER
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_client_offering_only_nistp256_key_exchange_is_refused(
+    target: Target, victim: dict[str, str]
+) -> None:
+    spec = target.spec()
+    with pytest.raises(asyncssh.KeyExchangeFailed, match="key exchange"):
+        await asyncssh.connect(
+            "127.0.0.1",
+            target.port,
+            username="x",
+            client_keys=[str(spec.identity)],
+            known_hosts=str(spec.known_hosts),
+            kex_algs=["ecdh-sha2-nistp256"],
+            config=[],
+            agent_path=None,
+        )
+    assert snapshot(target.vm("victim")) == victim

@@ -171,6 +171,26 @@ async def test_7_no_aes256_cipher_in_common(setup: Setup) -> None:
     assert "no AES-256 cipher" in err
 
 
+async def test_7_no_key_exchange_in_common(setup: Setup) -> None:
+    """A server that offers only ecdh-sha2-nistp256 (an ssh-audit failure): the source refuses it and
+    says that key exchange is what failed."""
+    server = await asyncssh.create_server(
+        asyncssh.SSHServer,
+        "127.0.0.1",
+        0,
+        server_host_keys=[str(setup.keys.host_key)],
+        kex_algs=["ecdh-sha2-nistp256"],
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        rc, err = await source(*setup.args(port=port))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert rc == ExitCode.CIPHER == 7, err
+    assert "no key exchange in common" in err and "curve25519-sha256" in err and err.count("\n") == 1
+
+
 async def test_8_protocol_error_from_a_target_speaking_garbage(setup: Setup) -> None:
     async def garbage(stream: Stream, peer: str) -> None:
         await stream.write(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)

@@ -14,7 +14,7 @@ import pytest
 from pairing import pins
 from pairing.cli import standalone, status_dict
 from pairing.net import PairingServer, pair_with_target
-from pairing.protocol import CodeGate, CodeUnavailable, WrongCode
+from pairing.protocol import CodeGate, CodeUnavailable, PairingBusy, WrongCode
 from vzcommon import keys
 from vzcommon.errors import ConnectionFailed, ExitCode
 from vzcommon.ssh import asyncssh
@@ -165,3 +165,76 @@ async def test_code_is_single_use_and_a_silent_peer_times_out():
     assert gate.used
     with pytest.raises(ConnectionFailed):
         await pair_with_target("127.0.0.1", port, "KX7P-22QM", CLIENT, "s")
+
+
+async def test_a_silent_connection_does_not_hold_up_a_real_pair():
+    """A peer that connects and says nothing (a port scan, a stuck client) used to hold the one
+    session for 30 s: the real source was told "busy" and gave up."""
+    gate = CodeGate("KX7P-22QM", now=time.monotonic())
+    server = PairingServer(gate, HOST, 2222, "t", first_message_timeout=1.0)
+    port = await server.start("127.0.0.1", 0)
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.1)  # accepted and waiting for its first message
+    t0 = time.monotonic()
+    result = await pair_with_target("127.0.0.1", port, "KX7P-22QM", CLIENT, "s", busy_wait=0)
+    assert time.monotonic() - t0 < 2.0 and result.host_key == HOST
+    assert (await server.wait()).client_key == CLIENT
+    assert server.told_busy == 0 and gate.attempts_left == 4  # the silent peer used no attempt
+    # and it was closed with the port, without a word
+    assert await asyncio.wait_for(silent_reader.read(), 5) == b""
+    silent.close()
+
+
+async def test_silent_peers_are_closed_quickly_and_cost_no_attempt():
+    gate = CodeGate("KX7P-22QM", now=time.monotonic())
+    server = PairingServer(gate, HOST, 2222, "t", first_message_timeout=0.5)
+    port = await server.start("127.0.0.1", 0)
+    peers = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    t0 = time.monotonic()
+    for reader, _ in peers:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert time.monotonic() - t0 < 2.0
+    for _, writer in peers:
+        writer.close()
+    assert gate.attempts_left == 5 and not gate.exhausted(time.monotonic())
+    assert server.failures == ["a peer connected and sent nothing"] * 5
+    result = await pair_with_target("127.0.0.1", port, "KX7P-22QM", CLIENT, "s")
+    assert result.host_key == HOST
+    await server.wait()
+
+
+async def stalled_attempt(port: int, code: str) -> asyncio.StreamWriter:
+    """A peer that starts a real attempt (a hello with the right code) and then goes quiet."""
+    from pairing.protocol import SourcePairing
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(SourcePairing(code, CLIENT, "stalled").start())
+    await writer.drain()
+    await asyncio.wait_for(reader.read(4), 5)  # the target answered: the attempt holds the session
+    return writer
+
+
+async def test_a_source_told_busy_retries_and_succeeds():
+    gate = CodeGate("KX7P-22QM", now=time.monotonic())
+    server = PairingServer(gate, HOST, 2222, "t", session_timeout=2.0)
+    port = await server.start("127.0.0.1", 0)
+    stalled = await stalled_attempt(port, "KX7P-22QM")
+    t0 = time.monotonic()
+    result = await pair_with_target("127.0.0.1", port, "KX7P-22QM", CLIENT, "real", busy_wait=20)
+    assert result.host_key == HOST and (await server.wait()).name == "real"
+    assert server.told_busy >= 1 and 1.0 < time.monotonic() - t0 < 10
+    stalled.close()
+
+
+async def test_a_source_gives_up_on_busy_only_after_busy_wait_with_exit_10():
+    gate = CodeGate("KX7P-22QM", now=time.monotonic())
+    server = PairingServer(gate, HOST, 2222, "t", session_timeout=30.0)
+    port = await server.start("127.0.0.1", 0)
+    stalled = await stalled_attempt(port, "KX7P-22QM")
+    t0 = time.monotonic()
+    with pytest.raises(PairingBusy, match="pairing another source") as err:
+        await pair_with_target("127.0.0.1", port, "KX7P-22QM", CLIENT, "real", busy_wait=2.5)
+    assert err.value.exit_code == ExitCode.BUSY == 10
+    assert 2.0 <= time.monotonic() - t0 < 6 and server.told_busy >= 2
+    stalled.close()
+    await server.close()

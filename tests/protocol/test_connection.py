@@ -16,9 +16,11 @@ from protocol.messages import (
     DiskReady,
     Error,
     Hello,
+    KeepAlive,
     MapChunk,
     MapEnd,
     MapStatus,
+    MsgType,
     OpenDisk,
     ZeroRange,
 )
@@ -53,6 +55,31 @@ def test_full_conversation() -> None:
     p.deliver(p.source, Commit(1))
     p.deliver(p.target, Committed("g2"))
     assert p.source.state is p.target.state is State.DONE
+
+
+def test_keepalive_only_while_the_source_speaks() -> None:
+    p = Pair()
+    assert not p.source.can_send(MsgType.KEEPALIVE)  # before HELLO
+    p.deliver(p.source, hello())
+    assert not p.source.can_send(MsgType.KEEPALIVE)  # the target's turn
+    p.deliver(p.target, welcome())
+    assert p.deliver(p.source, KeepAlive()) == [KeepAlive()] and p.target.state is State.IDLE
+    open_disk(p)
+    assert p.source.can_send(MsgType.KEEPALIVE) and not p.target.can_send(MsgType.KEEPALIVE)
+    assert p.deliver(p.source, KeepAlive()) == [KeepAlive()] and p.target.state is State.STREAMING
+    p.deliver(p.source, Block(0, 0, BS, H, Codec.NONE, b"x" * BS))
+    p.deliver(p.source, KeepAlive())
+    p.deliver(p.source, DiskEnd(0, 1, 0))  # the keep-alives count as nothing
+    p.deliver(p.source, Commit(1))
+    assert not p.source.can_send(MsgType.KEEPALIVE)
+    with pytest.raises(LocalProtocolError, match="KEEPALIVE"):
+        p.source.send(KeepAlive())
+    # From the target, or out of turn, it is the peer's protocol error.
+    q = Pair()
+    q.handshake()
+    q.source.receive_data(_raw_frame(KeepAlive()))
+    with pytest.raises(RemoteProtocolError, match="KEEPALIVE from the target is not allowed"):
+        q.source.next_event()
 
 
 def test_version_mismatch_names_both_versions() -> None:

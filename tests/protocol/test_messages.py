@@ -17,6 +17,7 @@ from protocol.messages import (
     DiskReady,
     Error,
     Hello,
+    KeepAlive,
     MapChunk,
     MapEnd,
     Message,
@@ -67,6 +68,7 @@ MESSAGES = {
     MsgType.COMMIT: st.builds(Commit, st.integers(0, 256)),
     MsgType.COMMITTED: st.builds(Committed, tokens),
     MsgType.ERROR: st.builds(Error, st.integers(0, 255), st.text(max_size=200)),
+    MsgType.KEEPALIVE: st.just(KeepAlive()),
 }
 
 

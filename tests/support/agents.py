@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from source_agent.planning import AbmSettings
 from source_agent.session import DiskJob, PassOptions, PassReport, run_pass
 from source_agent.tunnel import TargetSpec
 from target_agent.server import Stream, start_server
-from target_agent.session import TargetSession
+from target_agent.session import IDLE_TIMEOUT, TargetSession
 from target_agent.storage.transaction import vm_status
 from tests.support.tools import sha256
 from vzcommon.keys import generate, known_hosts_line
@@ -57,11 +58,16 @@ class Target:
     sessions: list[asyncio.Task[None]] = field(default_factory=list)
     restore_points: int = 7
     mapped: dict[tuple[str, str], Path] = field(default_factory=dict)
+    idle_timeout: float = IDLE_TIMEOUT
 
     async def start(self) -> Target:
         async def handle(stream: Stream, peer: str) -> None:
             session = TargetSession(
-                self.data_dir, peer, restore_points=self.restore_points, mapped=self.mapped
+                self.data_dir,
+                peer,
+                restore_points=self.restore_points,
+                mapped=self.mapped,
+                idle_timeout=self.idle_timeout,
             )
             await session.run(stream)
 
@@ -107,8 +113,10 @@ async def replicate(
 class TargetProcess:
     """``vzrep-target serve`` as a real subprocess (for SIGKILL and restart tests)."""
 
-    def __init__(self, data_dir: Path, keys: Keys, log: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, keys: Keys, log: Path, port: int = 0, *, nofile: int | None = None) -> None:
+        """``nofile``: the agent's limit of open files (RLIMIT_NOFILE), as systemd's LimitNOFILE= sets it."""
         self.data_dir, self.keys, self.log_path, self.port = data_dir, keys, log, port
+        self.nofile = nofile
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> TargetProcess:
@@ -130,8 +138,13 @@ class TargetProcess:
             str(ready),
         ]
         self.log = open(self.log_path, "ab")
+        nofile = self.nofile
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=self.log, env={**os.environ, "VZREP_LOG_FORMAT": "json"}
+            cmd,
+            stdout=self.log,
+            stderr=self.log,
+            env={**os.environ, "VZREP_LOG_FORMAT": "json"},
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
         deadline = time.monotonic() + timeout
         while not ready.exists() or not ready.read_text().strip():
