@@ -81,6 +81,11 @@ def _str(value: object, name: str, max_len: int = 256) -> None:
         _fail(f"{name} must be a string of at most {max_len} characters")
 
 
+def _bool(value: object, name: str) -> None:
+    if type(value) is not bool:
+        _fail(f"{name} must be true or false, got {value!r}")
+
+
 def _token(value: object, name: str) -> None:
     if type(value) is not str or not _TOKEN_RE.fullmatch(value):
         _fail(f"{name} must be printable ASCII without spaces, at most 256 characters")
@@ -208,8 +213,7 @@ class DiskReady(Message):
         _token(self.stored_change_id, "stored_change_id")
         _int(self.replica_size, "replica_size", 0, MAX_DISK_SIZE)
         _strs(self.notes, "notes")
-        if not isinstance(self.map_rebuilt, bool):
-            raise TypeError("map_rebuilt must be a bool")
+        _bool(self.map_rebuilt, "map_rebuilt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,18 +299,25 @@ class DiskEnd(Message):
 class Commit(Message):
     TYPE = MsgType.COMMIT
     disks: int  # how many disks this pass opened; the target checks it
+    #: the final pass of a planned failover: once committed, the target fails the replica over to it
+    failover: bool
 
     def __post_init__(self) -> None:
         _int(self.disks, "disks", 0, MAX_DISKS)
+        _bool(self.failover, "failover")
 
 
 @dataclass(frozen=True, slots=True)
 class Committed(Message):
     TYPE = MsgType.COMMITTED
     generation: str  # the new generation of every map this pass committed
+    failed_over: bool  # COMMIT asked for a failover and the replica is failed over now
+    note: str  # why a failover that COMMIT asked for did not happen ("" otherwise)
 
     def __post_init__(self) -> None:
         _token(self.generation, "generation")
+        _bool(self.failed_over, "failed_over")
+        _str(self.note, "note", 4096)
 
 
 @dataclass(frozen=True, slots=True)

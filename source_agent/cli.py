@@ -14,6 +14,7 @@ import argparse
 import faulthandler
 import gc
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from vzcommon.climain import asyncio_run, run_main
-from vzcommon.errors import InputError
+from vzcommon.errors import InputError, StorageError
 from vzcommon.keycli import add_keygen
 
 from .disks import DiskReader, check_name, open_disk, parse_disk_spec
@@ -161,6 +162,8 @@ def _pass_command(args: argparse.Namespace) -> int:
         raise InputError(
             "give either --disk PATH (local disks) or --vcenter HOST (a vSphere VM), not both or neither"
         )
+    if vcenter and args.planned_failover:
+        raise InputError("a planned failover of a vSphere VM is not built yet: fail over on the target")
     if vcenter:
         return asyncio_run(_pass(args, []))
     readers = open_readers(args.disk)
@@ -207,7 +210,49 @@ async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: Hash
         jobs[0].ahead = ahead  # the session closes it when the disk is done; so does the caller
         report = await _run(target, args, jobs, opts)
     print(as_json(report, events) if args.json else as_text(report, events))
+    if args.planned_failover:
+        return await _planned_failover(args, target, readers, opts)
     return 0
+
+
+async def _planned_failover(
+    args: argparse.Namespace, target: TargetSpec, readers: list[DiskReader], opts: PassOptions
+) -> int:
+    """The rest of a planned failover, after the pass that ran while the VM was up: stop the VM, send
+    what changed since (a short pass), and have the target fail the replica over to that point."""
+    import asyncio  # loaded by now (the CLI imports it lazily, for start-up time)
+    from dataclasses import replace
+
+    from .report import as_json, as_text
+    from .session import DiskJob
+
+    await asyncio.to_thread(_stop_vm, args)
+    final = await _run(target, args, [DiskJob(reader=r) for r in readers], replace(opts, failover=True))
+    print(as_json(final, []) if args.json else as_text(final, []))
+    if not final.failed_over:
+        raise StorageError(final.failover_note or "the target did not fail the replica over")
+    if not args.json:
+        print(
+            f"VM {args.vm!r} is failed over on the target to restore point {final.generation}: start it"
+            " there from its failover deltas; this source's passes are refused until failback"
+        )
+    return 0
+
+
+def _stop_vm(args: argparse.Namespace) -> None:
+    """The VM must not change between the final pass and the failover: stopped by command or by hand."""
+    if args.stop_command:
+        res = subprocess.run(args.stop_command, shell=True, check=False)  # the user's own command line
+        if res.returncode != 0:
+            raise InputError(
+                f"--stop-command exited {res.returncode}: the VM may still be running; nothing was failed over"
+            )
+        return
+    if not sys.stdin.isatty():
+        raise InputError(
+            "a planned failover needs --stop-command CMD, or a terminal to confirm the VM is stopped"
+        )
+    input(f"Stop VM {args.vm!r} now (its disks must not change), then press Enter: ")
 
 
 async def _vsphere_pass(
@@ -303,6 +348,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # Read snapshot disks from a locally mounted datastore instead of HotAdded devices (tests, vcsim).
     p.add_argument("--datastore-root", action="append", default=[], type=_ds_root, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--planned-failover",
+        action="store_true",
+        help="a pass while the VM runs, then stop it (--stop-command or by hand), a final short pass, and"
+        " the target fails the replica over to it",
+    )
+    p.add_argument(
+        "--stop-command", metavar="CMD", help="with --planned-failover: how to stop the VM (a shell command)"
+    )
     p.set_defaults(func=_pass_command)
     add_keygen(sub)
     words = sys.argv[1:] if argv is None else argv

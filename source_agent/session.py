@@ -83,6 +83,8 @@ class DiskJob:
 class PassOptions:
     block_size: int = DEFAULT_BLOCK_SIZE
     compress: str = "auto"  # auto | zstd | none
+    #: the final pass of a planned failover: the target fails the replica over once it committed
+    failover: bool = False
     state_dir: Path = Path.home() / ".local" / "state" / "vzrep"
 
 
@@ -98,6 +100,8 @@ class PassReport:
     seconds: float = 0.0
     wire_bytes_sent: int = 0
     wire_bytes_received: int = 0
+    failed_over: bool = False  # the final pass of a planned failover: the replica is failed over
+    failover_note: str = ""  # why the failover asked for did not happen
     scan_kernel: str = field(default_factory=kernel_name)  # native | python (source_agent.native)
 
 
@@ -281,11 +285,12 @@ class SourceSession:
             await self.handshake()
             for disk_id, job in enumerate(jobs):
                 report.disks.append(await self.replicate_disk(disk_id, job))
-            await self._send(Commit(len(jobs)))
+            await self._send(Commit(len(jobs), self.opts.failover))
             await self.tunnel.drain()
             done = await self._next()
             assert isinstance(done, Committed)
             report.generation = done.generation
+            report.failed_over, report.failover_note = done.failed_over, done.note
             for name, builder in self._builders.items():
                 await asyncio.to_thread(self.cache.commit, name, builder, done.generation)
             self._builders.clear()

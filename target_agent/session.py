@@ -54,6 +54,7 @@ from vzcommon.geometry import block_count
 from vzcommon.log import get_logger
 
 from .server import ByteStream
+from .storage import failover as fo
 from .storage.failover import refuse_passes
 from .storage.points import DEFAULT_RETENTION
 from .storage.replica import DiskWriter
@@ -216,7 +217,7 @@ class TargetSession:
             await self._drain()
             self._check_disk_end(msg)
         elif isinstance(msg, Commit):
-            await self._commit()
+            await self._commit(msg.failover)
             return True
         elif isinstance(msg, Error):
             raise from_peer(msg.code, msg.message, "the source aborted the pass")
@@ -316,7 +317,7 @@ class TargetSession:
         await self._submit()
         await self._submit()
 
-    async def _commit(self) -> None:
+    async def _commit(self, failover: bool = False) -> None:
         assert self.vm_pass is not None
         await self._drain()
         summary = {
@@ -334,6 +335,7 @@ class TargetSession:
             }
             for w in self.writers.values()
         }
+        vm = self.vm_pass.vm
         generation = await asyncio.shield(asyncio.to_thread(self.vm_pass.commit, summary))
         pass_id = self.vm_pass.pass_id
         await asyncio.to_thread(self.vm_pass.close)
@@ -350,7 +352,20 @@ class TargetSession:
         )
         if self._on_pass_end:
             self._on_pass_end({"result": "committed", "generation": generation})
-        await self._send(Committed(generation))
+        failed_over, note = (await self._failover(vm)) if failover else (False, "")
+        await self._send(Committed(generation, failed_over, note))
+
+    async def _failover(self, vm: str) -> tuple[bool, str]:
+        """The end of a planned failover: fail the replica over to the point just committed."""
+        if self.replicas is not None:
+            return False, "failover of vSphere replicas is not built yet: the pass committed, nothing more"
+        try:
+            await asyncio.to_thread(fo.start, self.data_dir, vm, None)
+        except VzrepError as exc:
+            log.error("planned_failover_failed", vm=vm, error=str(exc))
+            return False, f"the pass committed but the failover did not: {exc}"
+        log.warning("failed_over", vm=vm, planned=True)
+        return True, ""
 
     async def _fail(self, exc: BaseException) -> None:
         """Roll back, then tell the source why (best effort: the link may be gone)."""

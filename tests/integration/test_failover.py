@@ -6,6 +6,8 @@ sha256sum judge what the replica and the deltas hold against the source as saved
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -191,3 +193,42 @@ async def test_round_trip_failover_commit_failback_and_forward_again(
     change_blocks(src, 6, seed=77)
     assert (await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")).disks[0].blocks_changed == 6
     qemu_compare(src, vdir / "d.vmdk")
+
+
+async def test_planned_failover_through_the_source_cli(passes, tmp_path: Path) -> None:
+    """A pass while the VM runs, the VM stopped by --stop-command (it writes one last block on its way
+    down), a final pass that sends only that, and the target fails the replica over to it."""
+    t, src, _ = passes
+    change_blocks(src, 20, seed=60)  # the running VM changed these since the last scheduled pass
+    stop = f"{sys.executable} -c \"f=open('{src}','r+b'); f.seek(7 << 20); f.write(b'shutdown' * 8192)\""
+    cmd = [sys.executable, "-m", "source_agent.cli", "pass", *t.pass_args(src, tmp_path / "state"), "--json"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, "--planned-failover", "--stop-command", stop,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    text, docs, dec = out.decode(), [], json.JSONDecoder()
+    pos = 0
+    while text[pos:].strip():
+        doc, end = dec.raw_decode(text, pos + (len(text[pos:]) - len(text[pos:].lstrip())))
+        docs.append(doc)
+        pos = end
+    first, final = docs
+    assert first["total"]["blocks_changed"] == 20
+    assert final["total"]["blocks_changed"] == 1 and final["failed_over"] is True  # the short final pass
+    st = fo.read_state(t.vm(VM))
+    assert st["state"] == "failed-over" and st["point"] == final["generation"]
+    qemu_compare(src, t.vm(VM) / "d-failover.vmdk")  # the VM starts at DR exactly as it stopped
+
+
+async def test_planned_failover_without_a_way_to_stop_the_vm_is_refused(passes, tmp_path: Path) -> None:
+    t, src, _ = passes
+    cmd = [sys.executable, "-m", "source_agent.cli", "pass", *t.pass_args(src, tmp_path / "state")]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, "--planned-failover", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == ExitCode.INPUT and b"needs --stop-command" in err
+    assert fo.read_state(t.vm(VM)) is None  # nothing was failed over

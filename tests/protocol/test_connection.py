@@ -52,8 +52,8 @@ def test_full_conversation() -> None:
     p.deliver(p.source, ZeroRange(0, BS, 2 * BS))
     p.deliver(p.source, Block(0, 3 * BS, 512, H, Codec.ZSTD, b"zz"))
     p.deliver(p.source, DiskEnd(0, 2, 2 * BS))
-    p.deliver(p.source, Commit(1))
-    p.deliver(p.target, Committed("g2"))
+    p.deliver(p.source, Commit(1, False))
+    p.deliver(p.target, Committed("g2", False, ""))
     assert p.source.state is p.target.state is State.DONE
 
 
@@ -70,7 +70,7 @@ def test_keepalive_only_while_the_source_speaks() -> None:
     p.deliver(p.source, Block(0, 0, BS, H, Codec.NONE, b"x" * BS))
     p.deliver(p.source, KeepAlive())
     p.deliver(p.source, DiskEnd(0, 1, 0))  # the keep-alives count as nothing
-    p.deliver(p.source, Commit(1))
+    p.deliver(p.source, Commit(1, False))
     assert not p.source.can_send(MsgType.KEEPALIVE)
     with pytest.raises(LocalProtocolError, match="KEEPALIVE"):
         p.source.send(KeepAlive())
@@ -161,7 +161,7 @@ def test_duplicate_disk_and_commit_count() -> None:
         p.source.send(OpenDisk(0, "d1", BS, "", ""))
     p2 = Pair()
     p2.handshake()
-    p2.target.receive_data(_raw_frame(Commit(2)))
+    p2.target.receive_data(_raw_frame(Commit(2, False)))
     with pytest.raises(RemoteProtocolError, match="COMMIT for 2 disks"):
         p2.target.next_event()
 
@@ -255,7 +255,7 @@ SOURCE_MSGS = [
     Block(0, 2 * BS, BS, H, Codec.ZSTD, b"z" * 1000),
     Block(0, 3 * BS, BS, H, Codec.NONE, b"\x07" * BS),
     DiskEnd(0, 3, BS),
-    Commit(1),
+    Commit(1, False),
 ]
 
 

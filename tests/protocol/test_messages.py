@@ -65,8 +65,8 @@ MESSAGES = {
     ),
     MsgType.ZERO_RANGE: st.builds(ZeroRange, ids, offsets, st.integers(1, 1 << 40)),
     MsgType.DISK_END: st.builds(DiskEnd, ids, st.integers(0, 1 << 40), st.integers(0, 1 << 40)),
-    MsgType.COMMIT: st.builds(Commit, st.integers(0, 256)),
-    MsgType.COMMITTED: st.builds(Committed, tokens),
+    MsgType.COMMIT: st.builds(Commit, st.integers(0, 256), st.booleans()),
+    MsgType.COMMITTED: st.builds(Committed, tokens, st.booleans(), st.text(max_size=200)),
     MsgType.ERROR: st.builds(Error, st.integers(0, 255), st.text(max_size=200)),
     MsgType.KEEPALIVE: st.just(KeepAlive()),
 }
@@ -105,7 +105,10 @@ def test_round_trip(mtype: MsgType, data) -> None:
         lambda: Hello(1, "a", "vm", (), (), 96 * 1024),
         lambda: MapChunk(0, 0, b"x" * 33),
         lambda: ZeroRange(0, 0, 0),
-        lambda: Commit(True),
+        lambda: Commit(True, False),
+        lambda: Commit(1, "yes"),
+        lambda: Committed("g", 1, ""),
+        lambda: Committed("g", False, "x" * 5000),
     ],
 )
 def test_invalid_messages_refused_on_construction(build) -> None:

@@ -80,6 +80,15 @@ class Target:
         self.server.close()
         await self.server.wait_closed()
 
+    def pass_args(self, disk: Path, state_dir: Path, vm: str = "fo") -> list[str]:
+        """``vzrep-source pass`` options against this target (its host key pinned for its port)."""
+        kh = self.keys.known_hosts(self.port, f"kh-{self.port}")
+        return [
+            "--target", f"127.0.0.1:{self.port}", "--identity", str(self.keys.client_key),
+            "--known-hosts", str(kh), "--vm", vm, "--disk", str(disk), "--state-dir", str(state_dir),
+            "--no-progress",
+        ]  # fmt: skip
+
     def spec(self, port: int | None = None) -> TargetSpec:
         p = port or self.port
         return TargetSpec("127.0.0.1", p, self.keys.client_key, self.keys.known_hosts(p, f"kh-{p}"))
@@ -113,7 +122,9 @@ async def replicate(
 class TargetProcess:
     """``vzrep-target serve`` as a real subprocess (for SIGKILL and restart tests)."""
 
-    def __init__(self, data_dir: Path, keys: Keys, log: Path, port: int = 0, *, nofile: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, keys: Keys, log: Path, port: int = 0, *, nofile: int | None = None
+    ) -> None:
         """``nofile``: the agent's limit of open files (RLIMIT_NOFILE), as systemd's LimitNOFILE= sets it."""
         self.data_dir, self.keys, self.log_path, self.port = data_dir, keys, log, port
         self.nofile = nofile
@@ -144,7 +155,9 @@ class TargetProcess:
             stdout=self.log,
             stderr=self.log,
             env={**os.environ, "VZREP_LOG_FORMAT": "json"},
-            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
+            preexec_fn=None
+            if nofile is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
         deadline = time.monotonic() + timeout
         while not ready.exists() or not ready.read_text().strip():
