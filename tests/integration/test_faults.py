@@ -49,9 +49,9 @@ async def _measure(target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     at_commit: list[int] = []
     original = TargetSession._commit
 
-    async def spy(self: TargetSession) -> None:
+    async def spy(self: TargetSession, failover: bool = False) -> None:
         at_commit.append(proxy.c2s)
-        await original(self)
+        await original(self, failover)
 
     monkeypatch.setattr(TargetSession, "_commit", spy)
     try:

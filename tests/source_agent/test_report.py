@@ -148,6 +148,8 @@ def test_json_shape() -> None:
         "seconds",
         "wire_bytes_sent",
         "wire_bytes_received",
+        "failed_over",
+        "failover_note",
         "scan_kernel",
         "total",
         "events",
