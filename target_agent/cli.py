@@ -25,7 +25,8 @@ from .points_cli import add_point_commands
 from .server import Stream, start_server
 from .session import TargetSession
 from .storage.points import DEFAULT_RETENTION
-from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir, vm_status
+from .storage.status import vm_status
+from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir
 from .vsphere.cli import add_serve_arguments, settings_from_args
 
 log = get_logger("vzrep.target")

@@ -20,7 +20,7 @@ from source_agent.session import DiskJob, PassOptions, PassReport, run_pass
 from source_agent.tunnel import TargetSpec
 from target_agent.server import Stream, start_server
 from target_agent.session import IDLE_TIMEOUT, TargetSession
-from target_agent.storage.transaction import vm_status
+from target_agent.storage.status import vm_status
 from tests.support.tools import sha256
 from vzcommon.keys import generate, known_hosts_line
 

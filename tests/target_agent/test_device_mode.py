@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from protocol.messages import MapStatus
+from target_agent.storage.status import vm_status
 from target_agent.storage.transaction import (
     DeviceNotAttached,
     VmPass,
     read_journal,
     recover_all,
     recover_vm,
-    vm_status,
 )
 from tests.support.tools import sha256_py
 from vzcommon.blockhash import hash_block

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from target_agent.storage.lock import VmLock
-from target_agent.storage.transaction import vm_status
+from target_agent.storage.status import vm_status
 
 HOLD = """
 import sys, time

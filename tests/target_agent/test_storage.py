@@ -19,6 +19,7 @@ from protocol.messages import MapStatus
 from target_agent.storage import transaction as txn
 from target_agent.storage.paths import ReplicaPaths
 from target_agent.storage.rollback import rollback_disk
+from target_agent.storage.status import vm_status
 from target_agent.storage.transaction import VmPass, recover_vm
 from target_agent.storage.undo import HEADER_SIZE, RecordKind, encode_record, read_records
 from tests.support.tools import sha256_py
@@ -202,7 +203,7 @@ def test_first_pass_rolled_back_removes_the_new_disk(tmp_path: Path) -> None:
     recover_vm(tmp_path, "new")
     left = [x.name for x in (tmp_path / "new").iterdir() if not x.name.startswith(".")]
     assert left == ["vzrep-status.json"]  # only the record of the failed pass remains
-    assert txn.vm_status(tmp_path / "new")["last_failure"]
+    assert vm_status(tmp_path / "new")["last_failure"]
 
 
 def test_second_pass_on_busy_vm_is_refused(tmp_path: Path) -> None:
@@ -238,7 +239,7 @@ def test_status_lists_file_and_map_only_disks(tmp_path: Path) -> None:
     vdir = tmp_path / "vm"
     # A device-backed (vSphere) disk has only its map in DATA_DIR.
     shutil.copy(vdir / "d-flat.vmdk.vzmap", vdir / "sys-flat.vmdk.vzmap")
-    st = txn.vm_status(vdir)
+    st = vm_status(vdir)
     assert st["disks"]["d"]["backing"] == "file" and st["disks"]["d"]["size"] == SIZE
     assert st["disks"]["sys"] == {"size": SIZE, "allocated": None, "has_map": True, "backing": "vSphere replica disk"}
     assert st["pending_rollback"] is False and st["last_pass"]["result"] == "ok"

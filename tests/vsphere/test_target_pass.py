@@ -28,7 +28,7 @@ from target_agent.server import Stream, start_server
 from target_agent.session import TargetSession
 from target_agent.storage import transaction
 from target_agent.storage.paths import ReplicaPaths
-from target_agent.storage.transaction import vm_status
+from target_agent.storage.status import vm_status
 from target_agent.vsphere.job import ReplicaSettings
 from target_agent.vsphere.restore_points import list_restore_points
 from tests.support.agents import Keys
