@@ -66,7 +66,9 @@ class Admission:
         if len(self._address) >= self.total:
             fullest = max(self._pending.values(), key=len)
             verdict.evict = next(iter(fullest))
-            verdict.reason = f"{self.total} unauthenticated connections in all: the oldest of the busiest address goes"
+            verdict.reason = (
+                f"{self.total} unauthenticated connections in all: the oldest of the busiest address goes"
+            )
             self.done(verdict.evict)
         self._pending.setdefault(address, {})[conn] = None
         self._address[conn] = address

@@ -1,5 +1,6 @@
 """``vzrep-target points`` and ``vzrep-target export``: a replica's points in time, and one of them
-written out as VMDKs (``storage.points``, ``storage.export``)."""
+written out as VMDKs (``storage.points``, ``storage.export``); ``failover``. With ``--vcenter`` the
+replica is a vSphere VM and ``vsphere.points`` does the work (pyVmomi is loaded only then)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vsphere.cli_options import add_connection_arguments, options_from_args
+from vzcommon.climain import asyncio_run
 from vzcommon.errors import InputError
 
 from .storage import failover as fo
@@ -45,7 +48,18 @@ def points_report(vm: str, points: list[rp.Point]) -> list[dict[str, Any]]:
     return out[::-1]
 
 
+def _network_map(value: str) -> tuple[str, str]:
+    src, sep, dst = value.partition("=")
+    if not sep or not src or not dst:
+        raise argparse.ArgumentTypeError(f"expected SRC_NETWORK=DR_NETWORK, got {value!r}")
+    return src, dst
+
+
 def show_points(args: argparse.Namespace) -> int:
+    if args.vcenter:
+        from .vsphere import points as vpoints
+
+        return asyncio_run(vpoints.show_points(options_from_args(args), args))
     _, points = _load(args)
     rows = points_report(args.vm, points)
     if args.json:
@@ -70,6 +84,14 @@ def export(args: argparse.Namespace) -> int:
 
 
 def failover(args: argparse.Namespace) -> int:
+    if args.vcenter and not args.release:
+        if args.to:
+            raise InputError("--to is for file replicas; a vSphere test failover runs the replica VM itself")
+        from .vsphere import points as vpoints
+
+        return asyncio_run(vpoints.failover(options_from_args(args), args))
+    if args.network_map:
+        raise InputError("--network-map is for vSphere replicas (with --vcenter)")
     if args.undo:
         print(fo.undo_failover(args.data_dir, args.vm))
     elif args.release:
@@ -94,6 +116,9 @@ def add_point_commands(sub: Any) -> None:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--vm", required=True)
     p.add_argument("--json", action="store_true")
+    add_connection_arguments(
+        p.add_argument_group("vSphere replicas"), what="vCenter or ESXi host of the replica VM"
+    )
     p.set_defaults(func=show_points)
     p = sub.add_parser("export", help="write a restore point's disks as thin monolithicFlat VMDKs")
     p.add_argument("--data-dir", type=Path, required=True)
@@ -115,4 +140,14 @@ def add_point_commands(sub: Any) -> None:
         "--release", action="store_true", help="after failback: the replica accepts passes again"
     )
     p.add_argument("--to", type=Path, metavar="DIR", help="with --test: where the copy goes")
+    g = p.add_argument_group("vSphere replicas (revert the replica VM to a restore-point snapshot)")
+    add_connection_arguments(g, what="vCenter or ESXi host of the replica VM")
+    g.add_argument(
+        "--network-map",
+        action="append",
+        default=[],
+        type=_network_map,
+        metavar="SRC=DST",
+        help="connect NICs on network SRC to network DST instead (permanent failover)",
+    )
     p.set_defaults(func=failover)

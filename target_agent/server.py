@@ -186,7 +186,9 @@ async def start_server(
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise InputError(f"cannot load the host key {host_key}: {exc}") from None
     if load_authorized_keys(authorized_keys) is None:
-        log.warning("no_authorized_keys", path=str(authorized_keys), hint="pair a source, or add its public key")
+        log.warning(
+            "no_authorized_keys", path=str(authorized_keys), hint="pair a source, or add its public key"
+        )
     gate = admission or Admission()
     server = await asyncssh.create_server(
         lambda: _Server(handler, authorized_keys, gate),

@@ -76,6 +76,7 @@ IDLE_TIMEOUT = 60.0
 class SourceSilent(ConnectionFailed):
     """The source sent nothing, not even a KEEPALIVE, for the idle timeout; the pass is rolled back."""
 
+
 Op = tuple[Block | ZeroRange, DiskWriter]
 
 

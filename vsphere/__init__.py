@@ -11,9 +11,10 @@ The client (``client.py``: one ``VSphereClient``, its methods by concern):
     ``session.py``      the login's plumbing: moids, property collector, task waits, privileges check
     ``inventory.py``    find VMs (name, moid, BIOS UUID), read their hardware; datastores
     ``cbt.py``          Changed Block Tracking: enable, QueryChangedDiskAreas
-    ``snapshots.py``    create, remove, list snapshots; a snapshot's disks
+    ``snapshots.py``    create, remove, revert to, list snapshots; the current one; a snapshot's disks
     ``hotadd.py``       attach disk files to an appliance VM, detach them, the extraConfig markers
     ``replica_vms.py``  create a VM from a HardwareRecord, grow a disk, reconfigure, delete
+    ``power.py``        power on and off; connect, disconnect or re-map a VM's NICs
 
 Plain records and what works on them (no pyVmomi):
     ``model.py``        VmInfo, DiskInfo, SnapshotInfo, AttachedDisk, HotAddRequest; our name prefixes

@@ -8,9 +8,11 @@ module               what :class:`VSphereClient` gets from it
 ``inventory.py``     ``find_vm``, ``vm_info``, ``find_vm_by_bios_uuid``, ``host_datastores``,
                      ``datastore_paths``
 ``cbt.py``           ``set_cbt``, ``query_changed_areas``
-``snapshots.py``     ``create_snapshot``, ``remove_snapshot``, ``list_snapshots``, ``snapshot_disks``
+``snapshots.py``     ``create_snapshot``, ``remove_snapshot``, ``revert_to_snapshot``, ``list_snapshots``,
+                     ``current_snapshot``, ``snapshot_disks``
 ``hotadd.py``        ``hotadd``, ``list_hotadded``, ``detach``
 ``replica_vms.py``   ``create_vm``, ``grow_disk``, ``reconfigure``, ``destroy_vm``, ``mark_as_template``
+``power.py``         ``power_on``, ``power_off``, ``set_nics_connected``
 ===================  ==========================================================================
 
 Every public method is ``async`` and runs its pyVmomi calls in a worker thread; faults come back as
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 from vsphere.cbt import ChangeTracking
 from vsphere.hotadd import HotAdd
+from vsphere.power import Power
 from vsphere.replica_vms import ReplicaVms
 from vsphere.snapshots import Snapshots
 
 
-class VSphereClient(ChangeTracking, Snapshots, HotAdd, ReplicaVms):
+class VSphereClient(ChangeTracking, Snapshots, HotAdd, ReplicaVms, Power):
     """A logged-in session; use :func:`vsphere.connection.connect` to make one and :meth:`close`
     (or ``async with``)."""

@@ -1,4 +1,5 @@
-"""Snapshots: create, remove, list (the whole tree, as plain records), and a snapshot's disks.
+"""Snapshots: create, remove, revert to, list (the whole tree, as plain records), the current one,
+and a snapshot's disks.
 
 Which snapshots are ours, and which may be removed, is decided by their callers (the source job,
 :mod:`vsphere.cleanup`, the target's restore points) from :attr:`SnapshotInfo.ours`.
@@ -31,6 +32,19 @@ class Snapshots(Inventory):
     def remove_snapshot(self, snapshot_moid: str) -> None:
         task = self._snap(snapshot_moid).RemoveSnapshot_Task(removeChildren=False, consolidate=True)
         self._wait(task, f"remove snapshot {snapshot_moid}")
+
+    @blocking("revert to a snapshot")
+    def revert_to_snapshot(self, snapshot_moid: str) -> None:
+        """The VM's disks and configuration as the snapshot has them; the snapshot becomes current.
+        What the VM wrote since the current snapshot and was not snapshotted is discarded."""
+        task = self._snap(snapshot_moid).RevertToSnapshot_Task(suppressPowerOn=True)
+        self._wait(task, f"revert to snapshot {snapshot_moid}")
+
+    @blocking("read the current snapshot")
+    def current_snapshot(self, vm_moid: str) -> str | None:
+        """The moid of the snapshot the VM runs from (None: no snapshot)."""
+        cur = self._props(self._vm(vm_moid), ["snapshot.currentSnapshot"])["snapshot.currentSnapshot"]
+        return cur._moId if cur is not None else None
 
     @blocking("list snapshots")
     def list_snapshots(self, vm_moid: str) -> list[SnapshotInfo]:

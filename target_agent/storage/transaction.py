@@ -131,7 +131,9 @@ def recover_locked(vdir: Path, devices: Mapping[str, Path] | None = None) -> str
     if journal is None and not disks and not (vdir / SCRIPT).exists():
         return None
     if journal is not None and journal.get("state") == "committed":
-        kept = [points.Point.from_json(p) for p in journal["points"]["points"]] if "points" in journal else None
+        kept = (
+            [points.Point.from_json(p) for p in journal["points"]["points"]] if "points" in journal else None
+        )
         newest = kept[-1] if kept else None
         for d in disks:  # moves map and undo files only: no device needed
             keep_as = newest.id if newest is not None and d in newest.increments else None
