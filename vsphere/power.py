@@ -57,7 +57,7 @@ class Power(Inventory):
             if not isinstance(dev, vim.vm.device.VirtualEthernetCard):
                 continue
             label = dev.deviceInfo.label if dev.deviceInfo else str(dev.key)
-            old = getattr(dev.backing, "deviceName", None)
+            old = str(getattr(dev.backing, "deviceName", "") or "")
             if network_map and old in network_map:
                 net = networks[network_map[old]]
                 if isinstance(net, vim.dvs.DistributedVirtualPortgroup):

@@ -79,9 +79,14 @@ def pick_point(snaps: list[SnapshotInfo], point_id: str | None, vm: str) -> Snap
         raise InputError(f"VM {vm!r}'s replica has no restore point yet: nothing to fail over to")
     if point_id is None:
         return points[-1]
-    for s in points:
-        if point_id in (s.moid, s.name):
-            return s
+    named = [s for s in points if point_id in (s.moid, s.name)]
+    if len(named) > 1:  # names carry the time to the second: passes close together share one
+        raise InputError(
+            f"{len(named)} restore points of VM {vm!r} are named {point_id!r}: name one by its id"
+            f" ({', '.join(s.moid for s in named)})"
+        )
+    if named:
+        return named[0]
     if any(point_id in (s.moid, s.name) for s in snaps):
         raise InputError(
             f"snapshot {point_id!r} is not a vzrep restore point: only restore points can be failed over to"
@@ -116,7 +121,7 @@ async def start(
         )
     replica = await find_replica(client, vdir, vm)
     snaps = await client.list_snapshots(replica.moid)
-    point = pick_point(snaps, point_id or (st and st.get("point")), vm)
+    point = pick_point(snaps, point_id or (str(st["point"]) if st else None), vm)
     if st is None:
         st = {
             "state": "failing-over",

@@ -1,0 +1,260 @@
+"""Failover of a vSphere replica against vcsim, through ``vzrep-target points|failover --vcenter``.
+
+Three real passes make three restore points on the replica VM; an operator's snapshot sits among
+them. What the commands did is read back through pyVmomi directly (power state, current snapshot,
+the snapshot tree, the NICs' connect state), not through the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from target_agent.cli import main as target_main
+from target_agent.storage.failover import read_state
+from target_agent.vsphere.job import ReplicaSettings
+from tests.support.agents import Keys
+from tests.support.tools import qemu_compare
+from tests.vsphere.conftest import Lab, Vcsim
+from tests.vsphere.test_target_pass import (
+    TARGET_APPLIANCE,
+    VSphereTarget,
+    no_hotadds,
+    replica_of,
+    source_pass,
+)
+from vsphere import vmomi
+from vsphere.hardware import HardwareRecord
+from vsphere.model import VmInfo
+from vzcommon.errors import FailedOver, VzrepError
+
+pytestmark = pytest.mark.vcsim
+
+
+@pytest.fixture
+async def vtarget(tmp_path: Path, session_keys: Keys, vcsim: Vcsim, lab: Lab) -> AsyncIterator[VSphereTarget]:
+    settings = ReplicaSettings(
+        connect=vcsim.options(),
+        appliance_vm=TARGET_APPLIANCE,
+        restore_points=3,
+        datastore_roots=lab.roots,
+        locate_timeout=5.0,
+    )
+    t = await VSphereTarget(tmp_path / "target", session_keys, settings).start()
+    try:
+        yield t
+    finally:
+        t.server.close()  # type: ignore[attr-defined]
+        await t.server.wait_closed()  # type: ignore[attr-defined]
+        try:
+            rep = await lab.client.find_vm(f"{lab.vm.name}_replica")
+        except VzrepError:
+            pass
+        else:
+            await lab.client.destroy_vm(rep.moid)
+
+
+class Cli:
+    """``vzrep-target`` as a user runs it (in a thread: it runs its own event loop)."""
+
+    def __init__(self, vcsim: Vcsim, data_dir: Path, vm: str, tmp_path: Path, capsys: Any) -> None:
+        cred = tmp_path / "cred"
+        cred.write_text(f"user = {vcsim.user}\npassword = {vcsim.password}\n")
+        cred.chmod(0o600)
+        self.conn = ["--vcenter", f"{vcsim.host}:{vcsim.port}", "--credentials", str(cred)]
+        self.conn += ["--thumbprint", vcsim.thumbprint]
+        self.base = ["--data-dir", str(data_dir), "--vm", vm]
+        self.capsys = capsys
+
+    async def run(self, cmd: str, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        rc = await asyncio.to_thread(target_main, [cmd, *self.base, *self.conn, *args])
+        out = self.capsys.readouterr()
+        return rc, out.out, out.err
+
+    async def points(self) -> list[dict[str, Any]]:
+        rc, out, err = await self.run("points", "--json")
+        assert rc == 0, err
+        rows: list[dict[str, Any]] = json.loads(out)["points"]
+        return rows
+
+
+class Seen:
+    """The replica VM as vSphere itself reports it (pyVmomi, none of our client's code)."""
+
+    def __init__(self, lab: Lab, moid: str) -> None:
+        self.vm = vmomi.vim.VirtualMachine(moid, lab.client._si._stub)  # type: ignore[attr-defined]
+
+    def _read(self) -> dict[str, Any]:
+        tree: dict[str, tuple[str, str | None]] = {}
+
+        def walk(nodes: Any, parent: str | None) -> None:
+            for n in nodes or []:
+                tree[n.snapshot._moId] = (n.name, parent)
+                walk(n.childSnapshotList, n.snapshot._moId)
+
+        snap = self.vm.snapshot
+        if snap is not None:
+            walk(snap.rootSnapshotList, None)
+        nics = [
+            (d.connectable.startConnected, d.connectable.connected)
+            for d in self.vm.config.hardware.device
+            if isinstance(d, vmomi.vim.vm.device.VirtualEthernetCard)
+        ]
+        return {
+            "power": str(self.vm.runtime.powerState),
+            "current": snap.currentSnapshot._moId if snap is not None and snap.currentSnapshot else None,
+            "tree": tree,
+            "nics": nics,
+        }
+
+    async def read(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self._read)
+
+
+async def three_points(lab: Lab, t: VSphereTarget) -> tuple[HardwareRecord, VmInfo, str]:
+    """Three passes, three restore points; an operator's snapshot after the first. Its moid is returned."""
+    lab.write_blocks({0: 0x11, 3: 0x33})
+    hw, _ = await source_pass(lab, t, None)
+    replica = await replica_of(lab)
+    foreign = await lab.client.create_snapshot(replica.moid, "admin-check", "taken by hand", False)
+    lab.write_blocks({3: 0x34, 9: 0x99})
+    hw, _ = await source_pass(lab, t, hw)
+    lab.write_blocks({5: 0x55})
+    hw, _ = await source_pass(lab, t, hw)
+    await no_hotadds(lab)
+    return hw, replica, foreign.moid
+
+
+@pytest.fixture
+def cli(
+    vcsim: Vcsim, vtarget: VSphereTarget, lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Cli]:
+    yield Cli(vcsim, vtarget.data_dir, lab.vm.name, tmp_path, capsys)
+
+
+async def test_points_lists_restore_points_and_foreign_snapshots(
+    lab: Lab, vtarget: VSphereTarget, cli: Cli
+) -> None:
+    _, _, foreign = await three_points(lab, vtarget)
+    rows = await cli.points()
+    ours = [r for r in rows if r["kind"] == "restore-point"]
+    assert len(ours) == 3 and all(r["ours"] and r["pass"] for r in ours)
+    assert len({r["pass"] for r in ours}) == 3
+    (f,) = [r for r in rows if not r["ours"]]
+    assert (f["id"], f["name"], f["kind"]) == (foreign, "admin-check", "foreign")
+    assert [r["id"] for r in rows if r["current"]] == [ours[0]["id"]]  # newest first, and current
+    rc, out, err = await cli.run("points")
+    assert rc == 0 and "FOREIGN" in out and out.count("restore-point") == 3, err
+    rc, _, err = await cli.run("failover", "--point", foreign)
+    assert rc == 3 and "not a vzrep restore point" in err and err.count("\n") == 1
+
+
+async def test_failover_to_the_second_newest_point_then_undo(
+    lab: Lab, vtarget: VSphereTarget, cli: Cli
+) -> None:
+    hw, replica, foreign = await three_points(lab, vtarget)
+    seen = Seen(lab, replica.moid)
+    before_all = await seen.read()
+    ours = [r for r in await cli.points() if r["kind"] == "restore-point"]  # newest first
+    newest, second = ours[0]["id"], ours[1]["id"]
+    assert before_all["current"] == newest and before_all["power"] == "poweredOff"
+    assert before_all["nics"] == [(False, False)]
+
+    rc, out, err = await cli.run("failover", "--point", second)
+    assert rc == 0, err
+    after = await seen.read()
+    assert after["power"] == "poweredOn"
+    assert after["current"] == second
+    (bf,) = [m for m, (name, _) in after["tree"].items() if name.startswith("vzrep-failover-before")]
+    assert after["tree"][bf][1] == newest  # the replica's state as the last pass left it
+    assert set(before_all["tree"]) == set(after["tree"]) - {bf}
+    assert after["nics"] == [(True, True)]
+    assert read_state(vtarget.data_dir / lab.vm.name)["state"] == "failed-over"  # type: ignore[index]
+    rows = await cli.points()
+    assert [r["kind"] for r in rows if r["id"] == bf] == ["failover"]
+    assert [r["id"] for r in rows if r["current"]] == [second]
+
+    with pytest.raises(FailedOver):  # passes are refused while failed over (exit 15)
+        await source_pass(lab, vtarget, hw)
+    rc, _, err = await cli.run("failover", "--point", newest)
+    assert rc == 3 and "already failed-over" in err
+
+    rc, out, err = await cli.run("failover", "--undo")
+    assert rc == 0 and "undone" in out, err
+    undone = await seen.read()
+    assert undone["power"] == "poweredOff"
+    assert undone["current"] == newest
+    assert undone["tree"] == before_all["tree"]  # all 3 points and the foreign snapshot, as they were
+    assert undone["nics"] == [(False, False)]
+    assert read_state(vtarget.data_dir / lab.vm.name) is None
+
+    lab.write_blocks({7: 0x77})
+    hw, _ = await source_pass(lab, vtarget, hw)  # replication resumes
+    replica = await replica_of(lab)
+    qemu_compare(lab.flat_file(lab.vm.disks[0].file_name), lab.flat_file(replica.disks[0].file_name))
+    final = await seen.read()
+    assert foreign in final["tree"] and len(final["tree"]) == 4  # retention 3 dropped the oldest point
+
+
+async def test_failover_commit_keeps_the_vm_running_and_refuses_passes(
+    lab: Lab, vtarget: VSphereTarget, cli: Cli
+) -> None:
+    hw, replica, foreign = await three_points(lab, vtarget)
+    seen = Seen(lab, replica.moid)
+    before_all = await seen.read()
+    ours = [r for r in await cli.points() if r["kind"] == "restore-point"]
+    if ours[1]["name"] not in (ours[0]["name"], ours[2]["name"]):  # names have the time to the second
+        point = ours[1]["name"]  # a point's name works too
+    else:
+        rc, _, err = await cli.run("failover", "--point", ours[1]["name"])
+        assert rc == 3 and "name one by its id" in err
+        point = ours[1]["id"]
+    rc, _, err = await cli.run("failover", "--point", point)
+    assert rc == 0, err
+    rc, out, err = await cli.run("failover", "--commit")
+    assert rc == 0 and "committed" in out, err
+    after = await seen.read()
+    assert after["power"] == "poweredOn" and after["current"] == ours[1]["id"]
+    assert after["tree"] == before_all["tree"]  # the before-failover snapshot is gone, the rest stays
+    assert after["tree"][foreign][0] == "admin-check"
+    assert after["nics"] == [(True, True)]
+    vdir = vtarget.data_dir / lab.vm.name
+    assert read_state(vdir)["state"] == "committed"  # type: ignore[index]
+    assert not list(vdir.glob("*.vzmap"))
+    with pytest.raises(FailedOver):
+        await source_pass(lab, vtarget, hw)
+    rc, _, err = await cli.run("failover", "--undo")
+    assert rc == 3 and "failback" in err
+
+
+async def test_test_failover_runs_disconnected_and_undo_comes_back(
+    lab: Lab, vtarget: VSphereTarget, cli: Cli
+) -> None:
+    hw, replica, foreign = await three_points(lab, vtarget)
+    seen = Seen(lab, replica.moid)
+    before_all = await seen.read()
+    rc, out, err = await cli.run("failover", "--test")  # the newest point
+    assert rc == 0 and "paused" in out, err
+    after = await seen.read()
+    assert after["power"] == "poweredOn" and after["nics"] == [(False, False)]
+    (ts,) = [m for m, (name, _) in after["tree"].items() if name.startswith("vzrep-failover-test")]
+    assert after["current"] == before_all["current"] and foreign in after["tree"]
+    with pytest.raises(FailedOver):
+        await source_pass(lab, vtarget, hw)
+    rc, _, err = await cli.run("failover", "--commit")
+    assert rc == 3 and "test failover ends with --undo" in err
+    rc, _, err = await cli.run("failover", "--undo")
+    assert rc == 0, err
+    undone = await seen.read()
+    assert (
+        undone["power"] == "poweredOff" and undone["tree"] == before_all["tree"] and ts not in undone["tree"]
+    )
+    assert undone["current"] == before_all["current"]
+    lab.write_blocks({8: 0x88})
+    await source_pass(lab, vtarget, hw)
