@@ -48,13 +48,6 @@ def points_report(vm: str, points: list[rp.Point]) -> list[dict[str, Any]]:
     return out[::-1]
 
 
-def _network_map(value: str) -> tuple[str, str]:
-    src, sep, dst = value.partition("=")
-    if not sep or not src or not dst:
-        raise argparse.ArgumentTypeError(f"expected SRC_NETWORK=DR_NETWORK, got {value!r}")
-    return src, dst
-
-
 def show_points(args: argparse.Namespace) -> int:
     if args.vcenter:
         from .vsphere import points as vpoints
@@ -84,14 +77,19 @@ def export(args: argparse.Namespace) -> int:
 
 
 def failover(args: argparse.Namespace) -> int:
+    st = fo.read_state(vm_dir(args.data_dir, args.vm))
+    vsphere = st is not None and st.get("kind") == "vsphere"
+    if st is not None and not args.release and vsphere != bool(args.vcenter):
+        raise InputError(
+            f"VM {args.vm!r} is {st.get('state')} as a {'vSphere' if vsphere else 'file'} replica:"
+            f" run failover {'with' if vsphere else 'without'} --vcenter"
+        )
     if args.vcenter and not args.release:
         if args.to:
             raise InputError("--to is for file replicas; a vSphere test failover runs the replica VM itself")
         from .vsphere import points as vpoints
 
         return asyncio_run(vpoints.failover(options_from_args(args), args))
-    if args.network_map:
-        raise InputError("--network-map is for vSphere replicas (with --vcenter)")
     if args.undo:
         print(fo.undo_failover(args.data_dir, args.vm))
     elif args.release:
@@ -142,12 +140,4 @@ def add_point_commands(sub: Any) -> None:
     p.add_argument("--to", type=Path, metavar="DIR", help="with --test: where the copy goes")
     g = p.add_argument_group("vSphere replicas (revert the replica VM to a restore-point snapshot)")
     add_connection_arguments(g, what="vCenter or ESXi host of the replica VM")
-    g.add_argument(
-        "--network-map",
-        action="append",
-        default=[],
-        type=_network_map,
-        metavar="SRC=DST",
-        help="connect NICs on network SRC to network DST instead (permanent failover)",
-    )
     p.set_defaults(func=failover)

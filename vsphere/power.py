@@ -7,13 +7,9 @@ clashes with the source on the network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from vsphere.faults import blocking
 from vsphere.inventory import Inventory
 from vsphere.vmomi import vim
-from vzcommon.errors import InputError
 
 _ON = "poweredOn"
 
@@ -34,43 +30,17 @@ class Power(Inventory):
             self._wait(vm.PowerOffVM_Task(), f"power off {vm_moid}")
 
     @blocking("connect or disconnect a VM's NICs")
-    def set_nics_connected(
-        self, vm_moid: str, connected: bool, network_map: Mapping[str, str] | None = None
-    ) -> list[str]:
+    def set_nics_connected(self, vm_moid: str, connected: bool) -> list[str]:
         """Every NIC's ``startConnected`` (and ``connected`` while the VM runs) set to ``connected``;
-        with ``network_map`` (source network name -> DR network name) NICs move to the mapped
-        network first. Returns what changed, one line a NIC."""
+        what changed, one line a NIC."""
         vm = self._vm(vm_moid)
-        p = self._props(vm, ["runtime.powerState", "config.hardware.device", "runtime.host"])
+        p = self._props(vm, ["runtime.powerState", "config.hardware.device"])
         running = p["runtime.powerState"] == _ON
-        networks: dict[str, Any] = {}
-        if network_map:
-            networks = {n.name: n for n in p["runtime.host"].network}
-            unknown = sorted(set(network_map.values()) - set(networks))
-            if unknown:
-                raise InputError(
-                    f"--network-map names networks the replica's host does not have: {', '.join(unknown)}"
-                    f" (it has {', '.join(sorted(networks))})"
-                )
         changes, done = [], []
         for dev in p["config.hardware.device"] or []:
             if not isinstance(dev, vim.vm.device.VirtualEthernetCard):
                 continue
             label = dev.deviceInfo.label if dev.deviceInfo else str(dev.key)
-            old = str(getattr(dev.backing, "deviceName", "") or "")
-            if network_map and old in network_map:
-                net = networks[network_map[old]]
-                if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
-                    dev.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
-                        port=vim.dvs.PortConnection(
-                            switchUuid=net.config.distributedVirtualSwitch.uuid, portgroupKey=net.key
-                        )
-                    )
-                else:
-                    dev.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
-                        deviceName=net.name, network=net
-                    )
-                done.append(f"{label}: network {old} -> {net.name}")
             dev.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
                 startConnected=connected,
                 connected=connected and running,

@@ -8,7 +8,7 @@ crash (the record says how far it got):
 * ``failing-over`` -- written first. Then a snapshot of the replica's current state is taken
   (``vzrep-failover-before``, or ``vzrep-failover-test`` for ``--test``; ours: prefix and marker), so the
   replica can come back to exactly what its maps describe; then the VM is reverted to the restore
-  point, powered on, and (not for a test) its NICs connected, optionally moved by ``--network-map``.
+  point, powered on, and (not for a test) its NICs connected, on the networks the replica has.
 * ``failed-over`` / ``testing`` -- the VM runs from the point. A test keeps the NICs disconnected, and
   replication is paused while it runs (a vSphere VM has one current state: it cannot run the test
   and take passes at the same time).
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +107,6 @@ async def start(
     point_id: str | None,
     *,
     test: bool = False,
-    network_map: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fail over (``test``: a test failover) to a point; the state record afterwards."""
     vdir = data_dir / vm
@@ -150,7 +148,7 @@ async def start(
         st = {**st, "reverted": True}
         await asyncio.to_thread(fo._write_state, vdir, st)
     await client.power_on(replica.moid)
-    nics = await client.set_nics_connected(replica.moid, not test, None if test else network_map)
+    nics = await client.set_nics_connected(replica.moid, not test)
     st = {**st, "state": "testing" if test else "failed-over", "nics": nics}
     await asyncio.to_thread(fo._write_state, vdir, st)
     return st

@@ -86,9 +86,7 @@ async def failover(opts: ConnectOptions, args: argparse.Namespace) -> int:
         elif args.commit:
             print(await vfo.commit(client, args.data_dir, args.vm))
         else:
-            st = await vfo.start(
-                client, args.data_dir, args.vm, args.point, test=args.test, network_map=dict(args.network_map)
-            )
+            st = await vfo.start(client, args.data_dir, args.vm, args.point, test=args.test)
             if args.test:
                 print(
                     f"test failover of VM {args.vm!r}: the replica VM runs from restore point {st['point_name']}"

@@ -184,6 +184,8 @@ async def test_failover_to_the_second_newest_point_then_undo(
         await source_pass(lab, vtarget, hw)
     rc, _, err = await cli.run("failover", "--point", newest)
     assert rc == 3 and "already failed-over" in err
+    rc = await asyncio.to_thread(target_main, ["failover", *cli.base, "--undo"])  # no --vcenter
+    assert rc == 3 and "run failover with --vcenter" in cli.capsys.readouterr().err
 
     rc, out, err = await cli.run("failover", "--undo")
     assert rc == 0 and "undone" in out, err
