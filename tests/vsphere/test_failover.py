@@ -17,46 +17,28 @@ import pytest
 
 from target_agent.cli import main as target_main
 from target_agent.storage.failover import read_state
-from target_agent.vsphere.job import ReplicaSettings
 from tests.support.agents import Keys
 from tests.support.tools import qemu_compare
 from tests.vsphere.conftest import Lab, Vcsim
 from tests.vsphere.test_target_pass import (
-    TARGET_APPLIANCE,
     VSphereTarget,
     no_hotadds,
     replica_of,
+    running_vtarget,
     source_pass,
 )
 from vsphere import vmomi
 from vsphere.hardware import HardwareRecord
 from vsphere.model import VmInfo
-from vzcommon.errors import FailedOver, VzrepError
+from vzcommon.errors import FailedOver
 
 pytestmark = pytest.mark.vcsim
 
 
 @pytest.fixture
 async def vtarget(tmp_path: Path, session_keys: Keys, vcsim: Vcsim, lab: Lab) -> AsyncIterator[VSphereTarget]:
-    settings = ReplicaSettings(
-        connect=vcsim.options(),
-        appliance_vm=TARGET_APPLIANCE,
-        restore_points=3,
-        datastore_roots=lab.roots,
-        locate_timeout=5.0,
-    )
-    t = await VSphereTarget(tmp_path / "target", session_keys, settings).start()
-    try:
+    async with running_vtarget(tmp_path, session_keys, vcsim, lab, restore_points=3) as t:
         yield t
-    finally:
-        t.server.close()  # type: ignore[attr-defined]
-        await t.server.wait_closed()  # type: ignore[attr-defined]
-        try:
-            rep = await lab.client.find_vm(f"{lab.vm.name}_replica")
-        except VzrepError:
-            pass
-        else:
-            await lab.client.destroy_vm(rep.moid)
 
 
 class Cli:

@@ -68,16 +68,19 @@ class VSphereTarget:
         return TargetSpec("127.0.0.1", p, self.keys.client_key, self.keys.known_hosts(p, f"kh-{p}"))
 
 
-@pytest.fixture
-async def vtarget(tmp_path: Path, session_keys: Keys, vcsim: Vcsim, lab: Lab) -> AsyncIterator[VSphereTarget]:
+@contextlib.asynccontextmanager
+async def running_vtarget(
+    tmp_path: Path, keys: Keys, vcsim: Vcsim, lab: Lab, restore_points: int
+) -> AsyncIterator[VSphereTarget]:
+    """A vSphere target on the lab's appliance; the replica VM is destroyed afterwards."""
     settings = ReplicaSettings(
         connect=vcsim.options(),
         appliance_vm=TARGET_APPLIANCE,
-        restore_points=2,
+        restore_points=restore_points,
         datastore_roots=lab.roots,
         locate_timeout=5.0,
     )
-    t = await VSphereTarget(tmp_path / "target", session_keys, settings).start()
+    t = await VSphereTarget(tmp_path / "target", keys, settings).start()
     try:
         yield t
     finally:
@@ -89,6 +92,12 @@ async def vtarget(tmp_path: Path, session_keys: Keys, vcsim: Vcsim, lab: Lab) ->
             pass
         else:
             await lab.client.destroy_vm(rep.moid)
+
+
+@pytest.fixture
+async def vtarget(tmp_path: Path, session_keys: Keys, vcsim: Vcsim, lab: Lab) -> AsyncIterator[VSphereTarget]:
+    async with running_vtarget(tmp_path, session_keys, vcsim, lab, restore_points=2) as t:
+        yield t
 
 
 async def source_pass(
