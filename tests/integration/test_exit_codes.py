@@ -89,6 +89,17 @@ class Setup:
         return snapshot(self.target.vm(VM))
 
 
+async def fails_and_keeps_the_replica(
+    setup: Setup, before: dict[str, str], code: ExitCode, text: str
+) -> None:
+    """A pass through the CLI exits with ``code`` saying ``text``; the replica is as it was."""
+    rc, err = await source(*setup.args())
+    assert rc == code, err
+    assert text in err
+    await wait_idle(setup.target.vm(VM))
+    assert snapshot(setup.target.vm(VM)) == before
+
+
 @pytest.fixture
 async def setup(tmp_path: Path, session_keys: Keys, target: Target) -> AsyncIterator[Setup]:
     yield Setup(tmp_path, session_keys, target)
@@ -215,11 +226,8 @@ async def test_9_target_storage_full(setup: Setup, monkeypatch: pytest.MonkeyPat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(target_replica.DiskWriter, "write_block", full)
-    rc, err = await source(*setup.args())
-    assert rc == ExitCode.STORAGE == 9, err
-    assert "No space left on device" in err
-    await wait_idle(setup.target.vm(VM))
-    assert snapshot(setup.target.vm(VM)) == before
+    assert ExitCode.STORAGE == 9
+    await fails_and_keeps_the_replica(setup, before, ExitCode.STORAGE, "No space left on device")
 
 
 async def test_10_a_pass_of_this_vm_is_running(setup: Setup) -> None:
@@ -234,11 +242,8 @@ async def test_10_a_pass_of_this_vm_is_running(setup: Setup) -> None:
 async def test_11_a_block_fails_its_hash(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     before = await setup.replicated()
     monkeypatch.setattr(target_session, "hash_block", lambda data: bytes(32))
-    rc, err = await source(*setup.args())
-    assert rc == ExitCode.INTEGRITY == 11
-    assert "does not match its hash" in err
-    await wait_idle(setup.target.vm(VM))
-    assert snapshot(setup.target.vm(VM)) == before
+    assert ExitCode.INTEGRITY == 11
+    await fails_and_keeps_the_replica(setup, before, ExitCode.INTEGRITY, "does not match its hash")
 
 
 async def test_12_vsphere_refused_or_unreachable(setup: Setup) -> None:
@@ -261,11 +266,10 @@ async def test_13_the_target_failed_the_pass_itself_and_rolled_back(
         raise KeyError("a bug on the target")
 
     monkeypatch.setattr(target_replica.DiskWriter, "write_block", bug)
-    rc, err = await source(*setup.args())
-    assert rc == ExitCode.ROLLED_BACK == 13
-    assert "target failed the pass: internal error on the target: KeyError" in err
-    await wait_idle(setup.target.vm(VM))
-    assert snapshot(setup.target.vm(VM)) == before
+    assert ExitCode.ROLLED_BACK == 13
+    await fails_and_keeps_the_replica(
+        setup, before, ExitCode.ROLLED_BACK, "target failed the pass: internal error on the target: KeyError"
+    )
 
 
 async def test_14_pairing_with_a_wrong_code(setup: Setup) -> None:
