@@ -2,8 +2,9 @@
 #
 # `make test` needs packer (validate) and tmux (the console's end-to-end test); qemu-utils makes the
 # small VMDK in the OVF packaging tests.
-# whois holds mkpasswd and openssl its passwd command: independent makers of shadow hashes.
-EXTRA_APT_PACKAGES += packer tmux qemu-utils whois openssl
+# whois holds mkpasswd and openssl its passwd command: independent makers of shadow hashes;
+# systemd's systemd-analyze judges the units' sandboxes.
+EXTRA_APT_PACKAGES += packer tmux qemu-utils whois openssl systemd
 # The image build and boot need more; `make appliance` installs these itself (syslinux-common holds
 # the MBR code and is only a recommendation of syslinux, which apt skips here).
 APPLIANCE_APT_PACKAGES ?= mmdebstrap qemu-system-x86 qemu-utils syslinux syslinux-common mtools dosfstools fdisk e2fsprogs

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from vzcommon.climain import asyncio_run, run_main
-from vzcommon.errors import InputError, StorageError
+from vzcommon.errors import InputError, StorageError, VzrepError
 from vzcommon.keycli import add_keygen
 
 from .disks import DiskReader, check_name, open_disk, parse_disk_spec
@@ -152,7 +152,20 @@ async def _run(
 
 
 def _pass_command(args: argparse.Namespace) -> int:
-    """``pass``: open local disks and start hashing the first (module docstring), then run the pass."""
+    """``pass``; with ``--json`` a failure is also a JSON object on stdout (the error line stays on stderr)."""
+    try:
+        return _run_pass_command(args)
+    except VzrepError as exc:
+        if args.json:
+            import json
+
+            error = {"vm": args.vm, "ok": False, "error": str(exc), "exit_code": int(exc.exit_code)}
+            print(json.dumps(error, indent=2), flush=True)
+        raise
+
+
+def _run_pass_command(args: argparse.Namespace) -> int:
+    """Open local disks and start hashing the first (module docstring), then run the pass."""
     # First of all: the names become paths (in the state dir, on the target); nothing is opened,
     # created or connected to before they are checked.
     check_name("VM", args.vm)

@@ -29,9 +29,6 @@ def _connection_options(p: argparse.ArgumentParser, *, required: bool) -> None:
 def add_arguments(pass_parser: argparse.ArgumentParser) -> None:
     _connection_options(pass_parser, required=False)
     pass_parser.add_argument("--quiesce", action="store_true", help="quiesce the guest for the snapshot")
-    pass_parser.add_argument(
-        "--restore-points", type=int, default=7, metavar="N", help="restore points kept on the replica"
-    )
 
 
 def add_source_commands(sub: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import re
 import signal
 import sys
@@ -144,6 +145,18 @@ async def test_4_connection_refused(setup: Setup) -> None:
     rc, err = await source(*setup.args(port=free_port()))
     assert rc == ExitCode.CONNECTION == 4
     assert err.startswith("vzrep-source: ") and err.count("\n") == 1
+
+
+async def test_a_failed_pass_with_json_prints_a_json_error(setup: Setup) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "source_agent.cli", *setup.args(port=free_port()), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == ExitCode.CONNECTION
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["exit_code"] == ExitCode.CONNECTION and doc["vm"] == VM
+    assert doc["error"] in err.decode()  # the same message, also as the one line on stderr
 
 
 async def test_5_host_key_not_the_pinned_one(setup: Setup) -> None:
