@@ -162,7 +162,13 @@ def descriptor(vmdk_name: str, vmdk_size: int, capacity_bytes: int, hw: Hardware
             "ResourceType": "10",
         },
     )
-    for key, value in (("tools.syncTimeWithHost", "false"), ("powerOpInfo.powerOffType", "soft")):
+    # disk.EnableUUID: the guest sees each disk's UUID (/dev/disk/by-id/wwn-0x6000c2...), by which the
+    # agents find the disks HotAdded to them (docs/vsphere.md); without it they fall back to SCSI units.
+    for key, value in (
+        ("tools.syncTimeWithHost", "false"),
+        ("powerOpInfo.powerOffType", "soft"),
+        ("disk.EnableUUID", "TRUE"),
+    ):
         _sub(vhs, VMW, "Config", ovf_required="false", vmw_key=key, vmw_value=value)
 
     product = _sub(vs, OVF, "ProductSection", ovf_required="false")

@@ -14,7 +14,7 @@ from appliance.image import disk, ovf
 from appliance.properties import PROPERTIES
 from vzcommon.errors import InputError
 
-NS = {"ovf": ovf.OVF, "rasd": ovf.RASD, "vssd": ovf.VSSD}
+NS = {"ovf": ovf.OVF, "rasd": ovf.RASD, "vssd": ovf.VSSD, "vmw": ovf.VMW}
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
 
 
@@ -64,6 +64,9 @@ def test_descriptor_matches_files_and_hardware(ova_dir):
     for item in items.values():  # CIM requires RASD elements in alphabetical order
         names = [child.tag.split("}")[1] for child in item]
         assert names == sorted(names)
+
+    config = {c.get(f"{{{ovf.VMW}}}key"): c.get(f"{{{ovf.VMW}}}value") for c in vhs.findall("vmw:Config", NS)}
+    assert config["disk.EnableUUID"] == "TRUE"  # the agents find HotAdded disks by their UUID
 
     keys = [p.get(f"{{{ovf.OVF}}}key") for p in root.iter(f"{{{ovf.OVF}}}Property")]
     assert keys == [p.key for p in PROPERTIES]
