@@ -170,10 +170,12 @@ def _run_pass_command(args: argparse.Namespace) -> int:
     # created or connected to before they are checked.
     check_name("VM", args.vm)
     disk_specs(args.disk)
-    vcenter = getattr(args, "vcenter", None)
-    if bool(args.disk) == bool(vcenter):
+    # a vSphere VM: --vcenter, or the host line of the credentials file (or a session token's host)
+    vcenter = any(getattr(args, a, None) for a in ("vcenter", "credentials", "session_token_file"))
+    if bool(args.disk) == vcenter:
         raise InputError(
-            "give either --disk PATH (local disks) or --vcenter HOST (a vSphere VM), not both or neither"
+            "give either --disk PATH (local disks) or --vcenter HOST / --credentials FILE with a host line"
+            " (a vSphere VM), not both or neither"
         )
     if vcenter and args.planned_failover:
         raise InputError("a planned failover of a vSphere VM is not built yet: fail over on the target")
@@ -321,7 +323,7 @@ def _pairing_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
 #: Commands and options that live in the vSphere and pairing areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
 _AREAS: tuple[tuple[tuple[str, ...], Callable[[Any, argparse.ArgumentParser], None]], ...] = (
-    (("--vcenter", "vsphere-check"), _vsphere_area),
+    (("--vcenter", "--credentials", "--session-token-file", "vsphere-check"), _vsphere_area),
     (("pair", "unpair", "pair-status"), _pairing_area),
 )
 

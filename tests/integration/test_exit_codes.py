@@ -270,6 +270,16 @@ async def test_12_vsphere_refused_or_unreachable(setup: Setup) -> None:
     assert "cannot reach" in err
 
 
+async def test_the_credentials_files_host_line_stands_for_vcenter(setup: Setup) -> None:
+    """docs/vsphere.md documents a host line in the credentials file: `pass` uses it without --vcenter."""
+    creds = setup.tmp / "creds"
+    creds.write_text(f"host = 127.0.0.1:{free_port()}\nuser = administrator@vsphere.local\npassword = x\n")
+    creds.chmod(0o600)
+    rc, err = await source(*setup.args()[:9], "--credentials", str(creds), "--insecure")
+    assert rc == ExitCode.VSPHERE, err  # it tried that host (nothing listens there)
+    assert "cannot reach" in err and "unrecognized arguments" not in err
+
+
 async def test_13_the_target_failed_the_pass_itself_and_rolled_back(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
