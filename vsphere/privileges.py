@@ -27,3 +27,12 @@ TARGET = (
     "Datastore.AllocateSpace",
     "Network.Assign",
 )
+#: on the replica VM, for failover (target_agent/vsphere/failover.py)
+REPLICA_FAILOVER = (
+    "VirtualMachine.State.RevertToSnapshot",
+    "VirtualMachine.State.CreateSnapshot",
+    "VirtualMachine.State.RemoveSnapshot",
+    "VirtualMachine.Interact.PowerOn",
+    "VirtualMachine.Interact.PowerOff",
+    "VirtualMachine.Interact.DeviceConnection",
+)

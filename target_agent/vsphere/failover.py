@@ -34,6 +34,7 @@ from target_agent.storage import failover as fo
 from target_agent.storage.transaction import now
 from target_agent.vsphere.replica import REPLICA_MARKER
 from target_agent.vsphere.restore_points import is_restore_point
+from vsphere import privileges
 from vsphere.client import VSphereClient
 from vsphere.model import SNAPSHOT_MARKER, SnapshotInfo, VmInfo
 from vzcommon.durable import unlink_durable
@@ -118,6 +119,13 @@ async def start(
             f"VM {vm!r} is failing over{' as a test' if st.get('test') else ''}: run that failover again"
         )
     replica = await find_replica(client, vdir, vm)
+    # checked before anything changes: a failover that stops half-way for want of a privilege is worse
+    missing = (await client.missing_privileges([replica.moid], privileges.REPLICA_FAILOVER))[replica.moid]
+    if missing:
+        raise VSphereError(
+            f"the vSphere user may not fail over replica VM {replica.name}: it lacks {', '.join(missing)}"
+            " on it (docs/vsphere.md, Privileges)"
+        )
     snaps = await client.list_snapshots(replica.moid)
     point = pick_point(snaps, point_id or (str(st["point"]) if st else None), vm)
     if st is None:
