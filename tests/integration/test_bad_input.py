@@ -193,19 +193,24 @@ async def test_wrong_host_key(target: Target, victim: dict[str, str], tmp_path: 
     assert snapshot(target.vm("victim")) == victim
 
 
-async def test_client_offering_only_aes128_is_refused(target: Target, victim: dict[str, str]) -> None:
+async def connect_offering(target: Target, **algs: list[str]) -> None:
+    """A client with our key that offers only ``algs``; the target must refuse it in key exchange."""
     spec = target.spec()
+    await asyncssh.connect(
+        "127.0.0.1",
+        target.port,
+        username="x",
+        client_keys=[str(spec.identity)],
+        known_hosts=str(spec.known_hosts),
+        config=[],
+        agent_path=None,
+        **algs,
+    )
+
+
+async def test_client_offering_only_aes128_is_refused(target: Target, victim: dict[str, str]) -> None:
     with pytest.raises(asyncssh.KeyExchangeFailed):
-        await asyncssh.connect(
-            "127.0.0.1",
-            target.port,
-            username="x",
-            client_keys=[str(spec.identity)],
-            known_hosts=str(spec.known_hosts),
-            encryption_algs=["aes128-ctr", "aes128-gcm@openssh.com"],
-            config=[],
-            agent_path=None,
-        )
+        await connect_offering(target, encryption_algs=["aes128-ctr", "aes128-gcm@openssh.com"])
     assert snapshot(target.vm("victim")) == victim
 
 
@@ -216,7 +221,8 @@ async def test_target_offering_only_aes128_is_refused(tmp_path: Path, session_ke
     ) as sshd:
         kh = tmp_path / "kh"
         kh.write_text(
-            known_hosts_line("127.0.0.1", sshd.port, sshd.host_key.with_suffix(".pub").read_text().strip()) + "\n"
+            known_hosts_line("127.0.0.1", sshd.port, sshd.host_key.with_suffix(".pub").read_text().strip())
+            + "\n"
         )
         # sshd closes at once when negotiation fails; if the client's next bytes are still unread
         # then, the kernel resets the connection and the client may lose sshd's KEXINIT with it
@@ -279,7 +285,9 @@ async def test_source_offers_only_curve25519_key_exchange(session_keys: Keys) ->
     server = await asyncio.start_server(audit, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        spec = TargetSpec("127.0.0.1", port, session_keys.client_key, session_keys.known_hosts(port, "kh-audit"))
+        spec = TargetSpec(
+            "127.0.0.1", port, session_keys.client_key, session_keys.known_hosts(port, "kh-audit")
+        )
         with pytest.raises(ConnectionFailed):
             await open_tunnel(spec)
         assert await asyncio.wait_for(offered, 15) == KEX_OFFER
@@ -291,16 +299,6 @@ async def test_source_offers_only_curve25519_key_exchange(session_keys: Keys) ->
 async def test_client_offering_only_nistp256_key_exchange_is_refused(
     target: Target, victim: dict[str, str]
 ) -> None:
-    spec = target.spec()
     with pytest.raises(asyncssh.KeyExchangeFailed, match="key exchange"):
-        await asyncssh.connect(
-            "127.0.0.1",
-            target.port,
-            username="x",
-            client_keys=[str(spec.identity)],
-            known_hosts=str(spec.known_hosts),
-            kex_algs=["ecdh-sha2-nistp256"],
-            config=[],
-            agent_path=None,
-        )
+        await connect_offering(target, kex_algs=["ecdh-sha2-nistp256"])
     assert snapshot(target.vm("victim")) == victim

@@ -175,22 +175,22 @@ async def test_6_our_key_refused(setup: Setup) -> None:
     assert "refused our key" in err
 
 
-async def test_7_no_aes256_cipher_in_common(setup: Setup) -> None:
-    """A server that offers only AES-128 (asyncssh here: it answers a failed negotiation with a
-    DISCONNECT; OpenSSH's sshd may reset the connection instead, see test_bad_input)."""
+async def source_against_asyncssh(setup: Setup, **algs: list[str]) -> tuple[int, str]:
+    """A pass against a bare asyncssh server offering only ``algs`` (it answers a failed negotiation
+    with a DISCONNECT; OpenSSH's sshd may reset the connection instead, see test_bad_input)."""
     server = await asyncssh.create_server(
-        asyncssh.SSHServer,
-        "127.0.0.1",
-        0,
-        server_host_keys=[str(setup.keys.host_key)],
-        encryption_algs=["aes128-ctr", "aes128-gcm@openssh.com"],
+        asyncssh.SSHServer, "127.0.0.1", 0, server_host_keys=[str(setup.keys.host_key)], **algs
     )
-    port = server.sockets[0].getsockname()[1]
     try:
-        rc, err = await source(*setup.args(port=port))
+        return await source(*setup.args(port=server.sockets[0].getsockname()[1]))
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_7_no_aes256_cipher_in_common(setup: Setup) -> None:
+    """A server that offers only AES-128."""
+    rc, err = await source_against_asyncssh(setup, encryption_algs=["aes128-ctr", "aes128-gcm@openssh.com"])
     assert rc == ExitCode.CIPHER == 7, err
     assert "no AES-256 cipher" in err
 
@@ -198,19 +198,7 @@ async def test_7_no_aes256_cipher_in_common(setup: Setup) -> None:
 async def test_7_no_key_exchange_in_common(setup: Setup) -> None:
     """A server that offers only ecdh-sha2-nistp256 (an ssh-audit failure): the source refuses it and
     says that key exchange is what failed."""
-    server = await asyncssh.create_server(
-        asyncssh.SSHServer,
-        "127.0.0.1",
-        0,
-        server_host_keys=[str(setup.keys.host_key)],
-        kex_algs=["ecdh-sha2-nistp256"],
-    )
-    port = server.sockets[0].getsockname()[1]
-    try:
-        rc, err = await source(*setup.args(port=port))
-    finally:
-        server.close()
-        await server.wait_closed()
+    rc, err = await source_against_asyncssh(setup, kex_algs=["ecdh-sha2-nistp256"])
     assert rc == ExitCode.CIPHER == 7, err
     assert "no key exchange in common" in err and "curve25519-sha256" in err and err.count("\n") == 1
 
