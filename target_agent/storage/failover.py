@@ -12,8 +12,12 @@ The state is one record, ``DATA_DIR/<vm>/failover`` (magic, version, checksum):
   the VM runs from the deltas, so the replica and its restore points stay as they were. Passes from
   the source are refused (exit 15). ``--undo`` deletes the deltas, rolls the replica back to the point
   that was newest before the failover, and replication goes on as before.
-* ``committed`` -- ``--commit`` merged the deltas into the replica (``qemu-img commit``): the replica is
-  now production. Its maps and restore points no longer describe it and are removed; passes stay
+* ``committing`` -- written by ``--commit`` before the first delta is merged into the replica
+  (``qemu-img commit -d``; the VM is off). A merge stopped half-way leaves the replica part old, part
+  new (and the merge gave the replica a new CID, so the delta no longer opens as its child), so
+  ``--undo`` is refused from here on and running ``--commit`` again finishes it: the delta is kept
+  whole until its merge is complete, and merging it again writes the same bytes.
+* ``committed`` -- ``--commit`` merged the deltas into the replica: the replica is now production. Its maps and restore points no longer describe it and are removed; passes stay
   refused until the way back (failback) has run.
 
 Rolling to a point is itself a pass (``transaction.VmPass``): the point is exported to a stage inside
@@ -185,6 +189,11 @@ def undo_failover(data_dir: Path, vm: str) -> str:
         raise InputError(f"VM {vm!r} is not failed over: nothing to undo")
     if st.get("state") == "committed":
         raise InputError(f"VM {vm!r}'s failover was committed: it can only come home by failback")
+    if st.get("state") == "committing":
+        raise InputError(
+            f"VM {vm!r}'s failover is being committed (a commit stopped half-way): the replica holds part"
+            " of the VM's writes, so it cannot go back; finish with `vzrep-target failover --commit`"
+        )
     if st.get("state") == "test":
         shutil.rmtree(st.get("dir", ""), ignore_errors=True)
         unlink_durable(vdir / STATE)
@@ -215,11 +224,14 @@ def commit_failover(data_dir: Path, vm: str) -> str:
     """Make the failover final: the deltas' writes go into the replica, which is production now."""
     vdir = data_dir / vm
     st = read_state(vdir)
-    if st is None or st.get("state") not in ("failed-over", "committed"):
+    if st is None or st.get("state") not in ("failed-over", "committing", "committed"):
         raise InputError(f"VM {vm!r} is not failed over (state {st and st.get('state')}): nothing to commit")
+    if st["state"] == "failed-over":
+        st = {**st, "state": "committing"}
+        _write_state(vdir, st)  # from here the way back is gone: undo is refused, commit finishes
     for disk, delta in (st.get("deltas") or {}).items():
         if (vdir / delta).exists():
-            _qemu_img("commit", "-q", delta, cwd=vdir)
+            _qemu_img("commit", "-q", "-d", delta, cwd=vdir)  # -d: the delta stays whole until removed
             unlink_durable(vdir / delta)
         paths = ReplicaPaths(vdir, disk)
         unlink_durable(paths.map)  # the map no longer describes the disk: a later pass re-hashes it

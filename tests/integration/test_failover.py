@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,36 @@ async def test_a_crash_while_rolling_to_the_point_is_finished_by_running_it_agai
     st = fo.start(t.data_dir, VM, ids[0])
     assert st["state"] == "failed-over"
     qemu_compare(saved[ids[0]], t.vm(VM) / "d.vmdk")
+
+
+def test_a_commit_killed_half_way_is_finished_by_running_it_again(passes, tmp_path: Path) -> None:
+    """The agent is killed (SIGKILL) right after the first disk's delta was merged: undo is refused
+    (the replica holds part of the VM's writes) and running --commit again finishes it."""
+    t, _, _ = passes
+    vdir = t.vm(VM)
+    fo.start(t.data_dir, VM, None)
+    delta = vdir / "d-failover.vmdk"
+    run(need("qemu-io"), "-c", "write -P 0xcd 1M 192k", delta)
+    running = shutil.copy(delta, tmp_path / "running.vmdk")
+    shutil.copy(vdir / "d.vmdk", tmp_path / "d.vmdk")
+    shutil.copy(vdir / "d-flat.vmdk", tmp_path / "d-flat.vmdk")
+    # A qemu-img that does the merge, then kills the agent that called it: the crash comes after the
+    # replica was written and before the delta is removed or the state says "committed".
+    wrap = tmp_path / "bin"
+    wrap.mkdir()
+    (wrap / "qemu-img").write_text(f'#!/bin/sh\n{need("qemu-img")} "$@" && kill -9 $PPID\n')
+    (wrap / "qemu-img").chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrap}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "target_agent.cli", "failover", "--data-dir", str(t.data_dir), "--vm", VM]
+    res = subprocess.run([*cmd, "--commit"], capture_output=True, text=True, env=env)
+    assert res.returncode == -9, res.stderr
+    assert fo.read_state(vdir)["state"] == "committing"
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--undo")
+    assert res.returncode == ExitCode.INPUT and "--commit" in res.stderr, res.stderr
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--commit")
+    assert res.returncode == 0, res.stderr
+    assert fo.read_state(vdir)["state"] == "committed" and not delta.exists()
+    qemu_compare(running, vdir / "d.vmdk")
 
 
 def blocks_differing(a: Path, b: Path, bs: int = 64 * 1024) -> int:
