@@ -20,7 +20,9 @@ from appliance.image import disk, ovf
 
 PACKAGES = (
     "systemd,systemd-sysv,systemd-resolved,systemd-timesyncd,udev,dbus,linux-image-amd64,"
-    "initramfs-tools,python3,python3-venv,open-vm-tools,openssh-server,iproute2,less,kmod,passwd"
+    "initramfs-tools,python3,python3-venv,open-vm-tools,openssh-server,iproute2,less,kmod,passwd,"
+    # qemu-img and qemu-io: failover deltas and their commit (target_agent/storage/failover.py)
+    "qemu-utils"
 )
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_LOCK = REPO / "requirements" / "runtime.txt"

@@ -90,6 +90,7 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
                 kernel = (await sh("/opt/vzrep/venv/bin/python -c 'from source_agent import native;"
                                    " from source_agent.native import ahead;"
                                    " print(native.kernel_name(), ahead.available())'")).strip()
+                qemu_img = (await sh("qemu-img --version")).strip()  # failover makes its deltas with it
             replicated = await replicate_into(vm.ports["agent"], paired.host_key, source_key, tmp_path)
             with pytest.raises(asyncssh.PermissionDenied):  # password logins are refused
                 async with asyncssh.connect("127.0.0.1", port=vm.ports["ssh"], username="vzadmin",
@@ -106,6 +107,7 @@ async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
     )
     assert replicated in (None, 0), f"vzrep-source pass into the appliance exited {replicated}"
     assert agent == "active", agent_log
+    assert qemu_img.startswith("qemu-img version"), "qemu-utils is missing from the image: failover needs it"
     assert banner.startswith(b"SSH-2.0-"), agent_log
     assert multi_user == "active"
     assert state in ("running", "degraded"), state
