@@ -15,9 +15,10 @@ crash (the record says how far it got):
 * ``--undo`` (``undoing`` while it runs): power off, revert to the before snapshot -- which discards
   what the VM wrote while failed over --, remove that snapshot, disconnect the NICs, clear the record;
   passes are taken again and find the replica as the last pass left it.
-* ``committed`` -- ``--commit`` removes the before snapshot: the VM keeps running and is production.
-  The maps in DATA_DIR no longer describe its disks and are removed; the restore points stay as
-  snapshots (they are still what the VM was). Passes stay refused until failback and ``--release``.
+* ``committed`` -- ``--commit`` removes the before snapshot and the restore points newer than the one
+  failed over to (kept until then, so ``--undo`` could return): the VM keeps running and is
+  production. The maps in DATA_DIR no longer describe its disks and are removed; the older restore
+  points stay as snapshots (they are still what the VM was). Passes stay refused until failback and ``--release``.
 
 Restore points are :func:`restore_points.is_restore_point` snapshots, named by moid or name; foreign
 snapshots are never a failover target and are never touched.
@@ -207,6 +208,23 @@ async def commit(client: VSphereClient, data_dir: Path, vm: str) -> str:
     snaps = {s.moid: s for s in await client.list_snapshots(str(st["replica_vm"]))}
     if str(st.get("before")) in snaps:
         await client.remove_snapshot(str(st["before"]))
+    # The points newer than the one failed over to are states production will never pass through:
+    # kept until now (undo could return to them), removed at commit. Older points stay, as the
+    # history of the VM now running; foreign snapshots are never touched. Listed afresh, so a commit
+    # stopped half-way and run again removes what is left.
+    newer = _newer_points(await client.list_snapshots(str(st["replica_vm"])), str(st["point"]))
+    for snap in newer:
+        await client.remove_snapshot(snap.moid)
     await asyncio.to_thread(unlink_durable, *vdir.glob("*.vzmap"))  # they describe the replica no more
     await asyncio.to_thread(fo._write_state, vdir, {**st, "state": "committed", "committed": now()})
-    return f"failover of VM {vm!r} committed: the replica VM is production; bring it home with failback"
+    dropped = f"; {len(newer)} newer restore point(s) removed" if newer else ""
+    return (
+        f"failover of VM {vm!r} committed: the replica VM is production{dropped}; bring it home with failback"
+    )
+
+
+def _newer_points(snaps: list[SnapshotInfo], point: str) -> list[SnapshotInfo]:
+    """Our restore points taken after ``point`` (oldest first); none when ``point`` is gone."""
+    points = _by_time([s for s in snaps if is_restore_point(s)])
+    at = next((i for i, s in enumerate(points) if s.moid == point), None)
+    return [] if at is None else points[at + 1 :]

@@ -202,11 +202,14 @@ async def test_failover_commit_keeps_the_vm_running_and_refuses_passes(
     rc, _, err = await cli.run("failover", "--point", point)
     assert rc == 0, err
     rc, out, err = await cli.run("failover", "--commit")
-    assert rc == 0 and "committed" in out, err
+    assert rc == 0 and "committed" in out and "1 newer restore point(s) removed" in out, err
     after = await seen.read()
     assert after["power"] == "poweredOn" and after["current"] == ours[1]["id"]
-    assert after["tree"] == before_all["tree"]  # the before-failover snapshot is gone, the rest stays
+    # The before-failover snapshot and the point newer than the one failed over to are gone; the
+    # older points and the foreign snapshot stay as they were.
+    assert after["tree"] == {m: v for m, v in before_all["tree"].items() if m != ours[0]["id"]}
     assert after["tree"][foreign][0] == "admin-check"
+    assert [r["id"] for r in await cli.points() if r["kind"] == "restore-point"] == [ours[1]["id"], ours[2]["id"]]
     assert after["nics"] == [(True, True)]
     vdir = vtarget.data_dir / lab.vm.name
     assert read_state(vdir)["state"] == "committed"  # type: ignore[index]
