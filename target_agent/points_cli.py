@@ -87,9 +87,13 @@ def failover(args: argparse.Namespace) -> int:
     if args.vcenter and not args.release:
         if args.to:
             raise InputError("--to is for file replicas; a vSphere test failover runs the replica VM itself")
+        if args.network_map and (args.undo or args.commit):
+            raise InputError("--network-map goes with the failover itself, not with --undo or --commit")
         from .vsphere import points as vpoints
 
         return asyncio_run(vpoints.failover(options_from_args(args), args))
+    if args.network_map:
+        raise InputError("--network-map is for vSphere replicas (with --vcenter): a file replica has no NICs")
     if args.undo:
         print(fo.undo_failover(args.data_dir, args.vm))
     elif args.release:
@@ -107,6 +111,13 @@ def failover(args: argparse.Namespace) -> int:
             f" {vm_dir(args.data_dir, args.vm)}; passes from the source are refused until --undo or failback"
         )
     return 0
+
+
+def _network_pair(value: str) -> tuple[str, str]:
+    src, eq, dst = value.partition("=")
+    if not eq or not src.strip() or not dst.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not SRC=DST (a network name on each side)")
+    return src.strip(), dst.strip()
 
 
 def add_point_commands(sub: Any) -> None:
@@ -138,6 +149,13 @@ def add_point_commands(sub: Any) -> None:
         "--release", action="store_true", help="after failback: the replica accepts passes again"
     )
     p.add_argument("--to", type=Path, metavar="DIR", help="with --test: where the copy goes")
+    p.add_argument(
+        "--network-map",
+        type=_network_pair,
+        action="append",
+        metavar="SRC=DST",
+        help="vSphere: the NICs on network SRC are put on network DST of the DR host (repeatable)",
+    )
     g = p.add_argument_group("vSphere replicas (revert the replica VM to a restore-point snapshot)")
     add_connection_arguments(g, what="vCenter or ESXi host of the replica VM")
     p.set_defaults(func=failover)

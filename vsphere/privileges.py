@@ -35,4 +35,5 @@ REPLICA_FAILOVER = (
     "VirtualMachine.Interact.PowerOn",
     "VirtualMachine.Interact.PowerOff",
     "VirtualMachine.Interact.DeviceConnection",
+    "VirtualMachine.Config.EditDevice",  # the NICs' connect state and --network-map's backing
 )

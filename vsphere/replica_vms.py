@@ -16,6 +16,7 @@ from vsphere.faults import blocking
 from vsphere.hardware import HardwareRecord
 from vsphere.inventory import Inventory
 from vsphere.model import VmInfo
+from vsphere.power import network_backing
 from vsphere.vmomi import vim
 from vzcommon.errors import InputError
 
@@ -151,16 +152,8 @@ def _nic_changes(hardware: HardwareRecord, networks: dict[str, Any]) -> list[Any
     for i, n in enumerate(hardware.nics):
         nic = getattr(vim.vm.device, n.type)(key=-400 - i)
         net = networks.get(n.network) if n.network else None
-        if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
-            nic.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
-                port=vim.dvs.PortConnection(
-                    switchUuid=net.config.distributedVirtualSwitch.uuid, portgroupKey=net.key
-                )
-            )
-        elif net is not None:
-            nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
-                deviceName=n.network, network=net
-            )
+        if net is not None and n.network:
+            nic.backing = network_backing(net, n.network)
         else:  # keep the NIC, unconnected; the report tells the user to pick a network
             nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=n.network or "")
         nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(startConnected=False, connected=False)

@@ -109,8 +109,12 @@ async def start(
     point_id: str | None,
     *,
     test: bool = False,
+    network_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Fail over (``test``: a test failover) to a point; the state record afterwards."""
+    """Fail over (``test``: a test failover) to a point; the state record afterwards.
+
+    ``network_map`` (source network name -> DR network name) moves the replica's NICs before they are
+    connected; the networks each NIC had are recorded, and ``--undo`` puts them back."""
     vdir = data_dir / vm
     st = await asyncio.to_thread(fo.read_state, vdir)
     if st is not None and st.get("state") != "failing-over":
@@ -130,7 +134,11 @@ async def start(
     snaps = await client.list_snapshots(replica.moid)
     point = pick_point(snaps, point_id or (str(st["point"]) if st else None), vm)
     if st is None:
+        info = await client.vm_info(replica.moid)
+        await _check_network_map(client, replica, info, network_map or {}, test)
         st = {
+            "nic_networks": {str(n.key): n.network for n in info.nics if n.network},
+            "network_map": dict(network_map or {}),
             "state": "failing-over",
             "kind": "vsphere",
             "test": test,
@@ -157,10 +165,35 @@ async def start(
         st = {**st, "reverted": True}
         await asyncio.to_thread(fo._write_state, vdir, st)
     await client.power_on(replica.moid)
-    nics = await client.set_nics_connected(replica.moid, not test)
+    nics = await client.set_nics_connected(replica.moid, not test, st.get("network_map") or None)
     st = {**st, "state": "testing" if test else "failed-over", "nics": nics}
     await asyncio.to_thread(fo._write_state, vdir, st)
     return st
+
+
+async def _check_network_map(
+    client: VSphereClient, replica: VmInfo, info: VmInfo, network_map: dict[str, str], test: bool
+) -> None:
+    """Refused before anything changes: a map for a test (its NICs stay off), a name no NIC is on, or a
+    network the replica's host does not have."""
+    if not network_map:
+        return
+    if test:
+        raise InputError("--network-map is for a failover: a test failover keeps the NICs disconnected")
+    on = {n.network for n in info.nics}
+    strays = sorted(set(network_map) - on)
+    if strays:
+        raise InputError(
+            f"--network-map names {', '.join(map(repr, strays))}, but no NIC of replica VM {replica.name}"
+            f" is on it (its NICs are on {', '.join(repr(n) for n in sorted(x or '' for x in on)) or 'nothing'})"
+        )
+    have = await client.host_networks(replica.moid)
+    missing = sorted(set(network_map.values()) - set(have))
+    if missing:
+        raise InputError(
+            f"--network-map: the host of replica VM {replica.name} has no network"
+            f" {', '.join(map(repr, missing))} (it has {', '.join(map(repr, have)) or 'none'})"
+        )
 
 
 async def undo(client: VSphereClient, data_dir: Path, vm: str) -> str:
@@ -188,7 +221,8 @@ async def undo(client: VSphereClient, data_dir: Path, vm: str) -> str:
     if before is not None:
         await client.revert_to_snapshot(before.moid)
         await client.remove_snapshot(before.moid)
-    await client.set_nics_connected(replica, False)
+    back = {int(k): str(v) for k, v in (st.get("nic_networks") or {}).items()}
+    await client.set_nics_connected(replica, False, by_key=back)  # a --network-map undone too
     await asyncio.to_thread(unlink_durable, vdir / fo.STATE)
     what = "test failover" if st.get("test") else "failover"
     return (

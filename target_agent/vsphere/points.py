@@ -86,7 +86,8 @@ async def failover(opts: ConnectOptions, args: argparse.Namespace) -> int:
         elif args.commit:
             print(await vfo.commit(client, args.data_dir, args.vm))
         else:
-            st = await vfo.start(client, args.data_dir, args.vm, args.point, test=args.test)
+            networks = dict(args.network_map or [])
+            st = await vfo.start(client, args.data_dir, args.vm, args.point, test=args.test, network_map=networks)
             if args.test:
                 print(
                     f"test failover of VM {args.vm!r}: the replica VM runs from restore point {st['point_name']}"
@@ -97,4 +98,6 @@ async def failover(opts: ConnectOptions, args: argparse.Namespace) -> int:
                     f"VM {args.vm!r} failed over: the replica VM runs from restore point {st['point_name']}"
                     " with its NICs connected; passes from the source are refused until --undo or failback"
                 )
+                for line in st.get("nics") or []:
+                    print(f"  {line}")
     return 0

@@ -83,16 +83,20 @@ class Seen:
         snap = self.vm.snapshot
         if snap is not None:
             walk(snap.rootSnapshotList, None)
-        nics = [
-            (d.connectable.startConnected, d.connectable.connected)
-            for d in self.vm.config.hardware.device
-            if isinstance(d, vmomi.vim.vm.device.VirtualEthernetCard)
-        ]
+        cards = [d for d in self.vm.config.hardware.device if isinstance(d, vmomi.vim.vm.device.VirtualEthernetCard)]
+        nics = [(d.connectable.startConnected, d.connectable.connected) for d in cards]
+        networks = []
+        for d in cards:
+            if isinstance(d.backing, vmomi.vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
+                networks.append(f"dvportgroup:{d.backing.port.portgroupKey}")
+            else:
+                networks.append(str(d.backing.deviceName))
         return {
             "power": str(self.vm.runtime.powerState),
             "current": snap.currentSnapshot._moId if snap is not None and snap.currentSnapshot else None,
             "tree": tree,
             "nics": nics,
+            "networks": networks,
         }
 
     async def read(self) -> dict[str, Any]:
@@ -245,3 +249,42 @@ async def test_test_failover_runs_disconnected_and_undo_comes_back(
     assert undone["current"] == before_all["current"]
     lab.write_blocks({8: 0x88})
     await source_pass(lab, vtarget, hw)
+
+
+async def test_network_map_moves_the_nics_and_undo_puts_them_back(
+    lab: Lab, vtarget: VSphereTarget, cli: Cli
+) -> None:
+    """--network-map puts the replica's NIC on the DR site's distributed port group; a name that is not
+    there is refused before anything changes; --undo puts the NIC back where it was."""
+    await three_points(lab, vtarget)
+    replica = await replica_of(lab)
+    seen = Seen(lab, replica.moid)
+    before = await seen.read()
+    assert before["networks"] == ["VM Network"]
+    rc, _, err = await cli.run("failover", "--network-map", "VM Network=No Such Net")
+    assert rc == 3 and "has no network 'No Such Net'" in err, err
+    rc, _, err = await cli.run("failover", "--network-map", "Other Net=DC0_DVPG0")
+    assert rc == 3 and "no NIC of replica VM" in err, err
+    assert await seen.read() == before and read_state(vtarget.data_dir / lab.vm.name) is None
+    rc, _, err = await cli.run("failover", "--test", "--network-map", "VM Network=DC0_DVPG0")
+    assert rc == 3 and "test failover keeps the NICs disconnected" in err, err
+
+    rc, out, err = await cli.run("failover", "--network-map", "VM Network=DC0_DVPG0")
+    assert rc == 0 and "on DC0_DVPG0 (was VM Network)" in out, err
+    after = await seen.read()
+    (pg,) = [n for n in vmomi_networks(lab) if n.name == "DC0_DVPG0"]
+    assert after["networks"] == [f"dvportgroup:{pg.key}"] and after["nics"] == [(True, True)]
+    rc, _, err = await cli.run("failover", "--undo")
+    assert rc == 0, err
+    undone = await seen.read()
+    assert undone["networks"] == ["VM Network"] and undone["nics"] == [(False, False)]
+
+
+def vmomi_networks(lab: Lab) -> list[Any]:
+    """Every network vSphere knows, read through pyVmomi's own view (not our client)."""
+    content = lab.client._si.RetrieveContent()  # type: ignore[attr-defined]
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vmomi.vim.Network], True)
+    try:
+        return list(view.view)
+    finally:
+        view.Destroy()
