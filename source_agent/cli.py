@@ -177,8 +177,6 @@ def _run_pass_command(args: argparse.Namespace) -> int:
             "give either --disk PATH (local disks) or --vcenter HOST / --credentials FILE with a host line"
             " (a vSphere VM), not both or neither"
         )
-    if vcenter and args.planned_failover:
-        raise InputError("a planned failover of a vSphere VM is not built yet: fail over on the target")
     if vcenter:
         return asyncio_run(_pass(args, []))
     readers = open_readers(args.disk)
@@ -241,15 +239,26 @@ async def _planned_failover(
     from .report import as_json, as_text
     from .session import DiskJob
 
-    await asyncio.to_thread(_stop_vm, args)
-    final = await _run(target, args, [DiskJob(reader=r) for r in readers], replace(opts, failover=True))
-    print(as_json(final, []) if args.json else as_text(final, []))
+    events: list[str] = []
+    if readers:
+        await asyncio.to_thread(_stop_vm, args)
+        final = await _run(target, args, [DiskJob(reader=r) for r in readers], replace(opts, failover=True))
+    else:  # a vSphere VM: shut down through vSphere, then the final pass from a snapshot, by CBT
+        if args.stop_command:
+            await asyncio.to_thread(_stop_vm, args)
+        else:
+            from .vsphere.cli import shut_down
+
+            events.append(await shut_down(args))
+        final = await _vsphere_pass(args, target, replace(opts, failover=True), events)
+    print(as_json(final, events) if args.json else as_text(final, events))
     if not final.failed_over:
         raise StorageError(final.failover_note or "the target did not fail the replica over")
     if not args.json:
         print(
-            f"VM {args.vm!r} is failed over on the target to restore point {final.generation}: start it"
-            " there from its failover deltas; this source's passes are refused until failback"
+            f"VM {args.vm!r} is failed over on the target to restore point {final.generation}"
+            + (": the replica VM runs there" if not readers else ": start it there from its failover deltas")
+            + "; this source's passes are refused until failback"
         )
     return 0
 
@@ -366,8 +375,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--planned-failover",
         action="store_true",
-        help="a pass while the VM runs, then stop it (--stop-command or by hand), a final short pass, and"
-        " the target fails the replica over to it",
+        help="a pass while the VM runs, then stop it (--stop-command, by hand, or for a vSphere VM a"
+        " guest shutdown through vSphere), a final short pass, and the target fails the replica over to it",
     )
     p.add_argument(
         "--stop-command", metavar="CMD", help="with --planned-failover: how to stop the VM (a shell command)"

@@ -358,15 +358,27 @@ class TargetSession:
 
     async def _failover(self, vm: str) -> tuple[bool, str]:
         """The end of a planned failover: fail the replica over to the point just committed."""
-        if self.replicas is not None:
-            return False, "failover of vSphere replicas is not built yet: the pass committed, nothing more"
         try:
-            await asyncio.to_thread(fo.start, self.data_dir, vm, None)
+            if self.replicas is not None:
+                await self._vsphere_failover(vm)
+            else:
+                await asyncio.to_thread(fo.start, self.data_dir, vm, None)
         except VzrepError as exc:
             log.error("planned_failover_failed", vm=vm, error=str(exc))
             return False, f"the pass committed but the failover did not: {exc}"
         log.warning("failed_over", vm=vm, planned=True)
         return True, ""
+
+    async def _vsphere_failover(self, vm: str) -> None:
+        """The replica VM reverted to the point just taken, powered on, its NICs connected."""
+        from vsphere.connection import connect
+
+        from .vsphere import failover as vfo
+
+        assert self.replicas is not None
+        client = await connect(self.replicas.connect)
+        async with client:
+            await vfo.start(client, self.data_dir, vm, None)
 
     async def _fail(self, exc: BaseException) -> None:
         """Roll back, then tell the source why (best effort: the link may be gone)."""

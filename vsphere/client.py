@@ -12,7 +12,7 @@ module               what :class:`VSphereClient` gets from it
                      ``current_snapshot``, ``snapshot_disks``
 ``hotadd.py``        ``hotadd``, ``list_hotadded``, ``detach``
 ``replica_vms.py``   ``create_vm``, ``grow_disk``, ``reconfigure``, ``destroy_vm``, ``mark_as_template``
-``power.py``         ``power_on``, ``power_off``, ``set_nics_connected``
+``power.py``         ``power_on``, ``power_off``, ``shut_down``, ``set_nics_connected``, ``host_networks``
 ===================  ==========================================================================
 
 Every public method is ``async`` and runs its pyVmomi calls in a worker thread; faults come back as

@@ -7,13 +7,14 @@ clashes with the source on the network.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from vsphere.faults import blocking
 from vsphere.inventory import Inventory
 from vsphere.vmomi import vim
-from vzcommon.errors import InputError
+from vzcommon.errors import InputError, VSphereError
 
 _ON = "poweredOn"
 
@@ -32,6 +33,28 @@ class Power(Inventory):
         vm = self._vm(vm_moid)
         if self._props(vm, ["runtime.powerState"])["runtime.powerState"] == _ON:
             self._wait(vm.PowerOffVM_Task(), f"power off {vm_moid}")
+
+    @blocking("stop a VM")
+    def shut_down(self, vm_moid: str, timeout: float) -> str:
+        """Stop the VM for a planned failover: a guest shutdown when VMware Tools run in it (waited for
+        up to ``timeout`` seconds), else a power off; what was done, for the report."""
+        vm = self._vm(vm_moid)
+        p = self._props(vm, ["runtime.powerState", "guest.toolsRunningStatus"])
+        if p["runtime.powerState"] != _ON:
+            return "the VM was already off"
+        if p["guest.toolsRunningStatus"] != "guestToolsRunning":
+            self._wait(vm.PowerOffVM_Task(), f"power off {vm_moid}")
+            return "powered off (no VMware Tools running in the guest to shut it down)"
+        vm.ShutdownGuest()
+        deadline = time.monotonic() + timeout
+        while self._props(vm, ["runtime.powerState"])["runtime.powerState"] == _ON:
+            if time.monotonic() > deadline:
+                raise VSphereError(
+                    f"VM {vm_moid}'s guest did not shut down within {timeout:.0f} s: nothing was failed"
+                    " over; shut it down (or power it off) and run the planned failover again"
+                )
+            time.sleep(1.0)
+        return "the guest shut down"
 
     @blocking("list the networks of a VM's host")
     def host_networks(self, vm_moid: str) -> list[str]:

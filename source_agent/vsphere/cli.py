@@ -29,6 +29,13 @@ def _connection_options(p: argparse.ArgumentParser, *, required: bool) -> None:
 def add_arguments(pass_parser: argparse.ArgumentParser) -> None:
     _connection_options(pass_parser, required=False)
     pass_parser.add_argument("--quiesce", action="store_true", help="quiesce the guest for the snapshot")
+    pass_parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="with --planned-failover: how long the guest may take to shut down (default 600)",
+    )
 
 
 def add_source_commands(sub: Any) -> None:
@@ -47,6 +54,14 @@ def add_source_commands(sub: Any) -> None:
 
 async def open_client(args: argparse.Namespace) -> VSphereClient:
     return await connect(options_from_args(args))
+
+
+async def shut_down(args: argparse.Namespace) -> str:
+    """A planned failover's stop: the source VM shut down through vSphere; one line for the report."""
+    async with await open_client(args) as client:
+        vm = await client.find_vm(args.vm)
+        done = await client.shut_down(vm.moid, args.shutdown_timeout)
+    return f"planned failover: VM {vm.name} stopped: {done}"
 
 
 async def vsphere_check(args: argparse.Namespace) -> dict[str, Any]:

@@ -288,3 +288,35 @@ def vmomi_networks(lab: Lab) -> list[Any]:
         return list(view.view)
     finally:
         view.Destroy()
+
+
+async def test_planned_failover_of_a_vsphere_vm_through_the_source_cli(
+    lab: Lab, vcsim: Vcsim, vtarget: VSphereTarget, tmp_path: Path
+) -> None:
+    """`vzrep-source pass --planned-failover --vcenter ...`: a pass while the VM runs, a guest shutdown
+    through vSphere, a final CBT pass of what changed since, and the replica VM failed over to it."""
+    from tests.vsphere.test_source_cli_pass import cli_pass
+
+    lab.write_blocks({0: 0x11, 3: 0x33})
+    res = await asyncio.to_thread(cli_pass, lab, vcsim, vtarget, tmp_path)  # type: ignore[arg-type]
+    assert res.returncode == 0, res.stderr
+    await lab.client.power_on(lab.vm.moid)
+    source = vmomi.vim.VirtualMachine(lab.vm.moid, lab.client._si._stub)  # type: ignore[attr-defined]
+    assert source.runtime.powerState == "poweredOn"
+    lab.write_blocks({5: 0x55})  # written while the VM runs: the first pass of the failover takes it
+    res = await asyncio.to_thread(cli_pass, lab, vcsim, vtarget, tmp_path, "--planned-failover")
+    assert res.returncode == 0, res.stderr
+    first, final = json.loads("[" + res.stdout.replace("}\n{", "},\n{") + "]")
+    assert first["ok"] and final["ok"] and final["failed_over"]
+    assert first["disks"][0]["mode"] == "cbt" and first["disks"][0]["blocks_changed"] == 1
+    # The final pass, with the VM stopped, sends only what changed since the first: here nothing.
+    assert final["disks"][0]["mode"] == "cbt" and final["disks"][0]["blocks_changed"] == 0
+    assert any("stopped" in e for e in final.get("events", [])), final
+    assert source.runtime.powerState == "poweredOff"  # read by pyVmomi, not by our client
+    replica = await replica_of(lab)
+    seen = await Seen(lab, replica.moid).read()
+    assert seen["power"] == "poweredOn" and seen["nics"] == [(True, True)]
+    assert read_state(vtarget.data_dir / lab.vm.name)["state"] == "failed-over"  # type: ignore[index]
+    qemu_compare(lab.flat_file(lab.vm.disks[0].file_name), lab.flat_file(replica.disks[0].file_name))
+    with pytest.raises(FailedOver):  # and the source's passes are refused from now on
+        await source_pass(lab, vtarget, None)

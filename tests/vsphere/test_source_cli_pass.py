@@ -16,7 +16,9 @@ from tests.vsphere.conftest import Lab, Vcsim
 pytestmark = pytest.mark.vcsim
 
 
-def cli_pass(lab: Lab, vcsim: Vcsim, target: Target, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def cli_pass(
+    lab: Lab, vcsim: Vcsim, target: Target, tmp_path: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     cred = tmp_path / "cred"
     cred.write_text(f"user = {vcsim.user}\npassword = {vcsim.password}\n")
     cred.chmod(0o600)
@@ -45,6 +47,7 @@ def cli_pass(lab: Lab, vcsim: Vcsim, target: Target, tmp_path: Path) -> subproce
         "--state-dir",
         str(tmp_path / "state"),
         "--json",
+        *extra,
     ]
     for ds, root in lab.roots.items():
         cmd += ["--datastore-root", f"{ds}={root}"]
