@@ -137,7 +137,7 @@ def rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vzrep-target", description="vzrep target agent (DR site)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=status)
     add_point_commands(sub)
+    words = sys.argv[1:] if argv is None else argv
+    if not words or "failback" in words or "-h" in words or "--help" in words:
+        from .failback import add_failback_command  # the source engine's modules: only when asked
+
+        add_failback_command(sub)
     add_keygen(sub)
     add_target_commands(sub)
     return parser
@@ -184,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     return run_main(
-        "vzrep-target", build_parser(), argv, "interrupted passes are rolled back at the next start"
+        "vzrep-target", build_parser(argv), argv, "interrupted passes are rolled back at the next start"
     )
 
 

@@ -79,12 +79,12 @@ def export(args: argparse.Namespace) -> int:
 def failover(args: argparse.Namespace) -> int:
     st = fo.read_state(vm_dir(args.data_dir, args.vm))
     vsphere = st is not None and st.get("kind") == "vsphere"
-    if st is not None and not args.release and vsphere != bool(args.vcenter):
+    if st is not None and vsphere != bool(args.vcenter):
         raise InputError(
             f"VM {args.vm!r} is {st.get('state')} as a {'vSphere' if vsphere else 'file'} replica:"
             f" run failover {'with' if vsphere else 'without'} --vcenter"
         )
-    if args.vcenter and not args.release:
+    if args.vcenter:
         if args.to:
             raise InputError("--to is for file replicas; a vSphere test failover runs the replica VM itself")
         if args.network_map and (args.undo or args.commit):
@@ -97,7 +97,7 @@ def failover(args: argparse.Namespace) -> int:
     if args.undo:
         print(fo.undo_failover(args.data_dir, args.vm))
     elif args.release:
-        print(fo.release(args.data_dir, args.vm))
+        print(fo.release(args.data_dir, args.vm, force=args.force))
     elif args.commit:
         print(fo.commit_failover(args.data_dir, args.vm))
     elif args.test:
@@ -149,6 +149,9 @@ def add_point_commands(sub: Any) -> None:
         "--release", action="store_true", help="after failback: the replica accepts passes again"
     )
     p.add_argument("--to", type=Path, metavar="DIR", help="with --test: where the copy goes")
+    p.add_argument(
+        "--force", action="store_true", help="with --release: the VM went home without `vzrep-target failback`"
+    )
     p.add_argument(
         "--network-map",
         type=_network_pair,

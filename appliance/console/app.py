@@ -28,7 +28,7 @@ from textual.widgets import (
     Static,
 )
 
-from appliance.console.backend import Backend, NetworkSettings
+from appliance.console.backend import Backend, NetworkSettings, vm_state
 from appliance.layout import Layout
 from pairing.protocol import new_code
 from vzcommon.climain import run_main
@@ -112,9 +112,7 @@ class StatusPage(Page):
         table.clear()
         for vm in status.get("vms", []):
             last: dict[str, Any] = vm.get("last_pass") or {}
-            failover = (vm.get("failover") or {}).get("state")
-            state = {"test": "test failover", "failing-over": "failing over", "failed-over": "failed over",
-                     "committed": "failed over (final)"}.get(str(failover), "replicating" if vm.get("pass_running") else "idle")  # fmt: skip
+            state = vm_state(vm)
             result = "failed, rolled back" if vm.get("last_failure") else ("ok" if last else "-")
             table.add_row(
                 str(vm.get("vm")), state, str(last.get("finished", "never")), result, _throughput(last),

@@ -28,6 +28,29 @@ from appliance.layout import Layout
 SECRET_NAMES = ("ssh_host_ed25519_key", "id_ed25519", "token")
 
 
+#: A replica's failover state (``DATA_DIR/<vm>/failover``) as the Status page says it.
+FAILOVER_STATES = {
+    "test": "test failover",
+    "testing": "test failover",
+    "failing-over": "failing over",
+    "failed-over": "failed over",
+    "committing": "failed over (committing)",
+    "committed": "failed over (final)",
+    "failing-back": "failing back",
+    "failed-back": "failed back: release once it runs at home",
+    "undoing": "ending failover",
+}
+
+
+def vm_state(vm: dict[str, Any]) -> str:
+    """One word or two for a VM row of ``vzrep-target status --json``: its failover state if it has one,
+    else replicating (a pass holds its lock) or idle."""
+    failover = vm.get("failover") or {}
+    if failover.get("state"):
+        return FAILOVER_STATES.get(str(failover["state"]), str(failover["state"]))
+    return "replicating" if vm.get("pass_running") else "idle"
+
+
 @dataclass
 class CommandResult:
     rc: int

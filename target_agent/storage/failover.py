@@ -17,7 +17,8 @@ The state is one record, ``DATA_DIR/<vm>/failover`` (magic, version, checksum):
   new (and the merge gave the replica a new CID, so the delta no longer opens as its child), so
   ``--undo`` is refused from here on and running ``--commit`` again finishes it: the delta is kept
   whole until its merge is complete, and merging it again writes the same bytes.
-* ``committed`` -- ``--commit`` merged the deltas into the replica: the replica is now production. Its maps and restore points no longer describe it and are removed; passes stay
+* ``committed`` -- ``--commit`` merged the deltas into the replica: the replica is now production;
+  ``failing-back`` and ``failed-back`` follow (:mod:`target_agent.failback`), then ``--release``. Its maps and restore points no longer describe it and are removed; passes stay
   refused until the way back (failback) has run.
 
 Rolling to a point is itself a pass (``transaction.VmPass``): the point is exported to a stage inside
@@ -207,17 +208,29 @@ def undo_failover(data_dir: Path, vm: str) -> str:
     )
 
 
-def release(data_dir: Path, vm: str) -> str:
-    """After failback: the committed replica (now equal to the original again) accepts passes."""
+def release(data_dir: Path, vm: str, *, force: bool = False) -> str:
+    """After failback: the replica (now equal to the original again) accepts passes."""
     vdir = data_dir / vm
-    st = read_state(vdir)
-    if st is None or st.get("state") != "committed":
-        raise InputError(
-            f"VM {vm!r} has no committed failover to release (state {st and st.get('state')});"
-            " a failover that is not committed ends with --undo"
-        )
+    check_releasable(read_state(vdir), vm, force)
     unlink_durable(vdir / STATE)
     return f"VM {vm!r} replicates again: the next pass re-hashes the replica and sends only what differs"
+
+
+def check_releasable(st: dict[str, Any] | None, vm: str, force: bool) -> None:
+    """Only a failover brought home is released: the next forward pass overwrites the replica with the
+    source, so releasing production that never went home would lose what it wrote."""
+    state = st and st.get("state")
+    if state == "failed-back" or (force and state in ("committed", "failing-back")):
+        return
+    if state in ("committed", "failing-back"):
+        raise InputError(
+            f"VM {vm!r} is {state}: the next forward pass would overwrite what it wrote here; bring it home"
+            " first (`vzrep-target failback`), or add --force if it went home another way"
+        )
+    raise InputError(
+        f"VM {vm!r} has no committed failover to release (state {state}); a failover that is not"
+        " committed ends with --undo"
+    )
 
 
 def commit_failover(data_dir: Path, vm: str) -> str:

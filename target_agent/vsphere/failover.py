@@ -257,6 +257,28 @@ async def commit(client: VSphereClient, data_dir: Path, vm: str) -> str:
     )
 
 
+async def release(client: VSphereClient, data_dir: Path, vm: str, *, force: bool = False) -> str:
+    """After failback: the replica VM (off: the original runs again) takes passes again, NICs off."""
+    vdir = data_dir / vm
+    st = await asyncio.to_thread(fo.read_state, vdir)
+    fo.check_releasable(st, vm, force)
+    assert st is not None
+    replica = str(st["replica_vm"])
+    info = await client.vm_info(replica)
+    if info.power_state == "poweredOn":
+        raise InputError(
+            f"replica VM {info.name} still runs: power it off once VM {vm!r} runs at the source site"
+            " again (failback done), then release it; passes never write a running VM"
+        )
+    back = {int(k): str(v) for k, v in (st.get("nic_networks") or {}).items()}
+    await client.set_nics_connected(replica, False, by_key=back)  # a replica never clashes with its source
+    await asyncio.to_thread(unlink_durable, vdir / fo.STATE)
+    return (
+        f"VM {vm!r} replicates again into {info.name}: its NICs are disconnected; the next pass re-hashes"
+        " the replica and sends only what differs"
+    )
+
+
 def _newer_points(snaps: list[SnapshotInfo], point: str) -> list[SnapshotInfo]:
     """Our restore points taken after ``point`` (oldest first); none when ``point`` is gone."""
     points = _by_time([s for s in snaps if is_restore_point(s)])

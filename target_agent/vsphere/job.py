@@ -147,6 +147,12 @@ class ReplicaPass:
             resource_pool=s.resource_pool,
             host=s.host,
         )
+        if self.replica.vm.power_state == "poweredOn":
+            raise InputError(
+                f"the replica VM {self.replica.vm.name} ({self.replica.vm.moid}) is powered on: a pass never"
+                " writes the disks of a running VM; power it off first (a failed-over replica is ended with"
+                " `vzrep-target failover --undo`, or released after failback with `--release`)"
+            )
         if self.replica.created:
             self.events.append(f"created the replica VM {self.replica.vm.name} ({self.replica.vm.moid})")
         self.events += [f"grew replica disk {n}" for n in self.replica.grown]

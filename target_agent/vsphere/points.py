@@ -85,6 +85,8 @@ async def failover(opts: ConnectOptions, args: argparse.Namespace) -> int:
             print(await vfo.undo(client, args.data_dir, args.vm))
         elif args.commit:
             print(await vfo.commit(client, args.data_dir, args.vm))
+        elif args.release:
+            print(await vfo.release(client, args.data_dir, args.vm, force=args.force))
         else:
             networks = dict(args.network_map or [])
             st = await vfo.start(client, args.data_dir, args.vm, args.point, test=args.test, network_map=networks)

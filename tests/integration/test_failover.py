@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.console.backend import vm_state
 from target_agent.storage import failover as fo
 from target_agent.storage import points as rp
 from target_agent.storage import transaction as txn
@@ -30,6 +31,14 @@ VM = "fo"
 
 def target_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "target_agent.cli", *args], capture_output=True, text=True)
+
+
+def console_state(data_dir: Path) -> str:
+    """The State column of the appliance console's Status page, from the agent's real status output."""
+    res = target_cli("status", "--data-dir", str(data_dir), "--vm", VM, "--json")
+    assert res.returncode == 0, res.stderr
+    (vm,) = json.loads(res.stdout)["vms"]
+    return vm_state(vm)
 
 
 @pytest.fixture
@@ -196,29 +205,57 @@ async def test_round_trip_failover_commit_failback_and_forward_again(
     t, src, saved = passes
     ids = list(saved)
     vdir = t.vm(VM)
+    assert console_state(t.data_dir) == "idle"
     fo.start(t.data_dir, VM, ids[1])
+    assert console_state(t.data_dir) == "failed over"
     delta = vdir / "d-failover.vmdk"
     for i in range(12):  # the VM at the DR site writes 12 blocks
         run(need("qemu-io"), "-c", f"write -P {0x40 + i} {(5 + 17 * i) * 64 * 1024} 64k", delta)
     fo.commit_failover(t.data_dir, VM)
+    assert console_state(t.data_dir) == "failed over (final)"
     expected = blocks_differing(src, vdir / "d-flat.vmdk")  # what failback has to carry
     assert expected >= 12
-    # Failback: a target at the production site writes into the original disk where it is.
+    # Releasing production that never went home is refused: the next pass would overwrite it.
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--release")
+    assert res.returncode == ExitCode.INPUT and "bring it home first" in res.stderr, res.stderr
+    # Failback: a target at the production site writes into the original disk where it is, and
+    # `vzrep-target failback` at the DR site sends the replica to it.
     home = await Target(tmp_path / "home", session_keys, mapped={(VM, "d"): src}).start()
     try:
-        report = await replicate(home.spec(), VM, {"d": vdir / "d.vmdk"}, tmp_path / "state-dr")
+        spec = home.spec()
+        # A failback that cannot reach the source site leaves "failing back"; running it again goes on.
+        nowhere = target_cli(
+            "failback", "--data-dir", str(t.data_dir), "--vm", VM, "--to", "127.0.0.1:1",
+            "--identity", str(spec.identity), "--known-hosts", str(spec.known_hosts),
+            "--state-dir", str(tmp_path / "state-dr"),
+        )  # fmt: skip
+        assert nowhere.returncode == ExitCode.CONNECTION, nowhere.stderr
+        assert console_state(t.data_dir) == "failing back"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "target_agent.cli", "failback", "--data-dir", str(t.data_dir), "--vm", VM,
+            "--to", f"127.0.0.1:{home.port}", "--identity", str(spec.identity),
+            "--known-hosts", str(spec.known_hosts), "--state-dir", str(tmp_path / "state-dr"), "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
     finally:
         await home.stop()
-    assert report.ok and report.disks[0].map_rebuilt  # the original was hashed where it is
-    assert report.disks[0].blocks_changed + report.disks[0].zero_blocks_sent == expected
-    wire = report.wire_bytes_sent
-    print(f"failback: {expected} blocks differ (judged by hashlib), {report.disks[0].blocks_changed} BLOCKs and"
-          f" {report.disks[0].zero_blocks_sent} zero blocks sent, {wire} bytes on the wire")  # fmt: skip
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    disk = report["disks"][0]
+    assert disk["map_rebuilt"]  # the original was hashed where it is
+    assert disk["blocks_changed"] + disk["zero_blocks_sent"] == expected
+    wire = report["wire_bytes_sent"]
+    print(f"failback: {expected} blocks differ (judged by hashlib), {disk['blocks_changed']} BLOCKs and"
+          f" {disk['zero_blocks_sent']} zero blocks sent, {wire} bytes on the wire")  # fmt: skip
     assert wire < (expected + 8) * 64 * 1024 + (1 << 20), f"{wire} bytes for {expected} blocks"
     qemu_compare(vdir / "d.vmdk", src)
+    assert fo.read_state(vdir)["state"] == "failed-back"
+    assert console_state(t.data_dir) == "failed back: release once it runs at home"
     # Home again: the replica takes passes and the next one is incremental (nothing differs).
     res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--release")
     assert res.returncode == 0, res.stderr
+    assert console_state(t.data_dir) == "idle"
     again = await replicate(t.spec(), VM, {"d": src}, tmp_path / "state")
     assert again.ok and again.disks[0].blocks_changed == 0 and again.disks[0].zero_blocks_sent == 0
     change_blocks(src, 6, seed=77)

@@ -320,3 +320,84 @@ async def test_planned_failover_of_a_vsphere_vm_through_the_source_cli(
     qemu_compare(lab.flat_file(lab.vm.disks[0].file_name), lab.flat_file(replica.disks[0].file_name))
     with pytest.raises(FailedOver):  # and the source's passes are refused from now on
         await source_pass(lab, vtarget, None)
+
+
+async def test_round_trip_failover_commit_failback_release_and_forward_again(
+    lab: Lab, vtarget: VSphereTarget, cli: Cli, session_keys: Keys, tmp_path: Path
+) -> None:
+    """The whole way with vSphere replicas: fail over to the second-newest point and commit; the DR VM
+    writes; failback is a pass from the replica VM into the original VM (`serve --replica-vm`), which
+    is hashed where it is, so only differences cross; then --release and a forward pass sends nothing."""
+    from target_agent.vsphere.job import ReplicaSettings
+    from tests.vsphere.test_target_pass import BLOCK, TARGET_APPLIANCE
+
+    hw, replica, _ = await three_points(lab, vtarget)
+    ours = [r for r in await cli.points() if r["kind"] == "restore-point"]
+    rc, _, err = await cli.run("failover", "--point", ours[1]["id"])
+    assert rc == 0, err
+    rc, _, err = await cli.run("failover", "--commit")
+    assert rc == 0, err
+    # Production at DR writes two blocks into the replica VM's disk.
+    dr_disk = lab.flat_file(replica.disks[0].file_name)
+    with open(dr_disk, "r+b") as f:
+        for idx, fill in ((2, 0xA2), (6, 0xA6)):
+            f.seek(idx * BLOCK)
+            f.write(bytes([fill]) * BLOCK)
+    original = lab.flat_file(lab.vm.disks[0].file_name)
+    differing = sum(
+        a != b for a, b in zip(blocks_of(original), blocks_of(dr_disk), strict=True)
+    )
+    # The two DR writes, and on vSphere block 5 too (the newest point's write, which the revert to the
+    # second point undid); vcsim keeps no delta disks, so its revert leaves the disk's bytes as they were.
+    assert differing in (2, 3)
+
+    # A target at the source site maps the original VM (powered off) as the failback's replica.
+    settings = ReplicaSettings(
+        connect=vtarget.settings.connect,
+        appliance_vm=TARGET_APPLIANCE,
+        replica_vm=lab.vm.name,
+        restore_points=1,
+        datastore_roots=lab.roots,
+        locate_timeout=5.0,
+    )
+    back = await VSphereTarget(tmp_path / "failback", session_keys, settings).start()
+    rc, _, err = await cli.run("failover", "--release")
+    assert rc == 3 and "bring it home first" in err, err
+    try:
+        spec = back.spec()
+        roots = [a for ds, root in lab.roots.items() for a in ("--datastore-root", f"{ds}={root}")]
+        rc, out, err = await cli.run(
+            "failback", "--to", f"127.0.0.1:{back.port}", "--identity", str(spec.identity),
+            "--known-hosts", str(spec.known_hosts), "--appliance-uuid-file", str(lab.uuid_path),
+            "--state-dir", str(tmp_path / "dr-state"), "--block-size", str(BLOCK), "--json", *roots,
+        )  # fmt: skip
+    finally:
+        back.server.close()  # type: ignore[attr-defined]
+        await back.server.wait_closed()  # type: ignore[attr-defined]
+    assert rc == 0, err
+    report = json.loads(out)
+    qemu_compare(dr_disk, original)  # the original holds production's disk again
+    assert read_state(vtarget.data_dir / lab.vm.name)["state"] == "failed-back"  # type: ignore[index]
+    d = report["disks"][0]
+    with cli.capsys.disabled():  # the figures for the closing note (pytest -s)
+        print(f"\nfailback: {differing} blocks differed, {d['blocks_changed']} sent, {report['wire_bytes_sent']} B on the wire")
+    assert d["blocks_changed"] == differing and report["wire_bytes_sent"] < (differing + 2) * BLOCK
+
+    # The original runs again; the DR VM is powered off and released; the next forward pass finds
+    # both sides equal by their hashes (the maps went at commit) and sends no block.
+    rc, _, err = await cli.run("failover", "--release")
+    assert rc == 3 and "still runs" in err, err  # the DR copy must be stopped first
+    await lab.client.power_off(replica.moid)
+    rc, out, err = await cli.run("failover", "--release")
+    assert rc == 0 and "replicates again" in out, err
+    assert read_state(vtarget.data_dir / lab.vm.name) is None
+    assert (await Seen(lab, replica.moid).read())["nics"] == [(False, False)]
+    _, fwd = await source_pass(lab, vtarget, hw)
+    assert fwd.ok and fwd.disks[0].blocks_changed == 0  # type: ignore[attr-defined]
+    qemu_compare(original, dr_disk)
+
+
+def blocks_of(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while block := f.read(64 * 1024):
+            yield block

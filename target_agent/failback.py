@@ -1,0 +1,164 @@
+"""``vzrep-target failback``: bring a committed failover home, from the DR site, by differences.
+
+After ``failover --commit`` the replica is production at the DR site. Failback replicates it back to
+the original disks with the same engine as any pass: this command is a source agent whose disks are
+the replica's (the files in ``DATA_DIR/<vm>``, or the replica VM read through vSphere from a
+snapshot), and whose target is an agent at the source site serving the original disks in place
+(``serve --map VM/DISK=PATH`` for files, ``serve --vcenter ... --replica-vm ORIGINAL`` for vSphere).
+That target hashes the original where it is, so only the blocks that differ cross the link.
+
+The failover record tracks it, so the appliance console can show it:
+
+* ``failing-back`` -- written before the pass (passes into the replica stay refused). A failed or
+  cut pass leaves this state; the target at the source site rolled its side back, and running the
+  same command again starts over (the original is hashed again: nothing is sent twice that arrived).
+* ``failed-back`` -- the pass committed: the original equals the replica as it was read. Start the VM
+  at the source site, stop the DR copy, then ``failover --release`` lets forward passes resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vsphere.cli_options import add_connection_arguments, options_from_args
+from vzcommon.climain import asyncio_run
+from vzcommon.errors import InputError
+
+from .storage import failover as fo
+from .storage.paths import ReplicaPaths
+from .storage.transaction import now
+
+if TYPE_CHECKING:
+    from vsphere.hardware import HardwareRecord
+    from vsphere.model import VmInfo
+
+
+def _begin(vdir: Path, vm: str, to: str) -> dict[str, Any]:
+    st = fo.read_state(vdir)
+    if st is None or st.get("state") not in ("committed", "failing-back", "failed-back"):
+        raise InputError(
+            f"VM {vm!r} has no committed failover (state {st and st.get('state')}): failback brings a"
+            " replica that is production home; commit the failover first (`failover --commit`)"
+        )
+    st = {**st, "state": "failing-back", "failback_to": to, "failback_started": now()}
+    fo._write_state(vdir, st)
+    return st
+
+
+def _disk_specs(vdir: Path) -> list[str]:
+    """The replica's disks as ``NAME=PATH`` for the source engine: each monolithicFlat descriptor."""
+    names = sorted(p.name[: -len("-flat.vmdk")] for p in vdir.glob("*-flat.vmdk"))
+    if not names:
+        raise InputError(f"{vdir} holds no replica disk to fail back")
+    return [f"{n}={ReplicaPaths(vdir, n).descriptor}" for n in names]
+
+
+async def _pass(args: argparse.Namespace, vdir: Path, st: dict[str, Any]) -> Any:
+    from source_agent.cli import open_readers
+    from source_agent.session import DiskJob, PassOptions, run_pass
+    from source_agent.tunnel import TargetSpec
+
+    target = TargetSpec(args.to[0], args.to[1], args.identity, args.known_hosts)
+    opts = PassOptions(block_size=args.block_size, compress=args.compress, state_dir=args.state_dir)
+    if st.get("kind") != "vsphere":
+        readers = await asyncio.to_thread(open_readers, _disk_specs(vdir))
+        try:
+            return await run_pass(target, args.vm, [DiskJob(reader=r) for r in readers], opts)
+        finally:
+            for r in readers:
+                r.close()
+    if not args.vcenter:
+        raise InputError(f"VM {args.vm!r} is a vSphere replica: fail it back with --vcenter HOST ...")
+    from source_agent.vsphere.glue import disk_jobs
+    from source_agent.vsphere.job import vsphere_job
+    from vsphere.connection import connect
+    from vsphere.devices import DatastoreFileLocator
+
+    from .vsphere.job import load_record
+
+    client = await connect(options_from_args(args))
+    async with client:
+        replica = await client.vm_info(str(st["replica_vm"]))
+        work = args.state_dir / "work" / args.vm
+        await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+        async with vsphere_job(
+            client,
+            vm=replica.moid,
+            recorded=_original_names(replica, await asyncio.to_thread(load_record, vdir)),
+            work_dir=work,
+            appliance_vm=args.appliance_vm,
+            uuid_path=args.appliance_uuid_file,
+            locator=DatastoreFileLocator(dict(args.datastore_root)) if args.datastore_root else None,
+        ) as job:
+            return await run_pass(target, args.vm, disk_jobs(job), opts)
+
+
+def _original_names(replica: VmInfo, stored: HardwareRecord | None) -> HardwareRecord | None:
+    """The replica VM's hardware with each disk named as the source VM's disk in the same slot (the
+    record the passes kept), so the target at the source site finds its disks by the names it knows."""
+    from vsphere.hardware import HardwareRecord
+
+    if stored is None:
+        return None
+    by_slot = {(d.controller_type, d.bus_number, d.unit_number): d.name for d in stored.disks}
+    own = HardwareRecord.from_vm(replica)
+    disks = tuple(
+        replace(d, name=by_slot.get((d.controller_type, d.bus_number, d.unit_number), d.name)) for d in own.disks
+    )
+    return replace(own, disks=disks)
+
+
+def failback(args: argparse.Namespace) -> int:
+    from source_agent.disks import check_name
+    from source_agent.report import as_json, as_text
+
+    check_name("VM", args.vm)
+    vdir = args.data_dir / args.vm
+    st = _begin(vdir, args.vm, f"{args.to[0]}:{args.to[1]}")
+
+    async def run() -> int:
+        report = await _pass(args, vdir, st)  # a failure leaves "failing-back": run it again
+        done = {**st, "state": "failed-back", "failed_back": now(), "generation": report.generation}
+        await asyncio.to_thread(fo._write_state, vdir, done)
+        print(as_json(report, []) if args.json else as_text(report, []))
+        if not args.json:
+            print(
+                f"VM {args.vm!r} is home: the original disks equal the replica. Start it at the source"
+                " site, stop the copy here, then `vzrep-target failover --release` to replicate forward"
+            )
+        return 0
+
+    return asyncio_run(run())
+
+
+def add_failback_command(sub: Any) -> None:
+    from source_agent.cli import default_state_dir, parse_block_size, parse_target
+    from source_agent.pipeline import DEFAULT_BLOCK_SIZE
+    from vsphere.cli_options import add_appliance_arguments
+
+    from .vsphere.cli import _ds_root
+
+    p = sub.add_parser(
+        "failback",
+        help="send a committed failover's replica back to the original disks (only the differences)",
+    )
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True)
+    p.add_argument(
+        "--to", type=parse_target, required=True, metavar="HOST:PORT", help="the agent serving the originals"
+    )
+    p.add_argument("--identity", type=Path, required=True, help="our SSH private key for that agent")
+    p.add_argument("--known-hosts", type=Path, required=True, help="known_hosts pinning that agent's host key")
+    p.add_argument("--block-size", type=parse_block_size, default=DEFAULT_BLOCK_SIZE, help="64K..4M")
+    p.add_argument("--compress", choices=["auto", "zstd", "none"], default="auto")
+    p.add_argument("--state-dir", type=Path, default=default_state_dir(), help="the source engine's work files")
+    p.add_argument("--json", action="store_true")
+    g = p.add_argument_group("vSphere replicas (the replica VM is read from a snapshot)")
+    add_connection_arguments(g, what="vCenter or ESXi host of the replica VM")
+    add_appliance_arguments(g)
+    g.add_argument("--datastore-root", action="append", default=[], type=_ds_root, help=argparse.SUPPRESS)
+    p.set_defaults(func=failback)
