@@ -329,11 +329,18 @@ def _pairing_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
     add_source_commands(sub)
 
 
+def _failback_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
+    from .receive_failback import add_receive_failback
+
+    add_receive_failback(sub)
+
+
 #: Commands and options that live in the vSphere and pairing areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
 _AREAS: tuple[tuple[tuple[str, ...], Callable[[Any, argparse.ArgumentParser], None]], ...] = (
     (("--vcenter", "--credentials", "--session-token-file", "vsphere-check"), _vsphere_area),
     (("pair", "unpair", "pair-status"), _pairing_area),
+    (("receive-failback",), _failback_area),
 )
 
 

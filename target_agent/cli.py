@@ -63,6 +63,11 @@ async def serve(args: argparse.Namespace) -> int:
     for vm, what in recovered.items():
         log.warning("startup_recovery", vm=vm, what=what)
     sessions: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
+
+    def pass_ended(event: dict[str, Any]) -> None:
+        if args.once and event.get("result") == "committed":
+            stop.set()  # `--once` (receiving a failback): done after the first committed pass
 
     async def handle(stream: Stream, peer: str) -> None:
         task = asyncio.current_task()
@@ -70,7 +75,12 @@ async def serve(args: argparse.Namespace) -> int:
         sessions.add(task)
         try:
             session = TargetSession(
-                data_dir, peer, replicas=replicas, restore_points=args.restore_points, mapped=dict(args.map)
+                data_dir,
+                peer,
+                on_pass_end=pass_ended,
+                replicas=replicas,
+                restore_points=args.restore_points,
+                mapped=dict(args.map),
             )
             await session.run(stream)
         finally:
@@ -81,7 +91,6 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("listening", host=host, port=bound, data_dir=str(data_dir), recovered=len(recovered))
     if args.ready_file:
         await asyncio.to_thread(args.ready_file.write_text, f"{bound}\n")
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
@@ -89,6 +98,8 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("shutting_down", sessions=len(sessions))
     server.close()
+    if args.once and sessions:  # the committed pass's session still tells the source; let it finish
+        await asyncio.wait(list(sessions), timeout=30)
     for task in list(sessions):
         task.cancel()  # each session rolls back its pass, shielded
     if sessions:
@@ -164,6 +175,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         metavar="VM/DISK=PATH",
         help="write that disk of that VM into an existing file, in place (failback onto the original"
         " disks, or mapping onto a copy): it is hashed where it is and only differences are sent",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="exit after the first pass that commits (receiving a failback)"
     )
     add_serve_arguments(p)
     p.set_defaults(func=lambda a: asyncio_run(serve(a)))

@@ -60,9 +60,8 @@ def _disk_specs(vdir: Path) -> list[str]:
 async def _pass(args: argparse.Namespace, vdir: Path, st: dict[str, Any]) -> Any:
     from source_agent.cli import open_readers
     from source_agent.session import DiskJob, PassOptions, run_pass
-    from source_agent.tunnel import TargetSpec
 
-    target = TargetSpec(args.to[0], args.to[1], args.identity, args.known_hosts)
+    target = _target(args)
     opts = PassOptions(block_size=args.block_size, compress=args.compress, state_dir=args.state_dir)
     if st.get("kind") != "vsphere":
         readers = await asyncio.to_thread(open_readers, _disk_specs(vdir))
@@ -97,6 +96,36 @@ async def _pass(args: argparse.Namespace, vdir: Path, st: dict[str, Any]) -> Any
             return await run_pass(target, args.vm, disk_jobs(job), opts)
 
 
+def _target(args: argparse.Namespace) -> Any:
+    """Where the failback goes and with which keys: as given, else the pairing's, role reversed.
+
+    A paired DR appliance signs in with its own host key, and pins the source appliance's key
+    (``peer.json``), which is the host key of ``vzrep-source receive-failback`` there
+    (:mod:`source_agent.receive_failback`); the address is the one the source paired from."""
+    from pairing import pins
+    from pairing.defaults import AGENT_PORT
+    from source_agent.tunnel import TargetSpec
+    from vzcommon import keys
+    from vzcommon.durable import atomic_write
+
+    if args.identity and args.known_hosts and args.to:
+        return TargetSpec(args.to[0], args.to[1], args.identity, args.known_hosts)
+    record = pins.load(args.keys_dir / "peer.json")
+    if record is None or record.role != "source":
+        raise InputError(
+            f"this target is not paired with a source ({args.keys_dir / 'peer.json'}): give --to,"
+            " --identity and --known-hosts"
+        )
+    host, port = args.to or (record.address, AGENT_PORT)
+    known = args.known_hosts
+    if known is None:
+        known = args.state_dir / "failback" / f"known_hosts-{record.fingerprint.replace('/', '_')[-16:]}"
+        known.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(known, (keys.known_hosts_line(host, port, record.public_key) + "\n").encode(), mode=0o600)
+    identity = args.identity or args.keys_dir / "ssh_host_ed25519_key"
+    return TargetSpec(host, port, identity, known)
+
+
 def _original_names(replica: VmInfo, stored: HardwareRecord | None) -> HardwareRecord | None:
     """The replica VM's hardware with each disk named as the source VM's disk in the same slot (the
     record the passes kept), so the target at the source site finds its disks by the names it knows."""
@@ -118,7 +147,7 @@ def failback(args: argparse.Namespace) -> int:
 
     check_name("VM", args.vm)
     vdir = args.data_dir / args.vm
-    st = _begin(vdir, args.vm, f"{args.to[0]}:{args.to[1]}")
+    st = _begin(vdir, args.vm, f"{args.to[0]}:{args.to[1]}" if args.to else "the paired source")
 
     async def run() -> int:
         report = await _pass(args, vdir, st)  # a failure leaves "failing-back": run it again
@@ -136,6 +165,7 @@ def failback(args: argparse.Namespace) -> int:
 
 
 def add_failback_command(sub: Any) -> None:
+    from pairing.defaults import KEYS_DIR
     from source_agent.cli import default_state_dir, parse_block_size, parse_target
     from source_agent.pipeline import DEFAULT_BLOCK_SIZE
     from vsphere.cli_options import add_appliance_arguments
@@ -149,10 +179,16 @@ def add_failback_command(sub: Any) -> None:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--vm", required=True)
     p.add_argument(
-        "--to", type=parse_target, required=True, metavar="HOST:PORT", help="the agent serving the originals"
+        "--to",
+        type=parse_target,
+        metavar="HOST:PORT",
+        help="the agent receiving the originals (default: the paired source appliance, port 2222)",
     )
-    p.add_argument("--identity", type=Path, required=True, help="our SSH private key for that agent")
-    p.add_argument("--known-hosts", type=Path, required=True, help="known_hosts pinning that agent's host key")
+    p.add_argument("--identity", type=Path, help="our SSH private key (default: the paired host key)")
+    p.add_argument(
+        "--known-hosts", type=Path, help="known_hosts pinning that agent (default: the paired source's key)"
+    )
+    p.add_argument("--keys-dir", type=Path, default=KEYS_DIR, help=f"the pairing's keys (default {KEYS_DIR})")
     p.add_argument("--block-size", type=parse_block_size, default=DEFAULT_BLOCK_SIZE, help="64K..4M")
     p.add_argument("--compress", choices=["auto", "zstd", "none"], default="auto")
     p.add_argument("--state-dir", type=Path, default=default_state_dir(), help="the source engine's work files")
