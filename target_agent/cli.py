@@ -27,6 +27,7 @@ from .session import TargetSession
 from .storage.points import DEFAULT_RETENTION
 from .storage.status import vm_status
 from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir
+from .verify_cli import add_verify_command
 from .vsphere.cli import add_serve_arguments, settings_from_args
 
 log = get_logger("vzrep.target")
@@ -191,6 +192,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=status)
     add_point_commands(sub)
+    add_verify_command(sub)
     words = sys.argv[1:] if argv is None else argv
     if not words or "failback" in words or "-h" in words or "--help" in words:
         from .failback import add_failback_command  # the source engine's modules: only when asked

@@ -51,6 +51,7 @@ def vm_status(vdir: Path) -> dict[str, Any]:
         "disks": disks,
         "last_pass": status.get("last_pass"),
         "last_failure": status.get("last_failure"),
+        "last_verify": status.get("last_verify"),
         "pending_rollback": bool(journal) or bool(pending),
         "pass_running": VmLock.is_held(vdir),
         "restore_points": kept,
