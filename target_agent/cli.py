@@ -137,6 +137,27 @@ def rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def map_replica(args: argparse.Namespace) -> int:
+    """``map``: a copy at the DR site becomes the VM's replica (``storage.mapping``)."""
+    from .storage.mapping import map_disks, map_from_vm
+
+    if bool(args.disk) == bool(args.from_vm):
+        raise InputError("give either --from-vm OTHER (another VM's replica here) or --disk NAME=PATH ...")
+    disks: dict[str, Path] = {}
+    for spec in args.disk:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise InputError(f"--disk {spec!r}: expected NAME=PATH, NAME being the source's disk name")
+        if name in disks:
+            raise InputError(f"disk {name!r} is given twice")
+        disks[name] = Path(path)
+    if args.from_vm:
+        print(map_from_vm(args.data_dir, args.vm, args.from_vm))
+    else:
+        print(map_disks(args.data_dir, args.vm, disks))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vzrep-target", description="vzrep target agent (DR site)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -176,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vm")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=status)
+    p = sub.add_parser("map", help="make a copy already at the DR site a VM's replica (replica mapping)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True, help="the VM (as the source and its job name it)")
+    p.add_argument("--from-vm", metavar="OTHER", help="another VM's replica on this target becomes this VM's")
+    p.add_argument(
+        "--disk", action="append", default=[], metavar="NAME=PATH",
+        help="a raw image or monolithicFlat VMDK made by another tool (moved in, same filesystem)",
+    )  # fmt: skip
+    p.set_defaults(func=map_replica)
     add_point_commands(sub)
     add_keygen(sub)
     add_target_commands(sub)
