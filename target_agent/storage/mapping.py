@@ -111,6 +111,15 @@ def foreign_files(vdir: Path) -> list[str]:
     return sorted(p.name for p in vdir.iterdir() if p.name not in OWN_NAMES and p.name not in ours)
 
 
+#: formats whose bytes are not the disk's: mapped as raw they would make a replica of garbage
+_IMAGE_MAGIC = (
+    (b"KDMV", "sparse VMDK (monolithicSparse or streamOptimized)"),
+    (b"COWD", "ESX sparse VMDK"),
+    (b"QFI\xfb", "qcow2"),
+    (b"vhdxfile", "VHDX"),
+)
+
+
 def _generation() -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
 
@@ -150,6 +159,12 @@ def inspect_copy(disk: str, path: Path) -> Copy:
         raise InputError(f"cannot read the copy of disk {disk!r} at {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path} is not a regular file: map a file (a device is mapped by `serve --map`)")
+    kind = next((k for magic, k in _IMAGE_MAGIC if head.startswith(magic)), "")
+    if kind:
+        raise InputError(
+            f"{path} is a {kind} image, not flat bytes: mapping takes raw images and one-extent"
+            " monolithicFlat VMDKs; restore other formats with `vzrep-target seed`"
+        )
     if not looks_like_descriptor(head):
         if st.st_size % 512 or st.st_size == 0:
             raise InputError(f"{path} has {st.st_size} bytes, not a whole number of 512-byte sectors")
