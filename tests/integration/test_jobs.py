@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -172,3 +173,42 @@ async def test_parallel_bounds_the_passes_the_target_sees_at_once(
     assert [r.status for r in results] == ["replicated"] * 4
     assert counting.most == parallel  # reached (the target held the first until a second came), never passed
     assert counting.active == 0
+
+
+async def job_cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "source_agent.cli", "job", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+async def test_job_check_looks_at_what_the_job_names_and_changes_nothing(tmp_path: Path, target: Target) -> None:
+    disk = make_image(tmp_path / "a.img", 4 * MiB, data_blocks=4)
+    vms = [{"name": "a", "disks": [f"disk0={disk}"], "seed": {"disk0": "/backups/a.vmdk"}}, {"name": "b", "disks": [f"disk0={disk}"]}]
+    path = write_job(tmp_path / "job.toml", target, vms, seeding=True)
+    rc, out = await job_cli("check", str(path))
+    assert rc == 0, out
+    assert f"ok: target 127.0.0.1:{target.port}: reachable, host key as pinned, our key accepted" in out
+    assert "ok: VM a: disks disk0 4194304 bytes" in out
+    assert "ok: VM a: seed; if the target holds no replica yet, run on the target: vzrep-target seed --data-dir DIR --vm a --disk disk0=/backups/a.vmdk" in out
+    assert "warning: VM b: the job has seeding or mapping on and names no seed or mapping for it" in out
+    assert not target.data_dir.exists() or list(target.data_dir.iterdir()) == []  # the target started nothing
+    disk.rename(tmp_path / "gone.img")
+    (tmp_path / "kh-other").write_text("")
+    text = path.read_text().replace(str(target.keys.dir / f"kh-{target.port}"), str(tmp_path / "kh-other"))
+    path.write_text(text)
+    rc, out = await job_cli("check", str(path), "--json")
+    doc = json.loads(out)
+    assert rc == ExitCode.HOST_KEY and doc["exit_code"] == 5
+    assert any("has no line for [127.0.0.1]:" in p for p in doc["problems"])
+    assert any("VM a:" in p and "a.img" in p for p in doc["problems"])
+    path.write_text(text.replace("[options]", "[options]\nparallel = 0"))
+    rc, out = await job_cli("check", str(path))
+    assert rc == ExitCode.INPUT and f"problem: {path}:" in out and ": options.parallel: must be 1-64" in out
+    rc, out = await job_cli("new", str(tmp_path / "new.toml"))
+    assert rc == 0 and job_of(tmp_path / "new.toml").vms[0].name == "web01"
+    rc, out = await job_cli("new", str(tmp_path / "new.toml"))
+    assert rc == ExitCode.INPUT and "exists" in out
