@@ -341,12 +341,16 @@ async def test_16_a_job_with_seeding_skips_a_vm_the_target_holds_no_replica_of(s
     rc, out, err = await job_run(str(job))
     assert rc == ExitCode.NOT_SEEDED == 16, err
     assert "vzrep pass of VM web01 to 127.0.0.1" in out and "committed, generation" in out
-    assert "vzrep pass of VM db01: SKIPPED" in out and "1 replicated, 1 skipped, 0 failed; exit code 16" in out
+    assert (
+        "vzrep pass of VM db01: SKIPPED" in out and "1 replicated, 1 skipped, 0 failed; exit code 16" in out
+    )
     assert not setup.target.vm("db01").exists()
     rc, out, _ = await job_run(str(job), "--json")
     doc = json.loads(out)
     assert rc == 16 and doc["summary"]["replicated"] == [VM] and doc["summary"]["skipped"][0]["vm"] == "db01"
-    assert [v["status"] for v in doc["vms"]] == ["replicated", "skipped"] and doc["summary"]["exit_code"] == 16
+    assert [v["status"] for v in doc["vms"]] == ["replicated", "skipped"] and doc["summary"][
+        "exit_code"
+    ] == 16
 
 
 async def test_17_a_job_in_which_a_vm_failed(setup: Setup) -> None:

@@ -185,15 +185,23 @@ async def job_cli(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode() + err.decode()
 
 
-async def test_job_check_looks_at_what_the_job_names_and_changes_nothing(tmp_path: Path, target: Target) -> None:
+async def test_job_check_looks_at_what_the_job_names_and_changes_nothing(
+    tmp_path: Path, target: Target
+) -> None:
     disk = make_image(tmp_path / "a.img", 4 * MiB, data_blocks=4)
-    vms = [{"name": "a", "disks": [f"disk0={disk}"], "seed": {"disk0": "/backups/a.vmdk"}}, {"name": "b", "disks": [f"disk0={disk}"]}]
+    vms = [
+        {"name": "a", "disks": [f"disk0={disk}"], "seed": {"disk0": "/backups/a.vmdk"}},
+        {"name": "b", "disks": [f"disk0={disk}"]},
+    ]
     path = write_job(tmp_path / "job.toml", target, vms, seeding=True)
     rc, out = await job_cli("check", str(path))
     assert rc == 0, out
     assert f"ok: target 127.0.0.1:{target.port}: reachable, host key as pinned, our key accepted" in out
     assert "ok: VM a: disks disk0 4194304 bytes" in out
-    assert "ok: VM a: seed; if the target holds no replica yet, run on the target: vzrep-target seed --data-dir DIR --vm a --disk disk0=/backups/a.vmdk" in out
+    assert (
+        "ok: VM a: seed; if the target holds no replica yet, run on the target: vzrep-target seed --data-dir DIR --vm a --disk disk0=/backups/a.vmdk"
+        in out
+    )
     assert "warning: VM b: the job has seeding or mapping on and names no seed or mapping for it" in out
     assert not target.data_dir.exists() or list(target.data_dir.iterdir()) == []  # the target started nothing
     disk.rename(tmp_path / "gone.img")

@@ -99,7 +99,11 @@ def test_a_hello_carries_the_job_id_the_job_rule_and_the_retention() -> None:
     p = Pair()
     msg = Hello(PROTOCOL_VERSION, "t", "vm", ("blake3-256",), ("none",), BS, "0b7d2f3e-3c55", True, 5)
     (got,) = p.deliver(p.source, msg)
-    assert isinstance(got, Hello) and (got.job, got.require_replica, got.restore_points) == ("0b7d2f3e-3c55", True, 5)
+    assert isinstance(got, Hello) and (got.job, got.require_replica, got.restore_points) == (
+        "0b7d2f3e-3c55",
+        True,
+        5,
+    )
 
 
 def test_a_protocol_3_hello_is_a_version_mismatch_naming_both_versions() -> None:
@@ -108,7 +112,9 @@ def test_a_protocol_3_hello_is_a_version_mismatch_naming_both_versions() -> None
     old = [3, "vzrep-source/0.1", "vm", ["blake3-256"], ["none"], BS]
     frame = framing.encode_frame(MsgType.HELLO, codec.pack(old))
     p.target.receive_data(frame)
-    with pytest.raises(VersionMismatch, match=f"protocol version 3, the target speaks version {PROTOCOL_VERSION}"):
+    with pytest.raises(
+        VersionMismatch, match=f"protocol version 3, the target speaks version {PROTOCOL_VERSION}"
+    ):
         p.target.next_event()
 
 
@@ -263,7 +269,6 @@ def _raw_frame(msg) -> bytes:
     return framing.encode_frame(msg.TYPE, codec.pack(msg.to_fields()))
 
 
-
 SOURCE_MSGS = [
     hello(),
     OpenDisk(0, "d0", 8 * BS, "", ""),
@@ -314,7 +319,9 @@ def ready_frames() -> bytes:
     p = Pair()
     p.handshake()
     p.deliver(p.source, OpenDisk(0, "d0", 8 * BS, "", ""))
-    return p.target.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, (), False)) + p.target.send(MapEnd(0, "", 0))
+    return p.target.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, (), False)) + p.target.send(
+        MapEnd(0, "", 0)
+    )
 
 
 @settings(max_examples=60, deadline=None)
