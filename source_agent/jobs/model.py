@@ -67,6 +67,9 @@ class VCenterConf:
     insecure: bool = False
     appliance_vm: str = ""
     quiesce: bool = False
+    #: as pass --appliance-uuid-file and --datastore-root (datastores mounted here: NFS, vcsim)
+    appliance_uuid_file: Path | None = None
+    datastore_roots: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,17 @@ def _options(r: _Reader, doc: dict[str, Any]) -> Options:
     )
 
 
+def _datastore_roots(r: _Reader, v: dict[str, Any], w: KeyPath) -> dict[str, str]:
+    roots = r.get(v, "datastore_roots", dict, w, {})
+    out = {}
+    for ds, d in roots.items():
+        if not isinstance(d, str) or not d:
+            r.fail((*w, "datastore_roots", ds), "must be the directory the datastore is mounted at")
+        else:
+            out[ds] = str(r.resolve(d))
+    return out
+
+
 def _vcenter(r: _Reader, doc: dict[str, Any]) -> VCenterConf | None:
     v = r.table(doc, "vcenter", (), required=False)
     if not v:
@@ -265,6 +279,8 @@ def _vcenter(r: _Reader, doc: dict[str, Any]) -> VCenterConf | None:
         "insecure",
         "appliance_vm",
         "quiesce",
+        "appliance_uuid_file",
+        "datastore_roots",
     }
     r.unknown(v, known, w)
     conf = VCenterConf(
@@ -276,6 +292,8 @@ def _vcenter(r: _Reader, doc: dict[str, Any]) -> VCenterConf | None:
         insecure=r.get(v, "insecure", bool, w, False),
         appliance_vm=r.get(v, "appliance_vm", str, w, ""),
         quiesce=r.get(v, "quiesce", bool, w, False),
+        appliance_uuid_file=r.path_value(v, "appliance_uuid_file", w, required=False),
+        datastore_roots=_datastore_roots(r, v, w),
     )
     if not (conf.host or conf.credentials or conf.session_token_file):
         r.fail(w, "give host, or credentials (a file with a host line), or session_token_file")

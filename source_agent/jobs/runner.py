@@ -61,10 +61,13 @@ def pass_argv(job: Job, vm: VmConf, state_dir: Path) -> list[str]:
             ("--thumbprint", v.thumbprint),
             ("--cafile", v.cafile),
             ("--appliance-vm", v.appliance_vm),
+            ("--appliance-uuid-file", v.appliance_uuid_file),
         ):
             if value:
                 argv += [flag, str(value)]
         argv += ["--insecure"] * v.insecure + ["--quiesce"] * v.quiesce
+        for ds, root in v.datastore_roots.items():
+            argv += ["--datastore-root", f"{ds}={root}"]
     return argv
 
 
