@@ -16,6 +16,7 @@ from typing import Any
 
 from pairing.cli import add_target_commands
 from protocol.messages import valid_name
+from vsphere.cli_options import add_connection_arguments
 from vzcommon.climain import asyncio_run, run_main
 from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
@@ -141,8 +142,23 @@ def map_replica(args: argparse.Namespace) -> int:
     """``map``: a copy at the DR site becomes the VM's replica (``storage.mapping``)."""
     from .storage.mapping import map_disks, map_from_vm
 
-    if bool(args.disk) == bool(args.from_vm):
-        raise InputError("give either --from-vm OTHER (another VM's replica here) or --disk NAME=PATH ...")
+    if sum(map(bool, (args.disk, args.from_vm, args.replica_vm))) != 1:
+        raise InputError(
+            "give one of --from-vm OTHER (another VM's replica here), --disk NAME=PATH ... (a copy's files),"
+            " --replica-vm VM --vcenter HOST ... (an existing vSphere VM)"
+        )
+    if args.replica_vm:
+        from vsphere.cli_options import options_from_args
+
+        from .vsphere.mapping import map_replica_vm
+
+        options = options_from_args(args)
+
+        async def run() -> int:
+            print(await map_replica_vm(options, args.data_dir, args.vm, args.replica_vm))
+            return 0
+
+        return asyncio_run(run())
     disks: dict[str, Path] = {}
     for spec in args.disk:
         name, sep, path = spec.partition("=")
@@ -205,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--disk", action="append", default=[], metavar="NAME=PATH",
         help="a raw image or monolithicFlat VMDK made by another tool (moved in, same filesystem)",
     )  # fmt: skip
+    p.add_argument(
+        "--replica-vm", metavar="VM", help="an existing vSphere VM (name or moid) becomes the replica"
+    )
+    add_connection_arguments(p.add_argument_group("vSphere (with --replica-vm)"), what="vCenter or ESXi host")
     p.set_defaults(func=map_replica)
     add_point_commands(sub)
     add_keygen(sub)

@@ -100,11 +100,16 @@ class VmConf:
     seed: dict[str, str] = field(default_factory=dict)  # disk -> seed file on the target
     map_from_vm: str = ""  # another VM's replica on the target
     map_disks: dict[str, str] = field(default_factory=dict)  # disk -> a copy's file on the target
+    map_replica_vm: str = ""  # an existing vSphere VM at the DR site (a vSphere VM's mapping)
 
     @property
     def declared(self) -> str:
         """How the job says this VM reaches the target first: "seed", "map" or ""."""
-        return "seed" if self.seed else ("map" if self.map_from_vm or self.map_disks else "")
+        return (
+            "seed"
+            if self.seed
+            else ("map" if self.map_from_vm or self.map_disks or self.map_replica_vm else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -308,7 +313,7 @@ def _vm(r: _Reader, i: int, v: Any, opts: Options, vcenter: VCenterConf | None) 
     if not isinstance(v, dict):
         r.fail(w, "must be a table ([[vm]])")
         return None
-    r.unknown(v, {"name", "disks", "vsphere", "seed", "map_from_vm", "map_disks"}, w)
+    r.unknown(v, {"name", "disks", "vsphere", "seed", "map_from_vm", "map_disks", "map_replica_vm"}, w)
     name = r.get(v, "name", str, w) or ""
     if name and not valid_name(name):
         r.fail((*w, "name"), f"invalid VM name {name!r}: {NAME_RULE}")
@@ -341,14 +346,19 @@ def _vm(r: _Reader, i: int, v: Any, opts: Options, vcenter: VCenterConf | None) 
     map_from = r.get(v, "map_from_vm", str, w, "")
     if map_from and not valid_name(map_from):
         r.fail((*w, "map_from_vm"), f"invalid VM name {map_from!r}: {NAME_RULE}")
+    map_vm = r.get(v, "map_replica_vm", str, w, "")
+    if map_vm and not vsphere:
+        r.fail(
+            (*w, "map_replica_vm"), "maps a vSphere VM onto an existing VM: give vsphere = true, or map_disks"
+        )
     if seed and not opts.seeding:
         r.fail((*w, "seed"), "the job's options have seeding = false: turn it on or drop the seed")
-    if (map_from or map_disks) and not opts.mapping:
-        key = "map_from_vm" if map_from else "map_disks"
+    if (map_from or map_disks or map_vm) and not opts.mapping:
+        key = "map_from_vm" if map_from else ("map_disks" if map_disks else "map_replica_vm")
         r.fail((*w, key), "the job's options have mapping = false: turn it on or drop the mapping")
-    if sum(bool(x) for x in (seed, map_from, map_disks)) > 1:
-        r.fail(w, "a VM is seeded (seed) or mapped (map_from_vm or map_disks), one of them")
-    return VmConf(name, line, tuple(disks), vsphere, seed, map_from, map_disks)
+    if sum(bool(x) for x in (seed, map_from, map_disks, map_vm)) > 1:
+        r.fail(w, "a VM is seeded (seed) or mapped (map_from_vm, map_disks or map_replica_vm), one of them")
+    return VmConf(name, line, tuple(disks), vsphere, seed, map_from, map_disks, map_vm)
 
 
 def parse_job(path: Path, text: str) -> Job:

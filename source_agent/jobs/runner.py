@@ -86,6 +86,11 @@ def skip_hint(job: Job, vm: VmConf) -> str:
         return f"on the target: vzrep-target seed --data-dir DIR --vm {name} {disks}"
     if vm.map_from_vm:
         return f"on the target: vzrep-target map --data-dir DIR --vm {name} --from-vm {shlex.quote(vm.map_from_vm)}"
+    if vm.map_replica_vm:
+        return (
+            f"on the target: vzrep-target map --data-dir DIR --vm {name} --replica-vm"
+            f" {shlex.quote(vm.map_replica_vm)} --vcenter HOST ..."
+        )
     if vm.map_disks:
         disks = " ".join(f"--disk {shlex.quote(f'{d}={p}')}" for d, p in vm.map_disks.items())
         return f"on the target: vzrep-target map --data-dir DIR --vm {name} {disks}"

@@ -56,6 +56,8 @@ from .paths import PRIVATE_DIR, PRIVATE_FILE
 log = get_logger("vzrep.target.mapping")
 
 RECORD = ".vzmapping"
+#: a VM mapped onto an existing vSphere VM (``target_agent.vsphere.mapping``)
+REPLICA_VM_RECORD = "replica-vm"
 RECORD_MAGIC = "vzrep-mapping"
 STAGING_PREFIX = ".map-"
 #: what vzrep itself keeps in a VM directory, besides each disk's files (``paths``)
@@ -87,7 +89,7 @@ def holds_replica(vdir: Path) -> bool:
     replicated). The job rule asks this before a pass creates anything."""
     if not vdir.is_dir():
         return False
-    if points.load(vdir):
+    if points.load(vdir) or (vdir / REPLICA_VM_RECORD).exists():
         return True
     return any(p.name.endswith(("-flat.vmdk", ".vzmap")) for p in vdir.iterdir())
 

@@ -31,6 +31,7 @@ def write_job(
     *,
     job_id: str | None = None,
     state_dir: Path | None = None,
+    vcenter: dict[str, Any] | None = None,
     **options: Any,
 ) -> Path:
     """A job file: ``vms`` as [[vm]] tables (name, disks, seed, map_from_vm, ...), ``options`` as [options]."""
@@ -50,6 +51,8 @@ def write_job(
     ]
     if state_dir is not None:
         lines.append(f"state_dir = {_toml(str(state_dir))}")
+    if vcenter is not None:
+        lines += ["", "[vcenter]", *(f"{k} = {_toml(v)}" for k, v in vcenter.items())]
     for vm in vms:
         lines += ["", "[[vm]]", *(f"{k} = {_toml(v)}" for k, v in vm.items())]
     path.write_text("\n".join(lines) + "\n")

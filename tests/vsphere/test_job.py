@@ -17,24 +17,29 @@ from tests.vsphere.conftest import Lab, Vcsim
 pytestmark = pytest.mark.vcsim
 
 
+def vcenter_table(lab: Lab, vcsim: Vcsim, tmp_path: Path) -> dict[str, object]:
+    """The job's [vcenter] table for vcsim (credentials in a 0600 file, datastores mounted here)."""
+    cred = tmp_path / "cred"
+    cred.write_text(f"user = {vcsim.user}\npassword = {vcsim.password}\n")
+    cred.chmod(0o600)
+    return {
+        "host": f"{vcsim.host}:{vcsim.port}",
+        "credentials": str(cred),
+        "thumbprint": vcsim.thumbprint,
+        "appliance_uuid_file": str(lab.uuid_path),
+        "datastore_roots": {ds: str(root) for ds, root in lab.roots.items()},
+    }
+
+
 async def test_a_job_of_a_vsphere_vm_and_a_local_vm(
     lab: Lab, vcsim: Vcsim, target: Target, tmp_path: Path
 ) -> None:
     lab.write_blocks({1: 0x31, 9: 0x32})
     local = make_image(tmp_path / "local.img", 4 << 20, data_blocks=6)
-    cred = tmp_path / "cred"
-    cred.write_text(f"user = {vcsim.user}\npassword = {vcsim.password}\n")
-    cred.chmod(0o600)
     path = write_job(
         tmp_path / "job.toml", target,
         [{"name": lab.vm.name, "vsphere": True}, {"name": "local01", "disks": [f"disk0={local}"]}],
-        state_dir=tmp_path / "state", parallel=2,
-    )  # fmt: skip
-    roots = ", ".join(f'{ds} = "{root}"' for ds, root in lab.roots.items())
-    path.write_text(
-        path.read_text().replace("[[vm]]", "[vcenter]\n"
-        f'host = "{vcsim.host}:{vcsim.port}"\ncredentials = "{cred}"\nthumbprint = "{vcsim.thumbprint}"\n'
-        f'appliance_uuid_file = "{lab.uuid_path}"\ndatastore_roots = {{ {roots} }}\n\n[[vm]]', 1)
+        state_dir=tmp_path / "state", vcenter=vcenter_table(lab, vcsim, tmp_path), parallel=2,
     )  # fmt: skip
     job = job_of(path)
     results = await run_job(job, tmp_path / "state")
