@@ -131,7 +131,7 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path) -> VmResult:
                 for r in readers:
                     r.close()
     except NotSeeded as exc:
-        reason = f"skipped: {exc}; {skip_hint(job, vm)}"
+        reason = f"{exc}; {skip_hint(job, vm)}"
         log.warning("vm_skipped", vm=vm.name, job=job.id, reason=str(exc))
         return VmResult(vm.name, "skipped", int(exc.exit_code), reason, None, events)
     except VzrepError as exc:

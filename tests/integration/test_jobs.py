@@ -69,8 +69,13 @@ async def test_the_job_rule_skips_a_vm_without_a_replica_until_it_is_mapped(
     assert "seed it (vzrep-target seed) or map it (vzrep-target map)" in skipped.reason
     assert not (target.data_dir / "d").exists()  # refused before anything was made for it
     text = summary_text(job, results)
-    assert "3 replicated, 1 skipped, 0 failed; exit code 16" in text and "  skipped: d: skipped: " in text
-    assert result_text(skipped).startswith("vzrep pass of VM d: SKIPPED\n  warning: skipped: ")
+    assert (
+        "3 replicated, 1 skipped, 0 failed; exit code 16" in text
+        and "  skipped: d: target: VM 'd' has no replica" in text
+    )
+    assert result_text(skipped).startswith(
+        "vzrep pass of VM d: SKIPPED\n  warning: target: VM 'd' has no replica"
+    )
     for r in results[:3]:
         assert r.report is not None and r.report.disks[0].blocks_changed == 3
         qemu_compare(disks[r.vm], target.vm(r.vm) / "disk0.vmdk")
