@@ -134,10 +134,11 @@ class ReplicaPass:
         self._opened: list[str] = []
         self._by_order = False  # an operator-made replica matched to the source's disks by order
         #: the existing VM this VM is mapped onto (``vzrep-target map --replica-vm``), else serve's
-        self.existing = mapped_replica_vm(vdir) or settings.replica_vm
+        self.existing = settings.replica_vm
 
     async def start(self) -> None:
         s = self.settings
+        self.existing = await asyncio.to_thread(mapped_replica_vm, self.vdir) or s.replica_vm
         self.client = await connect(s.connect)
         self.own_vm = await find_appliance(self.client, uuid_path=s.uuid_path, name=s.appliance_vm)
         self.hardware = await self._hardware()
