@@ -18,11 +18,12 @@ from target_agent import cli as target_cli
 from target_agent.storage import mapping
 from target_agent.storage import points as rp
 from target_agent.storage.export import export_point
+from target_agent.storage.lock import VmLock
 from target_agent.storage.transaction import recover_vm
 from tests.support.agents import Target, replicate
 from tests.support.jobs import job_of, write_job
 from tests.support.tools import change_blocks, make_image, qemu_compare, run, sha256
-from vzcommon.errors import InputError
+from vzcommon.errors import BusyError, InputError
 
 MiB = 1 << 20
 BS = 64 << 10
@@ -202,3 +203,19 @@ def test_a_crash_after_the_commit_point_is_finished_by_recovery(
 
 def os_listing(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir())
+
+
+async def test_from_vm_waits_for_a_running_pass_and_refuses_onto_a_replica(
+    tmp_path: Path, target: Target
+) -> None:
+    state = tmp_path / "state"
+    for vm, seed in (("a", 1), ("b", 2)):
+        disk = make_image(tmp_path / f"{vm}.img", 4 * MiB, data_blocks=5, seed=seed)
+        assert (await replicate(target.spec(), vm, {"disk0": disk}, state)).ok
+    before = {vm: sorted(p.name for p in target.vm(vm).iterdir()) for vm in "ab"}
+    with VmLock(target.vm("a"), "a"), pytest.raises(BusyError, match="already running"):
+        mapping.map_from_vm(target.data_dir, "c", "a")  # a pass of "a" holds its lock
+    with pytest.raises(InputError, match="VM 'b' already has a replica"):
+        mapping.map_from_vm(target.data_dir, "b", "a")
+    assert {vm: sorted(p.name for p in target.vm(vm).iterdir()) for vm in "ab"} == before
+    assert not target.vm("c").exists()
