@@ -20,6 +20,7 @@ from .framing import MAP_CHUNK_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 HASH_LEN = 32
 MAX_DISK_SIZE = 1 << 50  # 1 PiB: far beyond vSphere's 62 TB limit, small enough to catch garbage
 MAX_DISKS = 256
+MAX_RESTORE_POINTS = 10_000  # a job's retention; far beyond any real one, small enough to catch garbage
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{0,256}")
 
@@ -147,6 +148,14 @@ class Hello(Message):
     hash_algs: tuple[str, ...]
     codecs: tuple[str, ...]
     block_size: int
+    #: the job this pass belongs to (its id; "" for a pass run without a job): the target tags the
+    #: restore point with it (protocol 4)
+    job: str = ""
+    #: the job rule (seeding or mapping on): the target refuses the pass, before it creates anything,
+    #: unless it already holds a replica of the VM (seeded or mapped); ERROR code NOT_SEEDED (protocol 4)
+    require_replica: bool = False
+    #: restore points the target keeps for this replica; 0: the target's own setting (protocol 4)
+    restore_points: int = 0
 
     def __post_init__(self) -> None:
         _int(self.protocol_version, "protocol_version", 0, 65535)
@@ -155,6 +164,18 @@ class Hello(Message):
         _strs(self.hash_algs, "hash_algs")
         _strs(self.codecs, "codecs")
         _block_size(self.block_size)
+        _str(self.job, "job", 64)
+        _token(self.job, "job")
+        _bool(self.require_replica, "require_replica")
+        _int(self.restore_points, "restore_points", 0, MAX_RESTORE_POINTS)
+
+    @classmethod
+    def from_fields(cls, values: list[Any]) -> Message:
+        """A HELLO of protocol 1-3 has six fields: read it with the defaults, so that the version
+        check names both versions instead of failing on the field count."""
+        if len(values) == 6:
+            values = [*values, "", False, 0]
+        return super(Hello, cls).from_fields(values)
 
 
 @dataclass(frozen=True, slots=True)

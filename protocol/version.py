@@ -7,4 +7,5 @@ its meaning, exchanged in the handshake. Either mismatch fails with both version
 from __future__ import annotations
 
 FRAME_VERSION = 1
-PROTOCOL_VERSION = 3  # 2: DISK_READY says whether the target rebuilt the map; 3: KEEPALIVE
+PROTOCOL_VERSION = 4  # 2: DISK_READY says whether the target rebuilt the map; 3: KEEPALIVE;
+# 4: HELLO carries the job id, the job rule (require_replica) and the job's retention

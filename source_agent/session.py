@@ -86,6 +86,12 @@ class PassOptions:
     #: the final pass of a planned failover: the target fails the replica over once it committed
     failover: bool = False
     state_dir: Path = Path.home() / ".local" / "state" / "vzrep"
+    #: the job's id: the target tags the restore point with it ("" for a pass without a job)
+    job: str = ""
+    #: the job rule (seeding or mapping on): the target refuses a VM it holds no replica of (NotSeeded)
+    require_replica: bool = False
+    #: restore points the target keeps for this replica; 0: the target's own setting
+    restore_points: int = 0
 
 
 @dataclass
@@ -143,7 +149,12 @@ class SourceSession:
 
     async def handshake(self) -> Welcome:
         codecs = ("zstd", "none") if self.opts.compress != "none" else ("none",)
-        await self._send(Hello(PROTOCOL_VERSION, AGENT, self.vm, (HASH_NAME,), codecs, self.opts.block_size))
+        o = self.opts
+        hello = Hello(
+            PROTOCOL_VERSION, AGENT, self.vm, (HASH_NAME,), codecs, o.block_size, o.job, o.require_replica,
+            o.restore_points,
+        )  # fmt: skip
+        await self._send(hello)
         await self.tunnel.drain()
         welcome = await self._next()
         assert isinstance(welcome, Welcome)

@@ -123,7 +123,30 @@ def _translate(exc: BaseException, spec: TargetSpec) -> VzrepError:
     return ConnectionFailed(f"SSH connection to target {spec.label} failed: {text}")
 
 
+async def check_target(spec: TargetSpec) -> None:
+    """Connect, verify the pinned host key, authenticate, and close: no subsystem is opened, so the
+    target starts nothing (``vzrep-source job check``)."""
+    conn = await _connect(spec)
+    conn.close()
+    try:
+        await asyncio.wait_for(conn.wait_closed(), 5)
+    except (TimeoutError, asyncssh.Error, OSError):
+        pass
+
+
 async def open_tunnel(spec: TargetSpec) -> Tunnel:
+    conn = await _connect(spec)
+    try:
+        writer, reader, _ = await conn.open_session(
+            subsystem=policy.SUBSYSTEM, encoding=None, window=policy.WINDOW, max_pktsize=policy.MAX_PKTSIZE
+        )
+    except (asyncssh.Error, OSError) as exc:
+        conn.close()
+        raise _translate(exc, spec) from None
+    return Tunnel(conn, writer, reader)
+
+
+async def _connect(spec: TargetSpec) -> Any:
     try:
         client_key = asyncssh.read_private_key(str(spec.identity))
     except (OSError, asyncssh.KeyImportError) as exc:
@@ -156,11 +179,4 @@ async def open_tunnel(spec: TargetSpec) -> Tunnel:
         )
     except (asyncssh.Error, OSError, TimeoutError) as exc:
         raise _translate(exc, spec) from None
-    try:
-        writer, reader, _ = await conn.open_session(
-            subsystem=policy.SUBSYSTEM, encoding=None, window=policy.WINDOW, max_pktsize=policy.MAX_PKTSIZE
-        )
-    except (asyncssh.Error, OSError) as exc:
-        conn.close()
-        raise _translate(exc, spec) from None
-    return Tunnel(conn, writer, reader)
+    return conn

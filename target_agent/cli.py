@@ -16,6 +16,7 @@ from typing import Any
 
 from pairing.cli import add_target_commands
 from protocol.messages import valid_name
+from vsphere.cli_options import add_connection_arguments
 from vzcommon.climain import asyncio_run, run_main
 from vzcommon.errors import InputError
 from vzcommon.keycli import add_keygen
@@ -149,6 +150,42 @@ def rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def map_replica(args: argparse.Namespace) -> int:
+    """``map``: a copy at the DR site becomes the VM's replica (``storage.mapping``)."""
+    from .storage.mapping import map_disks, map_from_vm
+
+    if sum(map(bool, (args.disk, args.from_vm, args.replica_vm))) != 1:
+        raise InputError(
+            "give one of --from-vm OTHER (another VM's replica here), --disk NAME=PATH ... (a copy's files),"
+            " --replica-vm VM --vcenter HOST ... (an existing vSphere VM)"
+        )
+    if args.replica_vm:
+        from vsphere.cli_options import options_from_args
+
+        from .vsphere.mapping import map_replica_vm
+
+        options = options_from_args(args)
+
+        async def run() -> int:
+            print(await map_replica_vm(options, args.data_dir, args.vm, args.replica_vm))
+            return 0
+
+        return asyncio_run(run())
+    disks: dict[str, Path] = {}
+    for spec in args.disk:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise InputError(f"--disk {spec!r}: expected NAME=PATH, NAME being the source's disk name")
+        if name in disks:
+            raise InputError(f"disk {name!r} is given twice")
+        disks[name] = Path(path)
+    if args.from_vm:
+        print(map_from_vm(args.data_dir, args.vm, args.from_vm))
+    else:
+        print(map_disks(args.data_dir, args.vm, disks))
+    return 0
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vzrep-target", description="vzrep target agent (DR site)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -191,6 +228,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--vm")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=status)
+    p = sub.add_parser("map", help="make a copy already at the DR site a VM's replica (replica mapping)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True, help="the VM (as the source and its job name it)")
+    p.add_argument("--from-vm", metavar="OTHER", help="another VM's replica on this target becomes this VM's")
+    p.add_argument(
+        "--disk", action="append", default=[], metavar="NAME=PATH",
+        help="a raw image or monolithicFlat VMDK made by another tool (moved in, same filesystem)",
+    )  # fmt: skip
+    p.add_argument(
+        "--replica-vm", metavar="VM", help="an existing vSphere VM (name or moid) becomes the replica"
+    )
+    add_connection_arguments(p.add_argument_group("vSphere (with --replica-vm)"), what="vCenter or ESXi host")
+    p.set_defaults(func=map_replica)
     add_point_commands(sub)
     add_verify_command(sub)
     words = sys.argv[1:] if argv is None else argv

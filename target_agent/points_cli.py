@@ -16,6 +16,7 @@ from vzcommon.errors import InputError
 from .storage import failover as fo
 from .storage import points as rp
 from .storage.export import export_point
+from .storage.mapping import foreign_files
 from .storage.transaction import vm_dir
 
 
@@ -53,10 +54,11 @@ def show_points(args: argparse.Namespace) -> int:
         from .vsphere import points as vpoints
 
         return asyncio_run(vpoints.show_points(options_from_args(args), args))
-    _, points = _load(args)
+    vdir, points = _load(args)
     rows = points_report(args.vm, points)
+    foreign = foreign_files(vdir)  # another tool's files: never points, never used or removed
     if args.json:
-        print(json.dumps({"vm": args.vm, "points": rows}, indent=2))
+        print(json.dumps({"vm": args.vm, "points": rows, "foreign": foreign}, indent=2))
         return 0
     if not rows:
         print(f"VM {args.vm!r} has no restore points yet (no pass has committed)")
@@ -66,6 +68,8 @@ def show_points(args: argparse.Namespace) -> int:
         print(
             f"{r['id']}  {r['time']}  {r['origin']}{' job ' + r['job'] if r['job'] else ''}  [{tag}]  {disks}"
         )
+    if foreign:
+        print(f"not restore points (made by another tool; never used or removed): {', '.join(foreign)}")
     return 0
 
 

@@ -20,6 +20,7 @@ is dropped sooner or later by the SSH keep-alives too (``tunnel_policy``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,13 +50,22 @@ from protocol.messages import (
 )
 from protocol.version import PROTOCOL_VERSION
 from vzcommon.blockhash import HASH_LEN, HASH_NAME, hash_block
-from vzcommon.errors import ConnectionFailed, ExitCode, IntegrityError, StorageError, VzrepError, from_peer
+from vzcommon.errors import (
+    ConnectionFailed,
+    ExitCode,
+    IntegrityError,
+    NotSeeded,
+    StorageError,
+    VzrepError,
+    from_peer,
+)
 from vzcommon.geometry import block_count
 from vzcommon.log import get_logger
 
 from .server import ByteStream
 from .storage import failover as fo
 from .storage.failover import refuse_passes
+from .storage.mapping import holds_replica
 from .storage.points import DEFAULT_RETENTION
 from .storage.replica import DiskWriter
 from .storage.transaction import VmPass
@@ -231,13 +241,16 @@ class TargetSession:
                 f"the source offers hash algorithms {list(msg.hash_algs)}, this target needs {HASH_NAME}"
             )
         codecs = tuple(c for c in SUPPORTED_CODECS if c in msg.codecs and c != "none")
+        if msg.require_replica:  # the job rule: before anything is created for the VM
+            await asyncio.to_thread(self._require_replica, msg.vm)
         await asyncio.to_thread(refuse_passes, self.data_dir / msg.vm, msg.vm)
         vm_pass = VmPass(
             self.data_dir,
             msg.vm,
             block_size=msg.block_size,
             peer=self.peer,
-            restore_points=self.restore_points,
+            restore_points=msg.restore_points or self.restore_points,
+            job=msg.job,
         )
         recovered = await asyncio.to_thread(vm_pass.begin)
         self.vm_pass = vm_pass
@@ -246,12 +259,24 @@ class TargetSession:
         if self.replicas is not None:
             from .vsphere.job import ReplicaPass
 
-            self.replica = ReplicaPass(self.replicas, msg.vm, vm_pass.vdir)
+            settings = self.replicas
+            if msg.restore_points:  # the job's retention, for this replica VM's snapshots too
+                settings = dataclasses.replace(settings, restore_points=msg.restore_points)
+            self.replica = ReplicaPass(settings, msg.vm, vm_pass.vdir)
             await self.replica.start()
         log.info(
             "pass_started", vm=msg.vm, peer=self.peer, pass_id=vm_pass.pass_id, block_size=msg.block_size
         )
         await self._send(Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size))
+
+    def _require_replica(self, vm: str) -> None:
+        """The job rule (seeding or mapping on): a VM this target holds no replica of is refused."""
+        if holds_replica(self.data_dir / vm) or any(v == vm for v, _ in self.mapped):
+            return
+        raise NotSeeded(
+            f"VM {vm!r} has no replica on this target and its job has seeding or mapping on: seed it"
+            " (`vzrep-target seed`) or map it (`vzrep-target map`) first; nothing was created"
+        )
 
     async def _open_disk(self, msg: OpenDisk) -> None:
         assert self.vm_pass is not None

@@ -27,6 +27,8 @@ class ExitCode(IntEnum):
     ROLLED_BACK = 13  # the target failed the pass for a reason of its own (a bug there) and rolled it back
     PAIRING = 14  # pairing failed (wrong or expired code)
     FAILED_OVER = 15  # the replica is failed over (production at the DR site): passes into it are refused
+    NOT_SEEDED = 16  # a job with seeding or mapping on: the target holds no replica of this VM (it was skipped)
+    JOB_FAILED = 17  # a job: at least one VM's pass failed (each VM's own code is in the job's summary)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); the target rolls the pass back
 
 
@@ -133,6 +135,19 @@ class FailedOver(VzrepError):
     """The replica is failed over (production at the DR site): the source may not write into it."""
 
     exit_code = ExitCode.FAILED_OVER
+
+
+@peer_error
+class NotSeeded(VzrepError):
+    """The job rule: with seeding or mapping on, a VM the target holds no replica of is skipped."""
+
+    exit_code = ExitCode.NOT_SEEDED
+
+
+class JobFailed(VzrepError):
+    """A job in which at least one VM's pass failed (the summary names each VM and its code)."""
+
+    exit_code = ExitCode.JOB_FAILED
 
 
 @peer_error

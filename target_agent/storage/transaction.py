@@ -126,6 +126,9 @@ def recover_locked(vdir: Path, devices: Mapping[str, Path] | None = None) -> str
     """Finish or undo an interrupted pass of the VM in ``vdir`` (lock held). Returns what was done.
 
     ``devices``: where the device-backed disks of the pass are now (module docstring)."""
+    from .mapping import finish as finish_mapping  # imports this module
+
+    finish_mapping(vdir)  # a mapping interrupted after its commit point (``mapping``)
     journal = read_journal(vdir)
     disks = sorted(set(pending_disks(vdir)) | set(journal.get("disks", []) if journal else []))
     if journal is None and not disks and not (vdir / SCRIPT).exists():

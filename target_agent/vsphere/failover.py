@@ -33,6 +33,7 @@ from typing import Any
 
 from target_agent.storage import failover as fo
 from target_agent.storage.transaction import now
+from target_agent.vsphere.mapping import mapped_replica_vm
 from target_agent.vsphere.replica import REPLICA_MARKER
 from target_agent.vsphere.restore_points import is_restore_point
 from vsphere import privileges
@@ -59,7 +60,10 @@ def _recorded_replica(vdir: Path, vm: str) -> str | None:
 
 async def find_replica(client: VSphereClient, vdir: Path, vm: str) -> VmInfo:
     """The replica VM the passes wrote: the moid recorded in ``vsphere-replica.json``, else ``<vm>_replica``;
-    it must carry our annotation."""
+    it must carry our annotation, unless the operator mapped the VM onto it (``mapping``)."""
+    mapped = await asyncio.to_thread(mapped_replica_vm, vdir)
+    if mapped is not None:
+        return await client.find_vm(mapped)
     moid = await asyncio.to_thread(_recorded_replica, vdir, vm)
     rep = await client.find_vm(moid or f"{vm}_replica")
     if REPLICA_MARKER not in rep.annotation:

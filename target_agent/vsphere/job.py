@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from target_agent.storage.transaction import journal_devices, list_vms, read_journal, recover_vm
 from target_agent.vsphere.hotadd import ReplicaDevice, replica_disks
+from target_agent.vsphere.mapping import mapped_replica_vm
 from target_agent.vsphere.replica import REPLICA_MARKER, ReplicaVm, ensure_replica_vm
 from target_agent.vsphere.restore_points import DEFAULT_RETENTION, take_restore_point
 from vsphere.appliance import PRODUCT_UUID, find_appliance
@@ -132,16 +133,19 @@ class ReplicaPass:
         self._stack = contextlib.AsyncExitStack()
         self._opened: list[str] = []
         self._by_order = False  # an operator-made replica matched to the source's disks by order
+        #: the existing VM this VM is mapped onto (``vzrep-target map --replica-vm``), else serve's
+        self.existing = settings.replica_vm
 
     async def start(self) -> None:
         s = self.settings
+        self.existing = await asyncio.to_thread(mapped_replica_vm, self.vdir) or s.replica_vm
         self.client = await connect(s.connect)
         self.own_vm = await find_appliance(self.client, uuid_path=s.uuid_path, name=s.appliance_vm)
         self.hardware = await self._hardware()
         self.replica = await ensure_replica_vm(
             self.client,
             self.hardware,
-            existing=s.replica_vm,
+            existing=self.existing,
             folder=s.folder,
             datastore=s.datastore,
             resource_pool=s.resource_pool,
@@ -184,9 +188,9 @@ class ReplicaPass:
             return HardwareRecord.from_vm(source, stored)
         if stored is not None:
             return stored
-        if self.settings.replica_vm:
+        if self.existing:
             self._by_order = True
-            return _by_order(self.vm, await self.client.find_vm(self.settings.replica_vm))
+            return _by_order(self.vm, await self.client.find_vm(self.existing))
         raise InputError(
             f"the target's vCenter {self.client.host} does not see the source VM {self.vm!r}, so the replica's"
             " hardware is unknown: create the replica VM there with the source's hardware and name it with"

@@ -26,6 +26,7 @@ from target_agent.storage import failover
 from target_agent.storage import replica as target_replica
 from target_agent.storage.lock import VmLock
 from tests.support.agents import Keys, Target, snapshot, wait_idle
+from tests.support.jobs import write_job
 from tests.support.openssh import free_port
 from tests.support.tools import change_blocks, make_image
 from vzcommon.errors import ExitCode
@@ -319,6 +320,50 @@ async def test_15_the_replica_is_failed_over(setup: Setup) -> None:
     assert rc == ExitCode.FAILED_OVER == 15
     assert "is failed-over" in err and "failover --undo" in err
     assert snapshot(setup.target.vm(VM)) == before
+
+
+async def job_run(*args: str) -> tuple[int, str, str]:
+    """``vzrep-source job run ARGS`` as a user runs it: exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "source_agent.cli", "job", "run", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_16_a_job_with_seeding_skips_a_vm_the_target_holds_no_replica_of(setup: Setup) -> None:
+    await setup.replicated()  # web01 has a replica (seeded); db01 has none
+    other = make_image(setup.tmp / "db01.img", 4 << 20, data_blocks=5)
+    vms = [{"name": VM, "disks": [f"disk0={setup.disk}"]}, {"name": "db01", "disks": [f"disk0={other}"]}]
+    job = write_job(setup.tmp / "job.toml", setup.target, vms, state_dir=setup.state, seeding=True)
+    rc, out, err = await job_run(str(job))
+    assert rc == ExitCode.NOT_SEEDED == 16, err
+    assert "vzrep pass of VM web01 to 127.0.0.1" in out and "committed, generation" in out
+    assert (
+        "vzrep pass of VM db01: SKIPPED" in out and "1 replicated, 1 skipped, 0 failed; exit code 16" in out
+    )
+    assert not setup.target.vm("db01").exists()
+    rc, out, _ = await job_run(str(job), "--json")
+    doc = json.loads(out)
+    assert rc == 16 and doc["summary"]["replicated"] == [VM] and doc["summary"]["skipped"][0]["vm"] == "db01"
+    assert [v["status"] for v in doc["vms"]] == ["replicated", "skipped"] and doc["summary"][
+        "exit_code"
+    ] == 16
+
+
+async def test_17_a_job_in_which_a_vm_failed(setup: Setup) -> None:
+    vms = [
+        {"name": VM, "disks": [f"disk0={setup.disk}"]},
+        {"name": "db01", "disks": [f"disk0={setup.tmp / 'no-such.img'}"]},
+    ]
+    job = write_job(setup.tmp / "job.toml", setup.target, vms, state_dir=setup.state, parallel=2)
+    rc, out, err = await job_run(str(job))
+    assert rc == ExitCode.JOB_FAILED == 17, err
+    assert "1 replicated, 0 skipped, 1 failed; exit code 17" in out
+    assert "failed: db01 (exit code 3): " in out and "no-such.img" in out
+    assert (setup.target.vm(VM) / "disk0-flat.vmdk").exists()  # the other VM went on
 
 
 async def test_130_ctrl_c_rolls_the_pass_back(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import framing
+from protocol import codec, framing
 from protocol.connection import CLOSED, NEED_DATA, SourceConnection, TargetConnection
 from protocol.errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 from protocol.messages import (
@@ -93,6 +93,29 @@ def test_version_mismatch_names_both_versions() -> None:
     p.target.send(Error(8, "version mismatch"))
     with pytest.raises(LocalProtocolError):
         p.target.send(Error(8, "again"))
+
+
+def test_a_hello_carries_the_job_id_the_job_rule_and_the_retention() -> None:
+    p = Pair()
+    msg = Hello(PROTOCOL_VERSION, "t", "vm", ("blake3-256",), ("none",), BS, "0b7d2f3e-3c55", True, 5)
+    (got,) = p.deliver(p.source, msg)
+    assert isinstance(got, Hello) and (got.job, got.require_replica, got.restore_points) == (
+        "0b7d2f3e-3c55",
+        True,
+        5,
+    )
+
+
+def test_a_protocol_3_hello_is_a_version_mismatch_naming_both_versions() -> None:
+    """A source of protocol 3 sends six fields: refused for its version, not for its field count."""
+    p = Pair()
+    old = [3, "vzrep-source/0.1", "vm", ["blake3-256"], ["none"], BS]
+    frame = framing.encode_frame(MsgType.HELLO, codec.pack(old))
+    p.target.receive_data(frame)
+    with pytest.raises(
+        VersionMismatch, match=f"protocol version 3, the target speaks version {PROTOCOL_VERSION}"
+    ):
+        p.target.next_event()
 
 
 def test_out_of_order_message_is_remote_error() -> None:
@@ -246,7 +269,6 @@ def _raw_frame(msg) -> bytes:
     return framing.encode_frame(msg.TYPE, codec.pack(msg.to_fields()))
 
 
-
 SOURCE_MSGS = [
     hello(),
     OpenDisk(0, "d0", 8 * BS, "", ""),
@@ -297,7 +319,9 @@ def ready_frames() -> bytes:
     p = Pair()
     p.handshake()
     p.deliver(p.source, OpenDisk(0, "d0", 8 * BS, "", ""))
-    return p.target.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, (), False)) + p.target.send(MapEnd(0, "", 0))
+    return p.target.send(DiskReady(0, "", MapStatus.EMPTY, "", 0, (), False)) + p.target.send(
+        MapEnd(0, "", 0)
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,0 +1,1 @@
+"""Jobs: many VMs replicated to one target with one set of options (model, check, runner, cli)."""
