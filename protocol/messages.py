@@ -20,6 +20,7 @@ from .framing import MAP_CHUNK_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 HASH_LEN = 32
 MAX_DISK_SIZE = 1 << 50  # 1 PiB: far beyond vSphere's 62 TB limit, small enough to catch garbage
 MAX_DISKS = 256
+PASS_MODES = ("", "verify", "repair")
 MAX_RESTORE_POINTS = 10_000  # a job's retention; far beyond any real one, small enough to catch garbage
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{0,256}")
@@ -156,6 +157,9 @@ class Hello(Message):
     require_replica: bool = False
     #: restore points the target keeps for this replica; 0: the target's own setting (protocol 4)
     restore_points: int = 0
+    #: "" a pass; "verify": the target hashes the replica's bytes (not its map) and writes nothing;
+    #: "repair": a pass whose target hashes the bytes instead of trusting its map (protocol 4)
+    mode: str = ""
 
     def __post_init__(self) -> None:
         _int(self.protocol_version, "protocol_version", 0, 65535)
@@ -168,13 +172,15 @@ class Hello(Message):
         _token(self.job, "job")
         _bool(self.require_replica, "require_replica")
         _int(self.restore_points, "restore_points", 0, MAX_RESTORE_POINTS)
+        if self.mode not in PASS_MODES:
+            _fail(f"unknown pass mode {self.mode!r} (known: {', '.join(map(repr, PASS_MODES))})")
 
     @classmethod
     def from_fields(cls, values: list[Any]) -> Message:
         """A HELLO of protocol 1-3 has six fields: read it with the defaults, so that the version
         check names both versions instead of failing on the field count."""
         if len(values) == 6:
-            values = [*values, "", False, 0]
+            values = [*values, "", False, 0, ""]
         return super(Hello, cls).from_fields(values)
 
 
@@ -226,6 +232,8 @@ class DiskReady(Message):
     #: the map was rebuilt from the replica's bytes: it describes no earlier pass (CBT cannot trust
     #: its stored change id)
     map_rebuilt: bool
+    #: verify/repair: blocks whose bytes on the replica differ from what its map said (protocol 4)
+    map_wrong_blocks: int = 0
 
     def __post_init__(self) -> None:
         _int(self.disk_id, "disk_id", 0, MAX_DISKS - 1)
@@ -235,6 +243,7 @@ class DiskReady(Message):
         _int(self.replica_size, "replica_size", 0, MAX_DISK_SIZE)
         _strs(self.notes, "notes")
         _bool(self.map_rebuilt, "map_rebuilt")
+        _int(self.map_wrong_blocks, "map_wrong_blocks", 0, MAX_DISK_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,10 +331,14 @@ class Commit(Message):
     disks: int  # how many disks this pass opened; the target checks it
     #: the final pass of a planned failover: once committed, the target fails the replica over to it
     failover: bool
+    #: a verify's end: the blocks whose bytes differed from the source's, for the target's record of
+    #: the result (protocol 4)
+    differing_blocks: int = 0
 
     def __post_init__(self) -> None:
         _int(self.disks, "disks", 0, MAX_DISKS)
         _bool(self.failover, "failover")
+        _int(self.differing_blocks, "differing_blocks", 0, MAX_DISK_SIZE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,4 +8,5 @@ from __future__ import annotations
 
 FRAME_VERSION = 1
 PROTOCOL_VERSION = 4  # 2: DISK_READY says whether the target rebuilt the map; 3: KEEPALIVE;
-# 4: HELLO carries the job id, the job rule (require_replica) and the job's retention
+# 4: HELLO carries the job id, the job rule (require_replica), the job's retention and the pass mode
+# (verify, repair); DISK_READY the blocks whose bytes differ from the map

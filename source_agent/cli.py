@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from vzcommon.climain import asyncio_run, run_main
-from vzcommon.errors import InputError, StorageError, VzrepError
+from vzcommon.errors import InputError, IntegrityError, StorageError, VzrepError
 from vzcommon.keycli import add_keygen
 
 from .disks import DiskReader, check_name, open_disk, parse_disk_spec
@@ -164,6 +164,25 @@ def _pass_command(args: argparse.Namespace) -> int:
         raise
 
 
+def _verify_command(args: argparse.Namespace) -> int:
+    """``verify [--repair]``: a pass in verify mode (nothing written); with ``--repair`` and differences,
+    a repair pass (the target hashes its bytes, the differing blocks travel, a restore point is made)
+    and a second verify, which must find nothing. Differences left: exit 11 (after the report)."""
+    args.mode, args.abm = "verify", False  # every block: ABM's idea of free blocks is not checked
+    found = _pass_command(args)
+    if found and args.repair:
+        args.mode = "repair"
+        _pass_command(args)
+        args.mode = "verify"
+        found = _pass_command(args)
+    if found:
+        raise IntegrityError(
+            f"the replica of VM {args.vm!r} differs from the source in {found} block(s) (the ranges are in"
+            " the report above)" + ("; run again with --repair to send them" if not args.repair else "")
+        )
+    return 0
+
+
 def _run_pass_command(args: argparse.Namespace) -> int:
     """Open local disks and start hashing the first (module docstring), then run the pass."""
     # First of all: the names become paths (in the state dir, on the target); nothing is opened,
@@ -214,7 +233,9 @@ async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: Hash
 
     gc.freeze()  # as run_main does after start-up: asyncssh and the session just loaded
     target = TargetSpec(args.target[0], args.target[1], args.identity, args.known_hosts, user=args.user)
-    opts = PassOptions(block_size=args.block_size, compress=args.compress, state_dir=args.state_dir)
+    opts = PassOptions(
+        block_size=args.block_size, compress=args.compress, state_dir=args.state_dir, mode=getattr(args, "mode", "")
+    )
     events: list[str] = []
     if not readers:
         report = await _vsphere_pass(args, target, opts, events)
@@ -225,6 +246,8 @@ async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: Hash
     print(as_json(report, events) if args.json else as_text(report, events))
     if args.planned_failover:
         return await _planned_failover(args, target, readers, opts)
+    if opts.mode == "verify":  # the caller (_verify_command) decides what differences mean
+        return sum(d.blocks_changed + d.zero_blocks_sent for d in report.disks)
     return 0
 
 
@@ -356,6 +379,40 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pass", help="replicate a VM's disks to the target once")
+    _pass_arguments(p)
+    p.add_argument(
+        "--planned-failover",
+        action="store_true",
+        help="a pass while the VM runs, then stop it (--stop-command, by hand, or for a vSphere VM a"
+        " guest shutdown through vSphere), a final short pass, and the target fails the replica over to it",
+    )
+    p.add_argument(
+        "--stop-command", metavar="CMD", help="with --planned-failover: how to stop the VM (a shell command)"
+    )
+    p.set_defaults(func=_pass_command)
+    v = sub.add_parser(
+        "verify", help="compare every block of the VM's disks with the replica's bytes; writes nothing"
+    )
+    _pass_arguments(v)
+    v.add_argument(
+        "--repair", action="store_true", help="send the blocks that differ as a pass (a restore point), then verify again"
+    )
+    v.set_defaults(func=_verify_command, planned_failover=False, stop_command=None)
+    add_keygen(sub)
+    words = sys.argv[1:] if argv is None else argv
+    everything = not words or "-h" in words or "--help" in words or not {"pass", "verify"} & set(words)
+    for triggers, add_area in _AREAS:
+        if everything or any(t in words for t in triggers):
+            add_area(sub, p)
+            if add_area is _vsphere_area:
+                from .vsphere import cli as vsphere_cli
+
+                vsphere_cli.add_arguments(v)
+    return parser
+
+
+def _pass_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``pass`` and ``verify`` share: the target, the VM and its disks, how to read them."""
     p.add_argument("--target", type=parse_target, required=True, metavar="HOST:PORT")
     p.add_argument("--identity", type=Path, required=True, help="our SSH private key")
     p.add_argument(
@@ -386,23 +443,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # Read snapshot disks from a locally mounted datastore instead of HotAdded devices (tests, vcsim).
     p.add_argument("--datastore-root", action="append", default=[], type=_ds_root, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument(
-        "--planned-failover",
-        action="store_true",
-        help="a pass while the VM runs, then stop it (--stop-command, by hand, or for a vSphere VM a"
-        " guest shutdown through vSphere), a final short pass, and the target fails the replica over to it",
-    )
-    p.add_argument(
-        "--stop-command", metavar="CMD", help="with --planned-failover: how to stop the VM (a shell command)"
-    )
-    p.set_defaults(func=_pass_command)
-    add_keygen(sub)
-    words = sys.argv[1:] if argv is None else argv
-    everything = not words or "-h" in words or "--help" in words or "pass" not in words
-    for triggers, add_area in _AREAS:
-        if everything or any(t in words for t in triggers):
-            add_area(sub, p)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

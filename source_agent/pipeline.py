@@ -83,6 +83,10 @@ class DiskStats:
     hashed_ahead: bool = False  # hashed by hash-ahead threads (``native.ahead``), not chunk by chunk
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: verify: [offset, length] of each run of blocks whose bytes differ on the two sides
+    differing: list[tuple[int, int]] = field(default_factory=list)
+    #: verify/repair: blocks whose bytes on the replica differed from what the target's map said
+    map_wrong_blocks: int = 0
 
     @property
     def compression_ratio(self) -> float:

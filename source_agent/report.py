@@ -47,9 +47,9 @@ def as_json(report: PassReport, events: list[str] | None = None) -> str:
 
 
 def as_text(report: PassReport, events: list[str] | None = None) -> str:
-    lines = [
-        f"vzrep pass of VM {report.vm} to {report.target}: {'committed, generation ' + report.generation if report.ok else 'FAILED'}"
-    ]
+    what = {"verify": "verify", "repair": "repair pass"}.get(report.mode, "pass")
+    done = "compared, nothing written" if report.mode == "verify" else "committed, generation " + report.generation
+    lines = [f"vzrep {what} of VM {report.vm} to {report.target}: {done if report.ok else 'FAILED'}"]
     lines += [f"  {event}" for event in events or []]
     for d in report.disks:
         lines.append(
@@ -65,6 +65,13 @@ def as_text(report: PassReport, events: list[str] | None = None) -> str:
             f"    on the wire {human(d.wire_bytes)} (payload {human(d.payload_raw)} -> {human(d.payload_wire)},"
             f" compression {d.compression_ratio:.2f}x); {d.seconds:.2f} s, {rate:.0f} MB/s"
         )
+        if report.mode == "verify":
+            where = ", ".join(f"{human(o)}+{human(n)}" for o, n in d.differing[:12])
+            more = f" and {len(d.differing) - 12} more" if len(d.differing) > 12 else ""
+            lines.append(
+                f"    verify: {len(d.differing)} range(s) differ{': ' + where + more if d.differing else ''};"
+                f" the replica's map was wrong in {d.map_wrong_blocks} block(s)"
+            )
         for note in d.notes:
             lines.append(f"    note: {note}")
     t = totals(report)

@@ -92,6 +92,9 @@ class PassOptions:
     require_replica: bool = False
     #: restore points the target keeps for this replica; 0: the target's own setting
     restore_points: int = 0
+    #: "" a pass; "verify" compares every block with the replica's bytes and writes nothing;
+    #: "repair" is a pass against the replica's bytes (not its map). Both read every block.
+    mode: str = ""
 
 
 @dataclass
@@ -108,6 +111,7 @@ class PassReport:
     wire_bytes_received: int = 0
     failed_over: bool = False  # the final pass of a planned failover: the replica is failed over
     failover_note: str = ""  # why the failover asked for did not happen
+    mode: str = ""  # PassOptions.mode: "", "verify" or "repair"
     scan_kernel: str = field(default_factory=kernel_name)  # native | python (source_agent.native)
 
 
@@ -152,7 +156,7 @@ class SourceSession:
         o = self.opts
         hello = Hello(
             PROTOCOL_VERSION, AGENT, self.vm, (HASH_NAME,), codecs, o.block_size, o.job, o.require_replica,
-            o.restore_points,
+            o.restore_points, o.mode,
         )  # fmt: skip
         await self._send(hello)
         await self.tunnel.drain()
@@ -176,6 +180,7 @@ class SourceSession:
         st.notes.extend(ready.notes)
         st.map_status = MapStatus(ready.map_status).name.lower()
         st.map_rebuilt = ready.map_rebuilt
+        st.map_wrong_blocks = ready.map_wrong_blocks
         base = cached if ready.map_status == MapStatus.CACHED else None
         builder = await asyncio.to_thread(self.cache.builder, reader.name, bs, reader.size, base)
         if cached:
@@ -188,7 +193,10 @@ class SourceSession:
                     st.map_bytes_received += len(msg.hashes)
                 elif isinstance(msg, MapEnd):
                     break
-            plan = await job.planner(ready) if job.planner else Plan()
+            if self.opts.mode:  # verify and repair distrust CBT and ABM too: every block is compared
+                plan = Plan(mode="differential", reason=f"{self.opts.mode}: every block is compared")
+            else:
+                plan = await job.planner(ready) if job.planner else Plan()
             st.mode, st.reason = plan.mode, plan.reason
             # Hash-ahead (native.ahead) for an incremental pass of a disk read in full: a filtered
             # read skips blocks, and a first pass sends every block (it would read them twice).
@@ -206,7 +214,8 @@ class SourceSession:
             await asyncio.to_thread(reader.check_size)
             # The scanner's own totals: the connection checks them against the frames it framed
             # (a chunk lost between scanner and tunnel fails here), the target against what it got.
-            frame_len = await self._send(DiskEnd(disk_id, st.blocks_changed, st.zero_bytes_sent))
+            sent = (0, 0) if self.opts.mode == "verify" else (st.blocks_changed, st.zero_bytes_sent)
+            frame_len = await self._send(DiskEnd(disk_id, *sent))
             st.wire_bytes += frame_len
             await self.tunnel.drain()
         except BaseException:
@@ -231,7 +240,8 @@ class SourceSession:
         of the chunk compresses well or when the sender is behind (the link is the bottleneck).
         """
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=2)
-        base = pass_mode(self.opts.compress, self.conn.codecs)
+        # a verify sends no block: compressing them would only cost time
+        base = pass_mode("none" if self.opts.mode == "verify" else self.opts.compress, self.conn.codecs)
         loop = asyncio.get_running_loop()
 
         async def produce() -> None:
@@ -255,10 +265,17 @@ class SourceSession:
                 if inflight:  # threads cannot be cancelled: let them finish before buffers go away
                     await asyncio.gather(*(f for f, _ in inflight), return_exceptions=True)
 
+        verify = self.opts.mode == "verify"
+
         async def consume() -> None:
             unflushed = 0
             while (chunk := await queue.get()) is not None:
                 st.add(chunk.stats)
+                if verify:  # what a pass would send is what differs: noted, not sent
+                    _note_ranges(st.differing, chunk.messages)
+                    if self.progress:
+                        self.progress(scanner.reader.name, chunk.end, scanner.size)
+                    continue
                 for msg in chunk.messages:
                     frame = self.conn.send(msg)
                     self.tunnel.write(frame)  # one frame per write measured faster than coalesced runs
@@ -296,14 +313,18 @@ class SourceSession:
             await self.handshake()
             for disk_id, job in enumerate(jobs):
                 report.disks.append(await self.replicate_disk(disk_id, job))
-            await self._send(Commit(len(jobs), self.opts.failover))
+            differing = sum(d.blocks_changed + d.zero_blocks_sent for d in report.disks)
+            await self._send(Commit(len(jobs), self.opts.failover, differing if self.opts.mode == "verify" else 0))
             await self.tunnel.drain()
             done = await self._next()
             assert isinstance(done, Committed)
             report.generation = done.generation
             report.failed_over, report.failover_note = done.failed_over, done.note
             for name, builder in self._builders.items():
-                await asyncio.to_thread(self.cache.commit, name, builder, done.generation)
+                if self.opts.mode == "verify":  # nothing changed on the target: the cached map stays
+                    builder.abort()
+                else:
+                    await asyncio.to_thread(self.cache.commit, name, builder, done.generation)
             self._builders.clear()
         finally:
             keepalive.cancel()
@@ -352,6 +373,15 @@ class SourceSession:
             pass
 
 
+def _note_ranges(ranges: list[tuple[int, int]], messages: list[Any]) -> None:
+    """Each BLOCK or ZERO_RANGE a pass would send, merged into runs of [offset, length]."""
+    for m in messages:
+        if ranges and ranges[-1][0] + ranges[-1][1] == m.offset:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + m.length)
+        else:
+            ranges.append((m.offset, m.length))
+
+
 def _first_error(group: BaseExceptionGroup) -> BaseException:
     """The error a user should see from a task group: ours first, then anything else."""
     flat: list[BaseException] = []
@@ -385,7 +415,7 @@ async def run_pass_over(
     started: float | None = None,
 ) -> PassReport:
     """One pass over an open tunnel (SSH in the agent, :mod:`tests.support.memory` in fast tests)."""
-    report = PassReport(vm=vm, target=label)
+    report = PassReport(vm=vm, target=label, mode=options.mode)
     t0 = time.monotonic() if started is None else started
     session = SourceSession(tunnel, vm, options, MapCache(options.state_dir, label, vm), progress)
     try:

@@ -53,6 +53,7 @@ from vzcommon.blockhash import HASH_LEN, HASH_NAME, hash_block
 from vzcommon.errors import (
     ConnectionFailed,
     ExitCode,
+    InputError,
     IntegrityError,
     NotSeeded,
     StorageError,
@@ -69,6 +70,7 @@ from .storage.mapping import holds_replica
 from .storage.points import DEFAULT_RETENTION
 from .storage.replica import DiskWriter
 from .storage.transaction import VmPass
+from .storage.verify import record_verify
 
 if TYPE_CHECKING:  # the vSphere area (and its SOAP library) is imported only when a vCenter is configured
     from .vsphere.job import ReplicaPass, ReplicaSettings
@@ -135,6 +137,8 @@ class TargetSession:
         #: original disks, or a copy made by another tool; hashed where it is, so only differences travel
         self.mapped = mapped or {}
         self.replicas = replicas
+        self.mode = ""  # HELLO's: "" a pass, "verify" (nothing written) or "repair"
+        self._map_wrong: dict[int, int] = {}  # verify/repair: per disk, blocks whose bytes differ from the map
         self.replica: ReplicaPass | None = None
         self.peer = peer
         self.conn = TargetConnection()
@@ -219,6 +223,8 @@ class TargetSession:
 
     async def _handle(self, msg: Message) -> bool:
         if isinstance(msg, Block | ZeroRange):
+            if self.mode == "verify":
+                raise ProtocolError(f"{msg.TYPE.name} in a verify: a verify writes nothing")
             await self._queue(msg)
         elif isinstance(msg, Hello):
             await self._hello(msg)
@@ -228,7 +234,10 @@ class TargetSession:
             await self._drain()
             self._check_disk_end(msg)
         elif isinstance(msg, Commit):
-            await self._commit(msg.failover)
+            if self.mode == "verify":
+                await self._end_verify(msg.differing_blocks)
+            else:
+                await self._commit(msg.failover)
             return True
         elif isinstance(msg, Error):
             raise from_peer(msg.code, msg.message, "the source aborted the pass")
@@ -241,8 +250,11 @@ class TargetSession:
                 f"the source offers hash algorithms {list(msg.hash_algs)}, this target needs {HASH_NAME}"
             )
         codecs = tuple(c for c in SUPPORTED_CODECS if c in msg.codecs and c != "none")
+        self.mode = msg.mode
         if msg.require_replica:  # the job rule: before anything is created for the VM
             await asyncio.to_thread(self._require_replica, msg.vm)
+        if msg.mode in ("verify", "repair") and not await asyncio.to_thread(self._has_replica, msg.vm):
+            raise InputError(f"this target holds no replica of VM {msg.vm!r} to {msg.mode}")
         await asyncio.to_thread(refuse_passes, self.data_dir / msg.vm, msg.vm)
         vm_pass = VmPass(
             self.data_dir,
@@ -269,6 +281,9 @@ class TargetSession:
         )
         await self._send(Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size))
 
+    def _has_replica(self, vm: str) -> bool:
+        return holds_replica(self.data_dir / vm) or any(v == vm for v, _ in self.mapped)
+
     def _require_replica(self, vm: str) -> None:
         """The job rule (seeding or mapping on): a VM this target holds no replica of is refused."""
         if holds_replica(self.data_dir / vm) or any(v == vm for v, _ in self.mapped):
@@ -287,10 +302,12 @@ class TargetSession:
         elif self.replica is not None:
             dev = self.replica.device(msg.name, msg.size)
             kw = {"device": dev.path, "device_info": dev.info, "fresh": dev.fresh}
+        kw["rehash"] = self.mode in ("verify", "repair")  # the bytes on disk, not the map, are compared
         writer, result = await asyncio.to_thread(
             self.vm_pass.open_disk, msg.name, msg.size, msg.cached_generation, msg.change_id, **kw
         )
         self.writers[msg.disk_id] = writer
+        self._map_wrong[msg.disk_id] = result.map_wrong_blocks
         for note in result.notes:
             log.warning("disk_note", disk=msg.name, note=note)
         await self._send(
@@ -302,6 +319,7 @@ class TargetSession:
                 result.replica_size,
                 tuple(result.notes),
                 result.map_rebuilt,
+                result.map_wrong_blocks,
             )
         )
         entries = 0
@@ -393,6 +411,24 @@ class TargetSession:
             return False, f"the pass committed but the failover did not: {exc}"
         log.warning("failed_over", vm=vm, planned=True)
         return True, ""
+
+    async def _end_verify(self, differing: int) -> None:
+        """A verify's COMMIT: nothing was written; the pass's set-up is undone (no restore point, no
+        failure recorded) and the result is kept in the VM's status for ``status`` and the console."""
+        assert self.vm_pass is not None
+        vm_pass, self.vm_pass = self.vm_pass, None
+        wrong = sum(self._map_wrong.values())
+        try:
+            await asyncio.shield(asyncio.to_thread(vm_pass.discard))
+        finally:
+            await asyncio.to_thread(vm_pass.close)
+        if self.replica is not None:
+            replica, self.replica = self.replica, None
+            await replica.finish(None)  # detach; no restore point
+        ok = differing == 0 and wrong == 0
+        await asyncio.to_thread(record_verify, vm_pass.vdir, ok, "source", differing, [], wrong)
+        log.info("verify_done", vm=vm_pass.vm, peer=self.peer, differing_blocks=differing, map_wrong_blocks=wrong)
+        await self._send(Committed("", False, "verified: nothing was written"))
 
     async def _vsphere_failover(self, vm: str) -> None:
         """The replica VM reverted to the point just taken, powered on, its NICs connected."""

@@ -28,7 +28,7 @@ from textual.widgets import (
     Static,
 )
 
-from appliance.console.backend import Backend, NetworkSettings, vm_state
+from appliance.console.backend import Backend, NetworkSettings, verify_state, vm_state
 from appliance.layout import Layout
 from pairing.protocol import new_code
 from vzcommon.climain import run_main
@@ -83,7 +83,9 @@ class StatusPage(Page):
 
     def on_mount(self) -> None:
         table = self.query_one("#jobs", DataTable)
-        table.add_columns("VM", "State", "Last pass", "Result", "Throughput", "Restore points", "Rollback")
+        table.add_columns(
+            "VM", "State", "Last pass", "Result", "Throughput", "Restore points", "Last verify", "Rollback"
+        )
         self.action_refresh()
         self.set_interval(10, self.action_refresh)
 
@@ -116,7 +118,8 @@ class StatusPage(Page):
             result = "failed, rolled back" if vm.get("last_failure") else ("ok" if last else "-")
             table.add_row(
                 str(vm.get("vm")), state, str(last.get("finished", "never")), result, _throughput(last),
-                str(len(vm.get("restore_points") or [])), "PENDING" if vm.get("pending_rollback") else "-",
+                str(len(vm.get("restore_points") or [])), verify_state(vm),
+                "PENDING" if vm.get("pending_rollback") else "-",
             )  # fmt: skip
         if status.get("error"):
             self.notify(f"status: {status['error']}", severity="error")

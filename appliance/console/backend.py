@@ -51,6 +51,19 @@ def vm_state(vm: dict[str, Any]) -> str:
     return "replicating" if vm.get("pass_running") else "idle"
 
 
+def verify_state(vm: dict[str, Any]) -> str:
+    """The Status page's "Last verify" cell from ``status --json``: when, and whether the replica's
+    bytes matched (the source's, or for ``vzrep-target verify`` its own records)."""
+    last = vm.get("last_verify") or {}
+    if not last:
+        return "never"
+    if last.get("ok"):
+        return f"ok {last.get('time', '')}"
+    what = "blocks differ" if last.get("by") == "source" else "ranges differ"
+    damaged = f", {len(last.get('damaged_points') or [])} point(s) damaged" if last.get("damaged_points") else ""
+    return f"DAMAGED {last.get('time', '')}: {last.get('differing', 0)} {what}{damaged}"
+
+
 @dataclass
 class CommandResult:
     rc: int

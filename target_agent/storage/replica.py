@@ -51,6 +51,8 @@ class OpenResult:
     notes: list[str] = field(default_factory=list)
     #: the map was rebuilt from the replica's bytes (no trusted map of an earlier pass)
     map_rebuilt: bool = False
+    #: verify/repair: blocks whose bytes on disk differ from what the committed map said of them
+    map_wrong_blocks: int = 0
 
 
 @dataclass
@@ -169,8 +171,11 @@ class DiskWriter:
 
     # -- open ----------------------------------------------------------------------------------
 
-    def open(self, cached_generation: str) -> OpenResult:
-        """Check the replica and its map, then create the undo log and size the flat extent."""
+    def open(self, cached_generation: str, *, rehash: bool = False) -> OpenResult:
+        """Check the replica and its map, then create the undo log and size the flat extent.
+
+        ``rehash`` (verify and repair): the map is not trusted whatever its state; the replica's bytes
+        are hashed, and where they differ from the committed map is counted and noted."""
         p = self.paths
         exists = p.flat.exists()
         if p.device is not None:
@@ -198,7 +203,7 @@ class DiskWriter:
         try:
             base = (
                 trusted_map(p, self.old_size, self.block_size, result.notes)
-                if exists and not self.fresh
+                if exists and not self.fresh and not rehash
                 else None
             )
             self.builder = MapBuilder(p.map_next, self.block_size, self.size, base)
@@ -222,6 +227,8 @@ class DiskWriter:
                 result.generation = secrets.token_hex(8)
                 result.map_rebuilt = True
                 result.map_status = MapStatus.SENDING
+                if rehash:
+                    self._compare_with_map(result)
             self._undo = UndoLog.create(
                 p.undo, old_size=self.old_size, created=self.created, pass_id=self.pass_id, disk=p.disk
             )
@@ -235,6 +242,40 @@ class DiskWriter:
         except OSError as exc:
             raise _storage_error(exc, f"cannot prepare replica disk {p.disk!r}") from None
         return result
+
+    def _compare_with_map(self, result: OpenResult) -> None:
+        """Where the committed map disagrees with the bytes just hashed: the map itself was wrong (or
+        the storage changed the bytes under it)."""
+        assert self.builder is not None
+        try:
+            old = MapFile.open(self.paths.map)
+        except FileNotFoundError:
+            result.notes.append("verify: the replica had no block map to compare its bytes with")
+            return
+        except (IntegrityError, OSError) as exc:
+            result.notes.append(f"verify: the block map is damaged ({exc}); the replica's bytes were hashed")
+            result.map_wrong_blocks = block_count(self.old_size, self.block_size)
+            return
+        with old:
+            if old.header.block_size != self.block_size or old.header.disk_size != self.old_size:
+                result.notes.append("verify: the block map describes another geometry; the bytes were hashed")
+                result.map_wrong_blocks = block_count(self.old_size, self.block_size)
+                return
+            n = block_count(self.old_size, self.block_size)
+            wrong: list[int] = []
+            for first in range(0, n, 4096):
+                count = min(4096, n - first)
+                a, b = old.read_entries(first, count), self.builder.read_entries(first, count)
+                if a != b:
+                    size = len(a) // count
+                    wrong += [first + i for i in range(count) if a[i * size : (i + 1) * size] != b[i * size : (i + 1) * size]]
+        result.map_wrong_blocks = len(wrong)
+        if wrong:
+            shown = ", ".join(f"block {i} (offset {i * self.block_size})" for i in wrong[:10])
+            more = f" and {len(wrong) - 10} more" if len(wrong) > 10 else ""
+            result.notes.append(
+                f"verify: the replica's bytes differ from its block map in {len(wrong)} block(s): {shown}{more}"
+            )
 
     def map_entries(self, first: int, count: int) -> bytes:
         assert self.builder is not None

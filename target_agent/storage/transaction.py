@@ -334,6 +334,7 @@ class VmPass:
         device: Path | None = None,
         device_info: Mapping[str, Any] | None = None,
         fresh: bool = False,
+        rehash: bool = False,
     ) -> tuple[DiskWriter, OpenResult]:
         """Open a disk of the pass; ``device`` makes it device-backed (``replica`` module docstring),
         ``device_info`` is journaled with it so recovery can find the disk again after a restart."""
@@ -352,7 +353,7 @@ class VmPass:
             self.devices[name] = {**(device_info or {}), "path": str(device)}
         self._journal("active")  # the journal lists every disk (and device) before its undo log exists
         try:
-            result = writer.open(cached_generation)
+            result = writer.open(cached_generation, rehash=rehash)
         except BaseException:
             writer.close()
             raise
@@ -400,6 +401,13 @@ class VmPass:
         what = recover_locked(self.vdir, here) or "nothing to undo"
         self._active = False
         return what
+
+    def discard(self) -> None:
+        """End a verify: nothing was written, so undo what the pass set up (journal, empty undo logs,
+        the unused next map) without recording it as a failed pass."""
+        status = _read_status(self.vdir)
+        self.rollback()
+        _write_status(self.vdir, status)
 
     def close(self) -> None:
         """Release the VM; a pass that neither committed nor rolled back is rolled back first."""

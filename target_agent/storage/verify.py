@@ -172,14 +172,20 @@ def verify_vm(data_dir: Path, vm: str) -> VerifyReport:
     return report
 
 
-def record_verify(vdir: Path, ok: bool, by: str, differing_ranges: int, damaged_points: list[str]) -> None:
-    """The last verify's result, kept in the VM's status record (atomic replace) for ``status``."""
+def record_verify(
+    vdir: Path, ok: bool, by: str, differing: int, damaged_points: list[str], map_wrong_blocks: int = 0
+) -> None:
+    """The last verify's result, kept in the VM's status record (atomic replace) for ``status``.
+
+    ``by`` "target": ``differing`` counts ranges whose bytes differ from the map; "source": blocks whose
+    bytes differ from the source's."""
     status = _read_status(vdir)
     status["last_verify"] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "ok": ok,
         "by": by,
-        "differing_ranges": differing_ranges,
+        "differing": differing,
         "damaged_points": damaged_points,
+        "map_wrong_blocks": map_wrong_blocks,
     }
     _write_status(vdir, status)

@@ -107,7 +107,7 @@ async def test_status_page_shows_role_pairing_problems_and_jobs(tmp_path):
         table = app.screen.query_one("#jobs", DataTable)
         rows = [table.get_row_at(i) for i in range(table.row_count)]
         assert rows[0][0] == "web01" and rows[0][3] == "ok" and rows[0][4] == "128.0 MiB/s"
-        assert rows[1][0] == "db01" and rows[1][6] == "PENDING" and "rolled back" in rows[1][3]
+        assert rows[1][0] == "db01" and rows[1][7] == "PENDING" and rows[1][6] == "never" and "rolled back" in rows[1][3]
 
 
 async def test_network_page_validates_applies_and_reverts(tmp_path):
