@@ -73,7 +73,9 @@ def disk_files(lab: Lab, file_name: str) -> tuple[str, str, list[Path]]:
     return ds, os.path.dirname(rel), [desc, lab.flat_file(file_name)]
 
 
-async def test_the_simulator_removes_only_the_snapshots_own_file(lab: Lab, vcsim: Vcsim, tmp_path: Path) -> None:
+async def test_the_simulator_removes_only_the_snapshots_own_file(
+    lab: Lab, vcsim: Vcsim, tmp_path: Path
+) -> None:
     """govc alone, on a fresh VM: create three, then remove one and create one, four times over."""
     govc = Govc(vcsim, tmp_path)
     vm = lab.vm.name
@@ -93,8 +95,12 @@ async def test_the_simulator_removes_only_the_snapshots_own_file(lab: Lab, vcsim
             assert p.name in seen and f"layout:[{ds}] {vdir}/{p.name}" in seen, sorted(seen)
         listed = [n for n in seen if n.endswith(".vmsn") and not n.startswith("layout:")]
         in_layout = [n for n in seen if n.endswith(".vmsn") and n.startswith("layout:")]
-        assert len(listed) == len(in_layout) == 3, f"one .vmsn per snapshot, the removed ones' gone: {sorted(seen)}"
-        assert all(n.startswith(f"layout:[{ds}] {vdir}/") for n in seen if n.startswith("layout:")), sorted(seen)
+        assert len(listed) == len(in_layout) == 3, (
+            f"one .vmsn per snapshot, the removed ones' gone: {sorted(seen)}"
+        )
+        assert all(n.startswith(f"layout:[{ds}] {vdir}/") for n in seen if n.startswith("layout:")), sorted(
+            seen
+        )
 
 
 async def test_several_prunings_in_a_row_keep_the_replica_whole(
