@@ -120,7 +120,14 @@ else
         suite="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
         apt="$build/apt"
         mkdir -p "$apt/lists/partial" "$src"
-        echo "deb-src http://deb.debian.org/debian $suite main" >"$apt/sources.list"
+        # the mirror the system uses for Debian's main archive (deb822 or one-line sources)
+        mirror="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs: *//p' | tr ' ' '\n' |
+            grep debian | grep -v -e security | head -n1 || true)"
+        if [ -z "$mirror" ]; then
+            mirror="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+                awk '$1 == "deb" && $2 !~ /security/ && $2 ~ /debian/ {print $2; exit}' || true)"
+        fi
+        echo "deb-src ${mirror:-http://deb.debian.org/debian} $suite main" >"$apt/sources.list"
         aptopts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/none"
             -o "Dir::State::Lists=$apt/lists" -o "APT::Sandbox::User=$(id -un)")
         apt-get "${aptopts[@]}" update >&2
