@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from vzcommon import tunnel_policy as policy
 from vzcommon.errors import InputError
 from vzcommon.log import get_logger
-from vzcommon.ssh import asyncssh, kex_algs
+from vzcommon.ssh import asyncssh, server_kex_algs
 
 from .admission import Admission
 
@@ -197,7 +197,7 @@ async def start_server(
         server_host_keys=keys,
         encryption_algs=list(policy.ENCRYPTION_ALGS),
         mac_algs=list(policy.MAC_ALGS),
-        kex_algs=kex_algs(),
+        kex_algs=server_kex_algs(),
         compression_algs=list(policy.COMPRESSION_ALGS),
         password_auth=False,
         kbdint_auth=False,

@@ -59,16 +59,30 @@ import asyncssh  # noqa: E402  (loaded above: this binds the module here)
 from . import tunnel_policy  # noqa: E402
 
 
-def kex_algs() -> list[str]:
-    """The tunnel's key exchanges, in order of preference: the policy's post-quantum hybrids this
-    asyncssh can run (ML-KEM needs a ``cryptography`` built with it), then Curve25519."""
+def _pq_kex_algs() -> list[str]:
+    """The policy's post-quantum hybrids this asyncssh can run (ML-KEM needs a ``cryptography`` built
+    with it, as the locked wheels are)."""
     try:
         from asyncssh.kex import get_kex_algs
 
         have = {alg.decode() for alg in get_kex_algs()}
     except (ImportError, AttributeError):  # an asyncssh without the listing: offer the classic ones
         have = set()
-    return [alg for alg in tunnel_policy.PQ_KEX_ALGS if alg in have] + list(tunnel_policy.KEX_ALGS)
+    return [alg for alg in tunnel_policy.PQ_KEX_ALGS if alg in have]
 
 
-__all__ = ["asyncssh", "kex_algs"]
+def kex_algs() -> list[str]:
+    """The source's key exchanges, in order of preference: the post-quantum hybrids, then Curve25519
+    (for a peer without ML-KEM, such as OpenSSH before 9.9; the server's list decides what a session
+    can use, and both lists are in the exchange hash, so nobody between can take the hybrid away)."""
+    return _pq_kex_algs() + list(tunnel_policy.KEX_ALGS)
+
+
+def server_kex_algs() -> list[str]:
+    """The target's key exchanges: the post-quantum hybrids alone, Curve25519 only where this asyncssh
+    can run none. A server offering Curve25519 beside ML-KEM lets a client pick a key exchange that a
+    recording of today's traffic can be broken with later (ssh-audit warns about it)."""
+    return _pq_kex_algs() or list(tunnel_policy.KEX_ALGS)
+
+
+__all__ = ["asyncssh", "kex_algs", "server_kex_algs"]

@@ -1,9 +1,11 @@
 """What the SSH tunnel allows, in one place for both agents.
 
 Only AES-256 ciphers: ``aes256-gcm@openssh.com`` (authenticated encryption, no separate MAC) and
-``aes256-ctr`` with an encrypt-then-MAC SHA-2 MAC. Key exchange over Curve25519 only, after the
-post-quantum hybrid ML-KEM-768 + X25519 when asyncssh can do it through ``cryptography`` (no liboqs):
-no NIST curves, no finite-field groups (an ssh-audit finding). No SSH compression (blocks are
+``aes256-ctr`` with an encrypt-then-MAC SHA-2 MAC. Key exchange: the post-quantum hybrid ML-KEM-768 +
+X25519 when asyncssh can do it through ``cryptography`` (no liboqs), and Curve25519: the target offers
+it only where it cannot do the hybrid, the source after the hybrid (for peers without ML-KEM). No NIST
+curves, no finite-field groups (ssh-audit findings: it fails NIST curves and warns about every key
+exchange a server offers without post-quantum protection). No SSH compression (blocks are
 compressed by the pipeline, and only when it pays). Window and packet size were tuned on loopback
 (README, "Tuning").
 """
@@ -13,9 +15,9 @@ from __future__ import annotations
 SUBSYSTEM = "vzrep"
 ENCRYPTION_ALGS = ("aes256-gcm@openssh.com", "aes256-ctr")
 MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
-#: offered first when the installed asyncssh and cryptography support them (``vzcommon.ssh.kex_algs``)
+#: offered when the installed asyncssh and cryptography support them (``vzcommon.ssh.kex_algs``)
 PQ_KEX_ALGS = ("mlkem768x25519-sha256",)
-#: always offered, after the post-quantum ones
+#: the source's fallback after PQ_KEX_ALGS; the target's only where it can run none of those
 KEX_ALGS = ("curve25519-sha256", "curve25519-sha256@libssh.org")
 COMPRESSION_ALGS = ("none",)
 WINDOW = 16 << 20
