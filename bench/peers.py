@@ -213,11 +213,12 @@ def _num(m: re.Match[bytes] | None) -> int:
     return int(re.sub(rb"[,.]", b"", m.group(1))) if m else 0
 
 
-def rsync(sshd: Sshd, image: Path, dest: Path) -> dict[str, Any]:
-    """``rsync --inplace --no-whole-file -e 'ssh -c aes256-gcm@openssh.com'`` onto an older DEST."""
+def rsync(sshd: Sshd, image: Path, dest: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``rsync --inplace --no-whole-file -e 'ssh -c aes256-gcm@openssh.com'`` onto an older DEST
+    (``extra``: more options, e.g. ``--checksum --dry-run`` to compare only)."""
     assert sshd.proc is not None
     rsh = " ".join(sshd.ssh_args())
-    cmd = [tool("rsync"), "--inplace", "--no-whole-file", "--stats", "-e", rsh, str(image), f"127.0.0.1:{dest}"]
+    cmd = [tool("rsync"), "--inplace", "--no-whole-file", "--stats", *extra, "-e", rsh, str(image), f"127.0.0.1:{dest}"]
     with TreeRss(sshd.proc.pid) as remote:
         done = run_measured(cmd)
     if done.returncode:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import abm, full_pass, incremental, points, tuning
+from . import abm, full_pass, incremental, points, tuning, verify
 from .context import Context
 from .images import ChangeSet, build_mixed
 from .peers import GiB, MiB
@@ -74,6 +74,18 @@ def tables(rep: dict[str, Any]) -> list[Table]:
             ],
         )
     )
+    if "verify" in rep:
+        v = rep["verify"]
+        out.append(
+            (
+                "(e) a clean verify of the whole image: every byte read and hashed on both sides",
+                [*HEAD, "ratio"],
+                [
+                    row("vzrep-source verify", v["vzrep"], [f"{v['ratio']['speedup']:.2f}x faster"]),
+                    row("rsync --checksum --dry-run", v["rsync"], ["1.00x"]),
+                ],
+            )
+        )
     if "points" in rep:
         e, f = rep["points"]["export"], rep["points"]["failback"]
         out.append(
@@ -217,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tuning", action="store_true")
     ap.add_argument("--no-abm", action="store_true")
     ap.add_argument("--no-points", action="store_true", help="skip scenario (d): export and failback")
+    ap.add_argument("--no-verify", action="store_true", help="skip scenario (e): a clean verify")
     ap.add_argument("--json", type=Path, default=Path("build/bench.json"))
     ap.add_argument("--results", type=Path, help="also write the tables as Markdown here")
     ap.add_argument("--workdir", type=Path, help="parent for the temporary directory (default: $TMPDIR)")
@@ -260,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_points:
             print("(d) restore points: export, then failback ...", flush=True)
             rep["points"] = {"export": points.export(ctx, image, "bench"), "failback": points.failback(ctx, image, "bench")}
+        if not args.no_verify:
+            print("(e) verify: rsync --checksum --dry-run, then vzrep-source verify ...", flush=True)
+            rep["verify"] = verify.verify(ctx, image, "bench")
         ctx.forget("bench")
         rep["incremental"] = {"changed_blocks": n, "rsync": b_peer, "vzrep": b_vz,
                               "ratio": incremental.compare(b_vz, b_peer)}
