@@ -367,7 +367,7 @@ def _jobs_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
 #: Commands and options that live in the vSphere, pairing, failback and jobs areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
 _AREAS: tuple[tuple[tuple[str, ...], Callable[[Any, argparse.ArgumentParser], None]], ...] = (
-    (("--vcenter", "--credentials", "--session-token-file", "vsphere-check"), _vsphere_area),
+    (("--vcenter", "--credentials", "--session-token-file", "vsphere-check", "accept-hardware"), _vsphere_area),
     (("pair", "unpair", "pair-status"), _pairing_area),
     (("receive-failback",), _failback_area),
     (("job",), _jobs_area),

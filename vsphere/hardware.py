@@ -87,7 +87,10 @@ class HardwareRecord:
             raw["nics"] = tuple(NicRecord(**n) for n in raw.get("nics", ()))
             return cls(**raw)
         except (ValueError, TypeError, KeyError) as e:
-            raise InputError(f"the job's recorded VM hardware is unreadable ({e}); edit the job") from e
+            raise InputError(
+                f"the job's recorded VM hardware is unreadable ({e}); edit the job: record it again with"
+                " `vzrep-source accept-hardware --vm NAME --vcenter ...`"
+            ) from e
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class HardwareChanged(InputError):
         super().__init__(
             f"the hardware of VM {vm_name} changed since the job was configured: {lines}. "
             "Replication cannot carry hardware changes: configure the target VM the same way, "
-            "then edit the job to record the new hardware"
+            f"then edit the job to record the new hardware: `vzrep-source accept-hardware --vm {vm_name}"
+            " --vcenter ...` (the pass's vCenter options and --state-dir) shows the change and records it"
         )
 
 

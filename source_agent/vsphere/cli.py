@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from vsphere import privileges
@@ -39,6 +40,7 @@ def add_arguments(pass_parser: argparse.ArgumentParser) -> None:
 
 
 def add_source_commands(sub: Any) -> None:
+    _accept_hardware_command(sub)
     p = sub.add_parser("vsphere-check", help="show what the agent sees of a VM in vSphere; changes nothing")
     _connection_options(p, required=True)
     p.add_argument("--vm", required=True, help="VM name or moid")
@@ -50,6 +52,54 @@ def add_source_commands(sub: Any) -> None:
         return 0
 
     p.set_defaults(func=run)
+
+
+def _accept_hardware_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "accept-hardware",
+        help="record a vSphere VM's current hardware as its job's (after the replica VM was changed to match)",
+    )
+    _connection_options(p, required=True)
+    p.add_argument("--vm", required=True, help="VM name or moid")
+    p.add_argument("--state-dir", type=Path, default=default_state_dir(), help="the passes' state dir")
+    p.add_argument("--json", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        result = asyncio.run(accept_hardware(args))
+        if args.json:
+            print(json.dumps(result, indent=2))
+        elif result["changes"]:
+            print(f"VM {result['vm']}: recorded its current hardware; it had changed:")
+            print("\n".join(f"  {c}" for c in result["changes"]))
+        else:
+            print(f"VM {result['vm']}: its hardware is as recorded ({result['record']}); nothing to do")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def default_state_dir() -> Path:
+    from source_agent.cli import default_state_dir as state_dir
+
+    return state_dir()
+
+
+async def accept_hardware(args: argparse.Namespace) -> dict[str, Any]:
+    """The hardware record the passes compare with (``vsphere/<vm>/hardware.json``), replaced by the
+    VM's current hardware (disk names kept); what changed, for the user to confirm."""
+    from vsphere.hardware import HardwareRecord, compare
+    from vzcommon.durable import atomic_write
+
+    async with await open_client(args) as client:
+        vm = await client.find_vm(args.vm)
+    path = args.state_dir / "vsphere" / vm.name / "hardware.json"
+    recorded = HardwareRecord.from_json(path.read_text()) if path.exists() else None
+    current = HardwareRecord.from_vm(vm, recorded)
+    changes = list(compare(recorded, current).changes) if recorded is not None else ["no hardware was recorded yet"]
+    if changes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, current.to_json().encode())
+    return {"vm": vm.name, "record": str(path), "changes": changes}
 
 
 async def open_client(args: argparse.Namespace) -> VSphereClient:

@@ -77,3 +77,32 @@ async def test_cli_vsphere_pass_then_cbt_pass(lab: Lab, vcsim: Vcsim, target: Ta
     # Clean-up always ran: no snapshot of ours is left on the VM.
     snaps = await lab.client.list_snapshots(lab.vm.moid)
     assert not [s for s in snaps if "vzrep" in s.name.lower()]
+
+
+async def test_a_hardware_change_names_the_command_that_records_it(
+    lab: Lab, vcsim: Vcsim, target: Target, tmp_path: Path
+) -> None:
+    """The source VM's hardware changes after the first pass: the pass stops naming `accept-hardware`;
+    that command shows the change and records it, and the next pass runs."""
+    import asyncio
+
+    lab.write_blocks({1: 0x31})
+    res = await asyncio.to_thread(cli_pass, lab, vcsim, target, tmp_path)
+    assert res.returncode == 0, res.stderr
+    await lab.client.reconfigure(lab.vm.moid, num_cpu=2, memory_mb=512)
+    res = await asyncio.to_thread(cli_pass, lab, vcsim, target, tmp_path)
+    assert res.returncode == 3 and "vzrep-source accept-hardware --vm" in res.stderr, res.stderr
+    cred = tmp_path / "cred"
+    accept = [
+        sys.executable, "-m", "source_agent.cli", "accept-hardware", "--vm", lab.vm.name,
+        "--vcenter", f"{vcsim.host}:{vcsim.port}", "--credentials", str(cred), "--thumbprint", vcsim.thumbprint,
+        "--state-dir", str(tmp_path / "state"), "--json",
+    ]  # fmt: skip
+    done = await asyncio.to_thread(subprocess.run, accept, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    changes = json.loads(done.stdout)["changes"]
+    assert any("CPUs 1 -> 2" in c for c in changes) and any("memory (MB) 256 -> 512" in c for c in changes)
+    res = await asyncio.to_thread(cli_pass, lab, vcsim, target, tmp_path)
+    assert res.returncode == 0, res.stderr
+    done = await asyncio.to_thread(subprocess.run, accept, capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout)["changes"] == []  # as recorded now
