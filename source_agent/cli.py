@@ -234,7 +234,11 @@ async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: Hash
     gc.freeze()  # as run_main does after start-up: asyncssh and the session just loaded
     target = TargetSpec(args.target[0], args.target[1], args.identity, args.known_hosts, user=args.user)
     opts = PassOptions(
-        block_size=args.block_size, compress=args.compress, state_dir=args.state_dir, mode=getattr(args, "mode", "")
+        block_size=args.block_size,
+        compress=args.compress,
+        state_dir=args.state_dir,
+        mode=getattr(args, "mode", ""),
+        limit=tuple(args.limit),
     )
     events: list[str] = []
     if not readers:
@@ -411,6 +415,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_rule(value: str) -> str:
+    from .bandwidth import parse_rule
+
+    try:
+        parse_rule(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _pass_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``pass`` and ``verify`` share: the target, the VM and its disks, how to read them."""
     p.add_argument("--target", type=parse_target, required=True, metavar="HOST:PORT")
@@ -431,6 +445,15 @@ def _pass_arguments(p: argparse.ArgumentParser) -> None:
         "--block-size", type=parse_block_size, default=DEFAULT_BLOCK_SIZE, help="64K..4M (default 64K)"
     )
     p.add_argument("--compress", choices=["auto", "zstd", "none"], default="auto")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        type=_limit_rule,
+        metavar="RATE[@DAYS/HH:MM-HH:MM]",
+        help="bandwidth limit, e.g. 20MB/s, 100Mbit, or 20MB/s@mon-fri/08:00-18:00 (repeatable: the first"
+        " rule whose window holds applies; none: unlimited)",
+    )
     p.add_argument(
         "--abm", action="store_true", help="Active Block Mapping: read only blocks the guest filesystems use"
     )

@@ -81,6 +81,8 @@ def as_text(report: PassReport, events: list[str] | None = None) -> str:
         f" (received {human(t['wire_bytes_received'])}), compression {t['compression_ratio']:.2f}x,"
         f" {t['seconds']:.2f} s, {t['throughput_mb_s']:.0f} MB/s"
     )
+    if report.seconds_limited:
+        lines.append(f"  bandwidth limit: the sender was held back {report.seconds_limited:.1f} s")
     if report.scan_kernel == "python":
         lines.append(
             "  note: scanned with the Python kernel, ~1.4x slower (VZREP_SCAN=python is set, or the compiled"

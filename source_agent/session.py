@@ -47,6 +47,7 @@ from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError, from_peer
 from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
+from .bandwidth import Limiter, Limiters, Schedule, shared
 from .compression import chunk_mode, pass_mode
 from .mapcache import MapCache
 from .native import kernel_name
@@ -95,6 +96,10 @@ class PassOptions:
     #: "" a pass; "verify" compares every block with the replica's bytes and writes nothing;
     #: "repair" is a pass against the replica's bytes (not its map). Both read every block.
     mode: str = ""
+    #: bandwidth rules of this pass, and of the appliance (shared by every pass of the process):
+    #: ``RATE[@DAYS/HH:MM-HH:MM]`` (:mod:`source_agent.bandwidth`)
+    limit: tuple[str, ...] = ()
+    appliance_limit: tuple[str, ...] = ()
 
 
 @dataclass
@@ -112,6 +117,7 @@ class PassReport:
     failed_over: bool = False  # the final pass of a planned failover: the replica is failed over
     failover_note: str = ""  # why the failover asked for did not happen
     mode: str = ""  # PassOptions.mode: "", "verify" or "repair"
+    seconds_limited: float = 0.0  # time the bandwidth limit held the sender back
     scan_kernel: str = field(default_factory=kernel_name)  # native | python (source_agent.native)
 
 
@@ -130,6 +136,8 @@ class SourceSession:
         self.progress = progress
         self.received = 0
         self._builders: dict[str, MapBuilder] = {}
+        own = Limiter(Schedule.parse(options.limit)) if options.limit else None
+        self.limiter = Limiters(own, shared(options.appliance_limit) if options.appliance_limit else None)
 
     async def _send(self, msg: Message) -> int:
         frame = self.conn.send(msg)
@@ -278,6 +286,8 @@ class SourceSession:
                     continue
                 for msg in chunk.messages:
                     frame = self.conn.send(msg)
+                    if self.limiter:  # held back here, before the bytes reach the SSH channel
+                        await self.limiter.take(len(frame))
                     self.tunnel.write(frame)  # one frame per write measured faster than coalesced runs
                     st.wire_bytes += len(frame)
                     unflushed += len(frame)
@@ -309,6 +319,7 @@ class SourceSession:
 
     async def run(self, jobs: list[DiskJob], report: PassReport) -> None:
         keepalive = asyncio.ensure_future(self._keep_alive())  # owned: cancelled and reaped below
+        held_before = self.limiter.waited  # the appliance's limiter is shared: count this pass's share
         try:
             await self.handshake()
             for disk_id, job in enumerate(jobs):
@@ -326,6 +337,7 @@ class SourceSession:
                 else:
                     await asyncio.to_thread(self.cache.commit, name, builder, done.generation)
             self._builders.clear()
+            report.seconds_limited = round(self.limiter.waited - held_before, 3)
         finally:
             keepalive.cancel()
             await asyncio.gather(keepalive, return_exceptions=True)

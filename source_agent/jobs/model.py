@@ -84,6 +84,8 @@ class Options:
     mapping: bool = False
     parallel: int = 1
     state_dir: Path | None = None
+    #: bandwidth rules for each pass of the job, ``RATE[@DAYS/HH:MM-HH:MM]`` (source_agent.bandwidth)
+    limit: tuple[str, ...] = ()
 
     @property
     def rule(self) -> bool:
@@ -233,7 +235,7 @@ def _options(r: _Reader, doc: dict[str, Any]) -> Options:
     o = r.table(doc, "options", (), required=False)
     w: KeyPath = ("options",)
     bools = ("abm", "keep_swap", "skip_pagefile", "seeding", "mapping")
-    r.unknown(o, {"block_size", "compress", "restore_points", "parallel", "state_dir", *bools}, w)
+    r.unknown(o, {"block_size", "compress", "restore_points", "parallel", "state_dir", "limit", *bools}, w)
     block = _block_size(r, o["block_size"], (*w, "block_size")) if "block_size" in o else 64 << 10
     compress = r.get(o, "compress", str, w, "auto")
     if compress not in COMPRESS:
@@ -252,11 +254,29 @@ def _options(r: _Reader, doc: dict[str, Any]) -> Options:
     return Options(
         block_size=block,
         compress=compress,
+        limit=_limit(r, o, w),
         restore_points=points,
         parallel=parallel,
         state_dir=r.path_value(o, "state_dir", w, required=False),
         **flags,
     )
+
+
+def _limit(r: _Reader, o: dict[str, Any], w: KeyPath) -> tuple[str, ...]:
+    from source_agent.bandwidth import parse_rule
+
+    value = o.get("limit", [])
+    rules = [value] if isinstance(value, str) else value
+    if not isinstance(rules, list) or not all(isinstance(x, str) for x in rules):
+        r.fail((*w, "limit"), f"must be a string or an array of strings, not {value!r}")
+        return ()
+    for rule in rules:
+        try:
+            parse_rule(str(rule))
+        except InputError as exc:
+            r.fail((*w, "limit"), str(exc))
+            return ()
+    return tuple(str(x) for x in rules)
 
 
 def _datastore_roots(r: _Reader, v: dict[str, Any], w: KeyPath) -> dict[str, str]:
@@ -426,6 +446,7 @@ restore_points = 7      # kept by the target for each VM of this job (0: the tar
 seeding = false         # with seeding or mapping on, a VM without a replica on the target is skipped
 mapping = false
 parallel = 2            # VMs replicated at once
+# limit = ["20MB/s@mon-fri/08:00-18:00"]   # bandwidth of each pass; outside every window: unlimited
 
 [[vm]]
 name = "web01"

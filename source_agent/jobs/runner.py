@@ -106,6 +106,7 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path) -> VmResult:
     opts = PassOptions(
         block_size=o.block_size,
         compress=o.compress,
+        limit=o.limit,
         state_dir=state_dir,
         job=job.id,
         require_replica=o.rule,

@@ -101,6 +101,8 @@ def problems(text: str, tmp_path: Path) -> list[str]:
         ("seeding = true", "seeding = false", 26, "vm[0].seed", "seeding = false"),
         ('thumbprint = "AA:BB"', 'thumbprint = "AA:BB"\ninsecure = true', 18, "vcenter", "at most one"),
         ("restore_points = 5", "restore_points = 5\nretention = 3", 17, "options.retention", "unknown key"),
+        ("parallel = 3", 'parallel = 3\nlimit = "fast"', 16, "options.limit", "a number and a unit"),
+        ("parallel = 3", 'parallel = 3\nlimit = ["20MB/s@mon-fri/8-18"]', 16, "options.limit", "HH:MM-HH:MM"),
     ],
 )
 def test_each_problem_names_its_line_and_key(
@@ -152,3 +154,8 @@ def test_key_lines_follow_tables_arrays_and_multiline_values() -> None:
     assert lines[("arr", 0, "n")] == 12 and lines[("arr", 1, "n")] == 14
     assert lines[("arr", 1, "sub", "m")] == 16
     assert line_of(lines, ("t", "b", "c", 1)) == 6
+
+
+def test_a_bandwidth_limit_with_windows_loads(tmp_path: Path) -> None:
+    text = GOOD.replace("parallel = 3", 'parallel = 3\nlimit = ["20MB/s@mon-fri/08:00-18:00", "100Mbit"]', 1)
+    assert parse_job(tmp_path / "job.toml", text).options.limit == ("20MB/s@mon-fri/08:00-18:00", "100Mbit")
