@@ -67,7 +67,22 @@ async def serve(args: argparse.Namespace) -> int:
     sessions: set[asyncio.Task[None]] = set()
     stop = asyncio.Event()
 
+    metrics = None
+    if args.metrics_listen:
+        from vzcommon.metrics import serve_metrics
+
+        from .metrics import TargetMetrics
+
+        metrics = TargetMetrics(data_dir)
+        mhost, mport = args.metrics_listen
+        metrics_server, mbound = await serve_metrics(mhost, mport, metrics.collect)
+        log.info("metrics_listening", host=mhost, port=mbound)
+        if args.metrics_ready_file:
+            await asyncio.to_thread(args.metrics_ready_file.write_text, f"{mbound}\n")
+
     def pass_ended(event: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.pass_ended(event)
         if args.once and event.get("result") == "committed":
             stop.set()  # `--once` (receiving a failback): done after the first committed pass
 
@@ -107,6 +122,9 @@ async def serve(args: argparse.Namespace) -> int:
     if sessions:
         await asyncio.gather(*sessions, return_exceptions=True)
     await server.wait_closed()
+    if metrics is not None:
+        metrics_server.close()
+        await metrics_server.wait_closed()
     return 0
 
 
@@ -217,6 +235,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--once", action="store_true", help="exit after the first pass that commits (receiving a failback)"
     )
+    p.add_argument(
+        "--metrics-listen",
+        type=parse_listen,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
+    )
+    p.add_argument("--metrics-ready-file", type=Path, help=argparse.SUPPRESS)
     add_serve_arguments(p)
     p.set_defaults(func=lambda a: asyncio_run(serve(a)))
     p = sub.add_parser("rollback", help="roll back an interrupted pass of a VM (safe to repeat)")

@@ -138,6 +138,7 @@ class TargetSession:
         self.mapped = mapped or {}
         self.replicas = replicas
         self.mode = ""  # HELLO's: "" a pass, "verify" (nothing written) or "repair"
+        self.vm_name = ""  # HELLO's VM, for the pass-end event (metrics)
         self._map_wrong: dict[int, int] = {}  # verify/repair: per disk, blocks whose bytes differ from the map
         self.replica: ReplicaPass | None = None
         self.peer = peer
@@ -251,6 +252,7 @@ class TargetSession:
             )
         codecs = tuple(c for c in SUPPORTED_CODECS if c in msg.codecs and c != "none")
         self.mode = msg.mode
+        self.vm_name = msg.vm
         if msg.require_replica:  # the job rule: before anything is created for the VM
             await asyncio.to_thread(self._require_replica, msg.vm)
         if msg.mode in ("verify", "repair") and not await asyncio.to_thread(self._has_replica, msg.vm):
@@ -395,7 +397,7 @@ class TargetSession:
             **{k: v for k, v in summary.items() if k != "disks_written"},
         )
         if self._on_pass_end:
-            self._on_pass_end({"result": "committed", "generation": generation})
+            self._on_pass_end({"result": "committed", "generation": generation, "vm": vm})
         failed_over, note = (await self._failover(vm)) if failover else (False, "")
         await self._send(Committed(generation, failed_over, note))
 
@@ -474,7 +476,7 @@ class TargetSession:
             code, text = ExitCode.INTERNAL, f"internal error on the target: {type(exc).__name__}: {exc}"
         log.warning("pass_failed", peer=self.peer, error=text, rollback=rolled)
         if self._on_pass_end:
-            self._on_pass_end({"result": "rolled-back", "error": text})
+            self._on_pass_end({"result": "rolled-back", "error": text, "vm": self.vm_name, "exit_code": int(code)})
         # A lost link has nobody to tell; a silent source may still be listening.
         lost = isinstance(exc, ConnectionFailed) and not isinstance(exc, SourceSilent)
         told = lost or (isinstance(exc, VzrepError) and exc.from_peer)

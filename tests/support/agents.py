@@ -123,11 +123,20 @@ class TargetProcess:
     """``vzrep-target serve`` as a real subprocess (for SIGKILL and restart tests)."""
 
     def __init__(
-        self, data_dir: Path, keys: Keys, log: Path, port: int = 0, *, nofile: int | None = None
+        self,
+        data_dir: Path,
+        keys: Keys,
+        log: Path,
+        port: int = 0,
+        *,
+        nofile: int | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
-        """``nofile``: the agent's limit of open files (RLIMIT_NOFILE), as systemd's LimitNOFILE= sets it."""
+        """``nofile``: the agent's limit of open files (RLIMIT_NOFILE), as systemd's LimitNOFILE= sets it;
+        ``extra``: more ``serve`` options."""
         self.data_dir, self.keys, self.log_path, self.port = data_dir, keys, log, port
         self.nofile = nofile
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> TargetProcess:
@@ -147,6 +156,7 @@ class TargetProcess:
             str(self.keys.authorized_keys),
             "--ready-file",
             str(ready),
+            *self.extra,
         ]
         self.log = open(self.log_path, "ab")
         nofile = self.nofile
