@@ -268,6 +268,80 @@ class RollbackPage(Page):
         self.app.push_screen(ConfirmScreen(f"Roll back VM {vm}?"), done)
 
 
+class FailoverPage(Page):
+    """Each replica's state and restore points; a test failover and its end, or a real failover."""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll():
+            yield Label("Replicas (choose one; its restore points are listed below, newest first)")
+            yield DataTable(id="replicas", cursor_type="row")
+            yield DataTable(id="points", cursor_type="row")
+            with Horizontal():
+                yield Button("Test failover", id="test", variant="primary")
+                yield Button("End failover", id="undo")
+                yield Button("Fail over", id="start", variant="warning")
+                yield Button("Commit", id="commit", variant="error")
+            yield Static(id="message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#replicas", DataTable).add_columns("VM", "State", "Restore points")
+        self.query_one("#points", DataTable).add_columns("Point", "Time", "Origin", "Held")
+        self.refresh_replicas()
+
+    def refresh_replicas(self) -> None:
+        table = self.query_one("#replicas", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for vm in self.backend.replication_status().get("vms", []):
+            table.add_row(str(vm.get("vm")), vm_state(vm), str(len(vm.get("restore_points") or [])))
+        if not table.row_count:
+            self.say("No replicas on this appliance.")
+            return
+        table.move_cursor(row=min(row, table.row_count - 1))
+        self.show_points()
+
+    def selected_vm(self) -> str | None:
+        table = self.query_one("#replicas", DataTable)
+        return str(table.get_row_at(table.cursor_row)[0]) if table.row_count else None
+
+    def show_points(self) -> None:
+        vm = self.selected_vm()
+        table = self.query_one("#points", DataTable)
+        table.clear()
+        for p in self.backend.points(vm) if vm else []:
+            held = "live replica" if p.get("live") else f"{int(p.get('held_bytes') or 0) / 2**20:.1f} MiB"
+            table.add_row(str(p.get("id")), str(p.get("time")), str(p.get("origin", "")), held, key=str(p.get("id")))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "replicas":
+            self.show_points()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        vm, action = self.selected_vm(), str(event.button.id)
+        if vm is None:
+            return
+        points = self.query_one("#points", DataTable)
+        point = str(points.get_row_at(points.cursor_row)[0]) if points.row_count else None
+
+        def run(yes: bool | None = True) -> None:
+            if yes:
+                result = self.backend.failover(vm, action, point)
+                self.say(f"{vm}: {result.output.strip() or 'exit code ' + str(result.rc)}")
+                self.refresh_replicas()
+
+        if action == "test":
+            run()  # a copy of the point: nothing of the replica changes
+            return
+        question = {
+            "undo": f"End the failover of {vm}? What its VM wrote since is discarded.",
+            "start": f"Fail {vm} over to restore point {point}? Passes from the source are refused until undo.",
+            "commit": f"Commit the failover of {vm}? The replica becomes production; the way back is failback.",
+        }[action]
+        self.app.push_screen(ConfirmScreen(question), run)
+
+
 class LogPage(Page):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("f5,u", "refresh", "Refresh")]
 
@@ -339,6 +413,7 @@ PAGES = {
     "network": NetworkPage,
     "pairing": PairingPage,
     "rollback": RollbackPage,
+    "failover": FailoverPage,
     "log": LogPage,
     "support": SupportPage,
     "shell": ShellPage,
@@ -361,6 +436,7 @@ class ConsoleApp(App[None]):
         Binding("f2,n", "switch_mode('network')", "Network"),
         Binding("f3,p", "switch_mode('pairing')", "Pairing"),
         Binding("f4,r", "switch_mode('rollback')", "Rollback"),
+        Binding("f9,o", "switch_mode('failover')", "Failover"),
         Binding("f6,l", "switch_mode('log')", "Log"),
         Binding("f7,b", "switch_mode('support')", "Support"),
         Binding("f8,x", "switch_mode('shell')", "Shell"),

@@ -269,6 +269,24 @@ class Backend:
         out = self._run(["networkctl", "list", "--no-legend"]).output
         return [f.split()[1] for f in out.splitlines() if len(f.split()) > 2 and f.split()[2] == "ether"]
 
+    def points(self, vm: str) -> list[dict[str, Any]]:
+        """A replica's restore points (``points --json``), newest first; [] when it has none or on error."""
+        result = self._agent(["points", "--data-dir", str(self.layout.data_dir), "--vm", vm, "--json"])
+        try:
+            rows = json.loads(result.output).get("points", [])
+        except (ValueError, AttributeError):
+            return []
+        return rows if isinstance(rows, list) else []
+
+    def failover(self, vm: str, action: str, point: str | None = None) -> CommandResult:
+        """``failover`` of a file replica: action ``test``, ``start`` (permanent), ``undo`` or ``commit``."""
+        argv = ["failover", "--data-dir", str(self.layout.data_dir), "--vm", vm]
+        if point and action in ("test", "start"):
+            argv += ["--point", point]
+        if action != "start":
+            argv.append(f"--{action}")
+        return self._agent(argv)
+
     def rollback(self, vm: str) -> CommandResult:
         return self._agent(["rollback", "--data-dir", str(self.layout.data_dir), "--vm", vm])
 
