@@ -357,7 +357,7 @@ def _pairing_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
 
 
 def _failback_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
-    from .receive_failback import add_receive_failback
+    from failback.receive import add_receive_failback
 
     add_receive_failback(sub)
 

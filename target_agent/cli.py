@@ -270,7 +270,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_verify_command(sub)
     words = sys.argv[1:] if argv is None else argv
     if not words or "failback" in words or "-h" in words or "--help" in words:
-        from .failback import add_failback_command  # the source engine's modules: only when asked
+        from failback.send import add_failback_command  # the source engine's modules: only when asked
 
         add_failback_command(sub)
     add_keygen(sub)

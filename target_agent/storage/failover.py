@@ -17,9 +17,9 @@ The state is one record, ``DATA_DIR/<vm>/failover`` (magic, version, checksum):
   new (and the merge gave the replica a new CID, so the delta no longer opens as its child), so
   ``--undo`` is refused from here on and running ``--commit`` again finishes it: the delta is kept
   whole until its merge is complete, and merging it again writes the same bytes.
-* ``committed`` -- ``--commit`` merged the deltas into the replica: the replica is now production;
-  ``failing-back`` and ``failed-back`` follow (:mod:`target_agent.failback`), then ``--release``. Its maps and restore points no longer describe it and are removed; passes stay
-  refused until the way back (failback) has run.
+* ``committed`` -- ``--commit`` merged the deltas into the replica: the replica is now production.
+  Its maps and restore points no longer describe it and are removed; passes stay refused until the
+  way back has run: ``failing-back`` and ``failed-back`` (:mod:`failback.send`), then ``--release``.
 
 Rolling to a point is itself a pass (``transaction.VmPass``): the point is exported to a stage inside
 the VM directory, and only the blocks that any newer point's increment touched are written, with the

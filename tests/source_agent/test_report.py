@@ -150,6 +150,8 @@ def test_json_shape() -> None:
         "wire_bytes_received",
         "failed_over",
         "failover_note",
+        "mode",
+        "seconds_limited",
         "scan_kernel",
         "total",
         "events",

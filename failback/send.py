@@ -24,13 +24,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from target_agent.storage import failover as fo
+from target_agent.storage.paths import ReplicaPaths
+from target_agent.storage.transaction import now
 from vsphere.cli_options import add_connection_arguments, options_from_args
 from vzcommon.climain import asyncio_run
 from vzcommon.errors import InputError
-
-from .storage import failover as fo
-from .storage.paths import ReplicaPaths
-from .storage.transaction import now
 
 if TYPE_CHECKING:
     from vsphere.hardware import HardwareRecord
@@ -74,10 +73,9 @@ async def _pass(args: argparse.Namespace, vdir: Path, st: dict[str, Any]) -> Any
         raise InputError(f"VM {args.vm!r} is a vSphere replica: fail it back with --vcenter HOST ...")
     from source_agent.vsphere.glue import disk_jobs
     from source_agent.vsphere.job import vsphere_job
+    from target_agent.vsphere.job import load_record
     from vsphere.connection import connect
     from vsphere.devices import DatastoreFileLocator
-
-    from .vsphere.job import load_record
 
     client = await connect(options_from_args(args))
     async with client:
@@ -101,7 +99,7 @@ def _target(args: argparse.Namespace) -> Any:
 
     A paired DR appliance signs in with its own host key, and pins the source appliance's key
     (``peer.json``), which is the host key of ``vzrep-source receive-failback`` there
-    (:mod:`source_agent.receive_failback`); the address is the one the source paired from."""
+    (:mod:`failback.receive`); the address is the one the source paired from."""
     from pairing import pins
     from pairing.defaults import AGENT_PORT
     from source_agent.tunnel import TargetSpec
@@ -168,9 +166,8 @@ def add_failback_command(sub: Any) -> None:
     from pairing.defaults import KEYS_DIR
     from source_agent.cli import default_state_dir, parse_block_size, parse_target
     from source_agent.pipeline import DEFAULT_BLOCK_SIZE
+    from target_agent.vsphere.cli import _ds_root
     from vsphere.cli_options import add_appliance_arguments
-
-    from .vsphere.cli import _ds_root
 
     p = sub.add_parser(
         "failback",

@@ -9,7 +9,7 @@ again with its role reversed, so no second pairing is needed:
 * here, the source's own key (``id_ed25519``) is the host key of the receiving agent, and the only
   key let in is the paired target's (``peer.json``: the host key the source pinned);
 * at the DR site, ``vzrep-target failback`` signs in with the target's host key and pins the source's
-  key from its own ``peer.json`` (:mod:`target_agent.failback`).
+  key from its own ``peer.json`` (:mod:`failback.send`).
 
 Both are Ed25519 SSH keys used only for SSH user and host authentication, whose signatures cover
 different data, so one key in both roles gives no one a signature they could reuse. The port opens
@@ -65,9 +65,8 @@ def receive(args: argparse.Namespace) -> int:
 
 
 def add_receive_failback(sub: Any) -> None:
+    from source_agent.cli import default_state_dir
     from target_agent.cli import parse_listen
-
-    from .cli import default_state_dir
 
     p = sub.add_parser(
         "receive-failback",
