@@ -271,7 +271,9 @@ class Connection:
                 raise RemoteProtocolError(f"WELCOME resumes disk {disk_id} ({name!r}) twice")
             if next_offset % self.block_size and next_offset != size:
                 raise RemoteProtocolError(f"resumed disk {name!r}: offset {next_offset} is not block-aligned")
-            disk = DiskSession(disk_id, name, size, next_offset=next_offset, blocks=blocks, zero_bytes=zero_bytes)
+            disk = DiskSession(
+                disk_id, name, size, next_offset=next_offset, blocks=blocks, zero_bytes=zero_bytes
+            )
             disk.ended = ended
             self.disks[disk_id] = disk
             if not ended:
