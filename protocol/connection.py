@@ -228,6 +228,8 @@ class Connection:
         if check is not None:
             check(msg)
         self.state = new
+        if isinstance(msg, Welcome) and self.current is not None:
+            self.state = State.STREAMING  # a resumed pass goes on inside the disk it was cut in
 
     def _check_hello(self, msg: Hello) -> None:
         if msg.protocol_version != self.protocol_version:
@@ -262,6 +264,29 @@ class Connection:
         self.block_size = msg.block_size
         self.hash_alg = msg.hash_alg
         self._max_body = max(self.block_size, framing.MAP_CHUNK_ENTRIES * HASH_LEN) + framing.BODY_OVERHEAD
+        if msg.resumed and not hello.resume:
+            raise RemoteProtocolError("WELCOME resumes a pass the source did not ask to resume")
+        for disk_id, name, size, blocks, zero_bytes, next_offset, ended in msg.resumed:
+            if disk_id in self.disks or any(d.name == name for d in self.disks.values()):
+                raise RemoteProtocolError(f"WELCOME resumes disk {disk_id} ({name!r}) twice")
+            if next_offset % self.block_size and next_offset != size:
+                raise RemoteProtocolError(f"resumed disk {name!r}: offset {next_offset} is not block-aligned")
+            disk = DiskSession(
+                disk_id, name, size, next_offset=next_offset, blocks=blocks, zero_bytes=zero_bytes
+            )
+            disk.ended = ended
+            self.disks[disk_id] = disk
+            if not ended:
+                if self.current is not None:
+                    raise RemoteProtocolError("WELCOME resumes two disks that were both open")
+                self.current = disk
+
+    def resumable(self) -> list[tuple[int, str, int, int, int, int, bool]]:
+        """What the target received of each disk: a WELCOME's ``resumed`` for a source resuming it."""
+        return [
+            (d.disk_id, d.name, d.size, d.blocks, d.zero_bytes, d.next_offset, d.ended)
+            for d in self.disks.values()
+        ]
 
     def _check_open_disk(self, msg: OpenDisk) -> None:
         if msg.disk_id in self.disks:

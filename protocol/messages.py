@@ -160,6 +160,8 @@ class Hello(Message):
     #: "" a pass; "verify": the target hashes the replica's bytes (not its map) and writes nothing;
     #: "repair": a pass whose target hashes the bytes instead of trusting its map (protocol 4)
     mode: str = ""
+    #: the id (WELCOME's ``pass_id``) of a pass whose connection was lost, to go on with (protocol 4)
+    resume: str = ""
 
     def __post_init__(self) -> None:
         _int(self.protocol_version, "protocol_version", 0, 65535)
@@ -174,13 +176,14 @@ class Hello(Message):
         _int(self.restore_points, "restore_points", 0, MAX_RESTORE_POINTS)
         if self.mode not in PASS_MODES:
             _fail(f"unknown pass mode {self.mode!r} (known: {', '.join(map(repr, PASS_MODES))})")
+        _token(self.resume, "resume")
 
     @classmethod
     def from_fields(cls, values: list[Any]) -> Message:
         """A HELLO of protocol 1-3 has six fields: read it with the defaults, so that the version
         check names both versions instead of failing on the field count."""
         if len(values) == 6:
-            values = [*values, "", False, 0, ""]
+            values = [*values, "", False, 0, "", ""]
         return super(Hello, cls).from_fields(values)
 
 
@@ -192,6 +195,11 @@ class Welcome(Message):
     hash_alg: str
     codecs: tuple[str, ...]
     block_size: int
+    #: this pass's id: a source whose connection is lost asks to resume it by this id (protocol 4)
+    pass_id: str = ""
+    #: a resumed pass: the disks the target has, as (disk_id, name, size, blocks, zero_bytes,
+    #: next_offset, ended) -- what it received and applied of each (protocol 4)
+    resumed: tuple[tuple[int, str, int, int, int, int, bool], ...] = ()
 
     def __post_init__(self) -> None:
         _int(self.protocol_version, "protocol_version", 0, 65535)
@@ -199,6 +207,24 @@ class Welcome(Message):
         _str(self.hash_alg, "hash_alg", 64)
         _strs(self.codecs, "codecs")
         _block_size(self.block_size)
+        _token(self.pass_id, "pass_id")
+        if not isinstance(self.resumed, tuple) or len(self.resumed) > MAX_DISKS:
+            _fail(f"resumed must be a list of at most {MAX_DISKS} disks")
+        entries = []
+        for entry in self.resumed:
+            e = tuple(entry) if isinstance(entry, list | tuple) else ()
+            if len(e) != 7:
+                _fail("a resumed disk is [disk_id, name, size, blocks, zero_bytes, next_offset, ended]")
+            disk_id, name, size, blocks, zero_bytes, next_offset, ended = e
+            _int(disk_id, "resumed disk_id", 0, MAX_DISKS - 1)
+            _name(name, "disk")
+            _int(size, "resumed size", 512, MAX_DISK_SIZE)
+            _int(blocks, "resumed blocks", 0, MAX_DISK_SIZE)
+            _int(zero_bytes, "resumed zero_bytes", 0, int(size))  # type: ignore[call-overload]
+            _int(next_offset, "resumed next_offset", 0, int(size))  # type: ignore[call-overload]
+            _bool(ended, "resumed ended")
+            entries.append(e)
+        object.__setattr__(self, "resumed", tuple(entries))  # msgpack gives lists: one shape for all
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,6 +239,7 @@ async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: Hash
         state_dir=args.state_dir,
         mode=getattr(args, "mode", ""),
         limit=tuple(args.limit),
+        resume_window=args.resume_window,
     )
     events: list[str] = []
     if not readers:
@@ -453,6 +454,14 @@ def _pass_arguments(p: argparse.ArgumentParser) -> None:
         metavar="RATE[@DAYS/HH:MM-HH:MM]",
         help="bandwidth limit, e.g. 20MB/s, 100Mbit, or 20MB/s@mon-fri/08:00-18:00 (repeatable: the first"
         " rule whose window holds applies; none: unlimited)",
+    )
+    p.add_argument(
+        "--resume-window",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="when the link is lost, keep reconnecting this long and go on where the pass stopped"
+        " (default 120; 0: fail at once, exit 4)",
     )
     p.add_argument(
         "--abm", action="store_true", help="Active Block Mapping: read only blocks the guest filesystems use"

@@ -17,7 +17,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from typing import Any
 from protocol.connection import CLOSED, NEED_DATA, SourceConnection
 from protocol.errors import ProtocolError
 from protocol.messages import (
+    Block,
+    Codec,
     Commit,
     Committed,
     DiskEnd,
@@ -39,11 +41,12 @@ from protocol.messages import (
     MsgType,
     OpenDisk,
     Welcome,
+    ZeroRange,
 )
 from protocol.version import PROTOCOL_VERSION
 from source_agent.disks.base import DiskReader
 from vzcommon.blockhash import HASH_NAME
-from vzcommon.errors import ConnectionFailed, ExitCode, VzrepError, from_peer
+from vzcommon.errors import BusyError, ConnectionFailed, ExitCode, VzrepError, from_peer
 from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
@@ -100,6 +103,8 @@ class PassOptions:
     #: ``RATE[@DAYS/HH:MM-HH:MM]`` (:mod:`source_agent.bandwidth`)
     limit: tuple[str, ...] = ()
     appliance_limit: tuple[str, ...] = ()
+    #: how long to keep trying to reconnect and resume a pass whose link was lost (0: give up at once)
+    resume_window: float = 120.0
 
 
 @dataclass
@@ -117,6 +122,8 @@ class PassReport:
     failed_over: bool = False  # the final pass of a planned failover: the replica is failed over
     failover_note: str = ""  # why the failover asked for did not happen
     mode: str = ""  # PassOptions.mode: "", "verify" or "repair"
+    resumed: int = 0  # times the link was lost and the pass went on where it stopped
+    restarted: int = 0  # times the link was lost and the target had rolled the pass back: begun again
     seconds_limited: float = 0.0  # time the bandwidth limit held the sender back
     scan_kernel: str = field(default_factory=kernel_name)  # native | python (source_agent.native)
 
@@ -126,7 +133,13 @@ Progress = Callable[[str, int, int], None]
 
 class SourceSession:
     def __init__(
-        self, tunnel: ByteTunnel, vm: str, options: PassOptions, cache: MapCache, progress: Progress | None = None
+        self,
+        tunnel: ByteTunnel,
+        vm: str,
+        options: PassOptions,
+        cache: MapCache,
+        progress: Progress | None = None,
+        reconnect: Callable[[], Awaitable[ByteTunnel]] | None = None,
     ) -> None:
         self.tunnel = tunnel
         self.vm = vm
@@ -136,6 +149,10 @@ class SourceSession:
         self.progress = progress
         self.received = 0
         self._builders: dict[str, MapBuilder] = {}
+        self.reconnect = reconnect
+        self.pass_id = ""
+        self.sent_before = self.received_before = 0  # bytes of the tunnels a resume left behind
+        self._frontier = 0  # end of the last chunk handed to the scanner (its entries are in the map)
         own = Limiter(Schedule.parse(options.limit)) if options.limit else None
         self.limiter = Limiters(own, shared(options.appliance_limit) if options.appliance_limit else None)
 
@@ -159,12 +176,12 @@ class SourceSession:
                 raise from_peer(event.code, event.message, "target")
             return event
 
-    async def handshake(self) -> Welcome:
+    async def handshake(self, resume: str = "") -> Welcome:
         codecs = ("zstd", "none") if self.opts.compress != "none" else ("none",)
         o = self.opts
         hello = Hello(
             PROTOCOL_VERSION, AGENT, self.vm, (HASH_NAME,), codecs, o.block_size, o.job, o.require_replica,
-            o.restore_points, o.mode,
+            o.restore_points, o.mode, resume,
         )  # fmt: skip
         await self._send(hello)
         await self.tunnel.drain()
@@ -173,9 +190,16 @@ class SourceSession:
         return welcome
 
     async def replicate_disk(self, disk_id: int, job: DiskJob) -> DiskStats:
+        """Open the disk on the target, then send what differs; the disk's stats."""
+        ctx = await self._open_disk(disk_id, job)
+        await self._send_disk(ctx)
+        return ctx.st
+
+    async def _open_disk(self, disk_id: int, job: DiskJob) -> _DiskCtx:
+        """OPEN_DISK, DISK_READY and the map: what the target has of the disk, and the plan."""
         reader, bs = job.reader, self.opts.block_size
         st = DiskStats(name=reader.name, size=reader.size)
-        t0 = time.monotonic()
+        ctx = _DiskCtx(disk_id, job, st, time.monotonic())
         cached = self.cache.cached(reader.name, bs, reader.size)
         await self._send(
             OpenDisk(
@@ -193,31 +217,40 @@ class SourceSession:
         builder = await asyncio.to_thread(self.cache.builder, reader.name, bs, reader.size, base)
         if cached:
             cached.close()
+        self._builders[reader.name] = builder  # aborted by run() unless the pass commits
+        while True:
+            msg = await self._next()
+            if isinstance(msg, MapChunk):
+                await asyncio.to_thread(builder.set_range, msg.first_block, msg.hashes)
+                st.map_bytes_received += len(msg.hashes)
+            elif isinstance(msg, MapEnd):
+                break
+        if self.opts.mode:  # verify and repair distrust CBT and ABM too: every block is compared
+            plan = Plan(mode="differential", reason=f"{self.opts.mode}: every block is compared")
+        else:
+            plan = await job.planner(ready) if job.planner else Plan()
+        st.mode, st.reason = plan.mode, plan.reason
+        ctx.builder, ctx.plan, ctx.ready = builder, plan, ready
+        return ctx
+
+    async def _send_disk(self, ctx: _DiskCtx, from_offset: int = 0) -> None:
+        """The disk's blocks (from ``from_offset``: a resumed disk) and DISK_END."""
+        job, st, bs = ctx.job, ctx.st, self.opts.block_size
+        reader = job.reader
+        assert ctx.builder is not None and ctx.plan is not None and ctx.ready is not None
         try:
-            while True:
-                msg = await self._next()
-                if isinstance(msg, MapChunk):
-                    await asyncio.to_thread(builder.set_range, msg.first_block, msg.hashes)
-                    st.map_bytes_received += len(msg.hashes)
-                elif isinstance(msg, MapEnd):
-                    break
-            if self.opts.mode:  # verify and repair distrust CBT and ABM too: every block is compared
-                plan = Plan(mode="differential", reason=f"{self.opts.mode}: every block is compared")
-            else:
-                plan = await job.planner(ready) if job.planner else Plan()
-            st.mode, st.reason = plan.mode, plan.reason
             # Hash-ahead (native.ahead) for an incremental pass of a disk read in full: a filtered
             # read skips blocks, and a first pass sends every block (it would read them twice).
-            if plan.filter is None and ready.map_status != MapStatus.EMPTY:
+            if from_offset == 0 and ctx.plan.filter is None and ctx.ready.map_status != MapStatus.EMPTY:
                 job.ahead = job.ahead or start_ahead(reader, bs)
             elif job.ahead is not None:
                 await asyncio.to_thread(job.ahead.close)
                 job.ahead = None
             if job.ahead is not None:
                 job.ahead.set_active(job.ahead.threads)
-            scanner = DiskScanner(disk_id, reader, bs, builder, st, plan.filter, job.ahead)
+            scanner = DiskScanner(disk_id := ctx.disk_id, reader, bs, ctx.builder, st, ctx.plan.filter, job.ahead)
             st.hashed_ahead = scanner.ahead is not None
-            await self._stream(scanner, st)
+            await self._stream(scanner, st, from_offset)
             # a disk truncated under us must not reach the replica as zeros
             await asyncio.to_thread(reader.check_size)
             # The scanner's own totals: the connection checks them against the frames it framed
@@ -226,21 +259,17 @@ class SourceSession:
             frame_len = await self._send(DiskEnd(disk_id, *sent))
             st.wire_bytes += frame_len
             await self.tunnel.drain()
-        except BaseException:
-            builder.abort()
-            raise
         finally:
             if job.ahead is not None:
                 await asyncio.to_thread(job.ahead.close)
                 log.debug("hash_ahead_done", disk=reader.name, waited_s=round(job.ahead.waited, 3))
                 job.ahead = None
-            if job.cleanup:
-                await asyncio.to_thread(job.cleanup)
-        st.seconds = time.monotonic() - t0
-        self._builders[reader.name] = builder
-        return st
+        st.seconds = time.monotonic() - ctx.t0
+        ctx.ended = True
+        if job.cleanup:
+            await asyncio.to_thread(job.cleanup)
 
-    async def _stream(self, scanner: DiskScanner, st: DiskStats) -> None:
+    async def _stream(self, scanner: DiskScanner, st: DiskStats, from_offset: int = 0) -> None:
         """Scan in worker threads and send on the loop, keeping chunks in order.
 
         ``SCAN_THREADS`` chunks are scanned at once (each into its own reused buffer) while earlier
@@ -257,6 +286,9 @@ class SourceSession:
             inflight: deque[tuple[asyncio.Future[Chunk], bytearray]] = deque()
             try:
                 for first in scanner.chunks():
+                    if (first + scanner.chunk_blocks) * scanner.bs <= from_offset:
+                        continue  # a resumed disk: the target has every block of this chunk
+                    self._frontier = max(self._frontier, (first + scanner.chunk_blocks) * scanner.bs)
                     mode = chunk_mode(base, sender_behind=queue.full())
                     buf = buffers.pop()
                     inflight.append((loop.run_in_executor(None, scanner.scan, first, mode, buf), buf))
@@ -278,6 +310,8 @@ class SourceSession:
         async def consume() -> None:
             unflushed = 0
             while (chunk := await queue.get()) is not None:
+                if from_offset and chunk.messages and chunk.messages[0].offset < from_offset:
+                    _drop_before(chunk, from_offset)  # the resumed chunk: the target has its start
                 st.add(chunk.stats)
                 if verify:  # what a pass would send is what differs: noted, not sent
                     _note_ranges(st.differing, chunk.messages)
@@ -321,9 +355,24 @@ class SourceSession:
         keepalive = asyncio.ensure_future(self._keep_alive())  # owned: cancelled and reaped below
         held_before = self.limiter.waited  # the appliance's limiter is shared: count this pass's share
         try:
-            await self.handshake()
-            for disk_id, job in enumerate(jobs):
-                report.disks.append(await self.replicate_disk(disk_id, job))
+            welcome = await self.handshake()
+            self.pass_id = welcome.pass_id
+            ctxs: dict[int, _DiskCtx] = {}
+            resume_from: dict[int, int] = {}  # disk id -> offset the target has everything before
+            while True:
+                try:
+                    for disk_id, job in enumerate(jobs):
+                        ctx = ctxs.get(disk_id)
+                        if ctx is not None and ctx.ended:
+                            continue
+                        if ctx is None:
+                            ctx = ctxs[disk_id] = await self._open_disk(disk_id, job)
+                        self._frontier = resume_from.get(disk_id, 0)
+                        await self._send_disk(ctx, resume_from.pop(disk_id, 0))
+                    break
+                except ConnectionFailed as exc:
+                    resume_from = await self._resume(exc, ctxs, report)
+            report.disks = [ctxs[i].st for i in range(len(jobs))]
             differing = sum(d.blocks_changed + d.zero_blocks_sent for d in report.disks)
             await self._send(Commit(len(jobs), self.opts.failover, differing if self.opts.mode == "verify" else 0))
             await self.tunnel.drain()
@@ -343,6 +392,69 @@ class SourceSession:
             await asyncio.gather(keepalive, return_exceptions=True)
             for builder in self._builders.values():
                 builder.abort()
+
+    async def _resume(
+        self, exc: ConnectionFailed, ctxs: dict[int, _DiskCtx], report: PassReport
+    ) -> dict[int, int]:
+        """The link was lost while sending: reconnect and go on with the same pass, from where the
+        target says it is (WELCOME ``resumed``); re-raise when that cannot be."""
+        if exc.from_peer or self.reconnect is None or not self.pass_id or self.opts.resume_window <= 0:
+            raise exc
+        reason = await self.peer_reason()
+        if reason is not None:  # the target said why and rolled back: nothing to resume
+            raise reason from None
+        deadline = time.monotonic() + self.opts.resume_window
+        delay = 1.0
+        while True:
+            log.warning("pass_resuming", vm=self.vm, pass_id=self.pass_id, error=str(exc))
+            try:
+                await self.tunnel.close()
+                self.sent_before += self.tunnel.sent
+                self.received_before += self.received
+                self.received = 0
+                self.tunnel = await self.reconnect()
+                self.conn = SourceConnection()
+                welcome = await self.handshake(resume=self.pass_id)
+                break
+            except (ConnectionFailed, BusyError) as again:
+                # Busy: the target has not noticed the old link is gone yet, so it still holds the pass
+                if (again.from_peer and not isinstance(again, BusyError)) or time.monotonic() + delay > deadline:
+                    raise exc from again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+        if welcome.pass_id != self.pass_id:
+            # The target no longer holds the pass (it restarted, or its window ended): it rolled it
+            # back, and this connection is a new pass; every disk is opened and sent again.
+            log.warning("pass_restarted", vm=self.vm, old=self.pass_id, new=welcome.pass_id, error=str(exc))
+            self.pass_id = welcome.pass_id
+            for builder in self._builders.values():
+                builder.abort()
+            self._builders.clear()
+            ctxs.clear()
+            report.restarted += 1
+            return {}
+        report.resumed += 1
+        resume_from: dict[int, int] = {}
+        known = {d[0] for d in welcome.resumed}
+        for disk_id, _name, _size, blocks, zero_bytes, next_offset, ended in welcome.resumed:
+            ctx = ctxs.get(disk_id)
+            if ctx is None:
+                raise ConnectionFailed(f"the target resumed disk {disk_id}, which this pass never opened")
+            if ended:
+                ctx.ended = True
+                continue
+            ctx.ended = False
+            # What the target applied is the disk's total so far; the rest is sent again from there.
+            ctx.st.blocks_changed, ctx.st.zero_bytes_sent = blocks, zero_bytes
+            assert ctx.builder is not None
+            bs = self.opts.block_size
+            first, last = next_offset // bs, -(-self._frontier // bs)
+            if last > first:  # scanned (so entered in the source's map) but perhaps never received
+                await asyncio.to_thread(ctx.builder.fill, first, last - first, _UNSENT)
+            resume_from[disk_id] = next_offset
+        for disk_id in [d for d in ctxs if d not in known]:
+            del ctxs[disk_id]  # opened here but never on the target: opened again
+        return resume_from
 
     async def peer_reason(self, wait: float = 2.0) -> VzrepError | None:
         """After the connection broke under us: the target's ERROR, if it sent one before closing.
@@ -385,6 +497,46 @@ class SourceSession:
             pass
 
 
+#: a map entry no block hashes to: blocks marked with it are sent again after a resume
+_UNSENT = b"\xff" * 32
+
+
+@dataclass
+class _DiskCtx:
+    """One disk of a pass, kept across a resume: its stats, the source's map, the plan."""
+
+    disk_id: int
+    job: DiskJob
+    st: DiskStats
+    t0: float
+    builder: MapBuilder | None = None
+    plan: Plan | None = None
+    ready: DiskReady | None = None
+    ended: bool = False
+
+
+def _drop_before(chunk: Chunk, offset: int) -> None:
+    """A resumed chunk: what the target already has (before ``offset``) is not sent again."""
+    kept: list[Any] = []
+    st = chunk.stats
+    for m in chunk.messages:
+        end = m.offset + m.length
+        if end <= offset:
+            if isinstance(m, Block):
+                st.blocks_changed -= 1
+                st.payload_raw -= m.length
+                st.payload_wire -= len(m.payload)
+                st.blocks_compressed -= m.codec != Codec.NONE
+            else:
+                st.zero_bytes_sent -= m.length
+            continue
+        if m.offset < offset:  # a ZERO_RANGE across the resume point: only its rest
+            st.zero_bytes_sent -= offset - m.offset
+            m = ZeroRange(m.disk_id, offset, end - offset)
+        kept.append(m)
+    chunk.messages = kept
+
+
 def _note_ranges(ranges: list[tuple[int, int]], messages: list[Any]) -> None:
     """Each BLOCK or ZERO_RANGE a pass would send, merged into runs of [offset, length]."""
     for m in messages:
@@ -413,7 +565,11 @@ async def run_pass(
     """One pass: connect, replicate every disk, commit. Raises VzrepError on failure."""
     t0 = time.monotonic()
     tunnel = await open_tunnel(target)
-    return await run_pass_over(tunnel, target.label, vm, jobs, options, progress, started=t0)
+
+    async def reconnect() -> ByteTunnel:
+        return await open_tunnel(target)
+
+    return await run_pass_over(tunnel, target.label, vm, jobs, options, progress, started=t0, reconnect=reconnect)
 
 
 async def run_pass_over(
@@ -425,11 +581,13 @@ async def run_pass_over(
     progress: Progress | None = None,
     *,
     started: float | None = None,
+    reconnect: Callable[[], Awaitable[ByteTunnel]] | None = None,
 ) -> PassReport:
-    """One pass over an open tunnel (SSH in the agent, :mod:`tests.support.memory` in fast tests)."""
+    """One pass over an open tunnel (SSH in the agent, :mod:`tests.support.memory` in fast tests);
+    ``reconnect`` opens another if the link is lost, to resume the pass."""
     report = PassReport(vm=vm, target=label, mode=options.mode)
     t0 = time.monotonic() if started is None else started
-    session = SourceSession(tunnel, vm, options, MapCache(options.state_dir, label, vm), progress)
+    session = SourceSession(tunnel, vm, options, MapCache(options.state_dir, label, vm), progress, reconnect)
     try:
         await session.run(jobs, report)
         report.ok = True
@@ -442,9 +600,9 @@ async def run_pass_over(
         raise
     finally:
         report.seconds = time.monotonic() - t0
-        report.wire_bytes_sent = tunnel.sent
-        report.wire_bytes_received = session.received
-        await tunnel.close()
+        report.wire_bytes_sent = session.sent_before + session.tunnel.sent
+        report.wire_bytes_received = session.received_before + session.received
+        await session.tunnel.close()
         log.info(
             "pass_finished",
             vm=vm,

@@ -23,6 +23,7 @@ from vzcommon.keycli import add_keygen
 from vzcommon.log import get_logger
 
 from .points_cli import add_point_commands
+from .resume import DEFAULT_WINDOW, Suspended
 from .server import Stream, start_server
 from .session import TargetSession
 from .storage.points import DEFAULT_RETENTION
@@ -66,6 +67,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.warning("startup_recovery", vm=vm, what=what)
     sessions: set[asyncio.Task[None]] = set()
     stop = asyncio.Event()
+    suspended = Suspended(args.resume_window) if args.resume_window > 0 else None
 
     metrics = None
     if args.metrics_listen:
@@ -98,6 +100,7 @@ async def serve(args: argparse.Namespace) -> int:
                 replicas=replicas,
                 restore_points=args.restore_points,
                 mapped=dict(args.map),
+                suspended=suspended,
             )
             await session.run(stream)
         finally:
@@ -121,6 +124,8 @@ async def serve(args: argparse.Namespace) -> int:
         task.cancel()  # each session rolls back its pass, shielded
     if sessions:
         await asyncio.gather(*sessions, return_exceptions=True)
+    if suspended is not None:
+        await suspended.close()  # passes waiting for their source are rolled back
     await server.wait_closed()
     if metrics is not None:
         metrics_server.close()
@@ -231,6 +236,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         metavar="VM/DISK=PATH",
         help="write that disk of that VM into an existing file, in place (failback onto the original"
         " disks, or mapping onto a copy): it is hashed where it is and only differences are sent",
+    )
+    p.add_argument(
+        "--resume-window",
+        type=float,
+        default=DEFAULT_WINDOW,
+        metavar="SECONDS",
+        help=f"how long a pass whose connection was lost waits for its source to resume it before it is"
+        f" rolled back (default {DEFAULT_WINDOW:.0f}; 0: rolled back at once)",
     )
     p.add_argument(
         "--once", action="store_true", help="exit after the first pass that commits (receiving a failback)"

@@ -48,6 +48,7 @@ from protocol.messages import (
     Welcome,
     ZeroRange,
 )
+from protocol.state import State
 from protocol.version import PROTOCOL_VERSION
 from vzcommon.blockhash import HASH_LEN, HASH_NAME, hash_block
 from vzcommon.errors import (
@@ -63,6 +64,7 @@ from vzcommon.errors import (
 from vzcommon.geometry import block_count
 from vzcommon.log import get_logger
 
+from .resume import Parked, Suspended
 from .server import ByteStream
 from .storage import failover as fo
 from .storage.failover import refuse_passes
@@ -129,6 +131,7 @@ class TargetSession:
         restore_points: int = DEFAULT_RETENTION,
         mapped: dict[tuple[str, str], Path] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        suspended: Suspended | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.idle_timeout = idle_timeout
@@ -137,6 +140,8 @@ class TargetSession:
         #: original disks, or a copy made by another tool; hashed where it is, so only differences travel
         self.mapped = mapped or {}
         self.replicas = replicas
+        #: where a pass whose connection is lost waits for its source (None: rolled back at once)
+        self.suspended = suspended
         self.mode = ""  # HELLO's: "" a pass, "verify" (nothing written) or "repair"
         self.vm_name = ""  # HELLO's VM, for the pass-end event (metrics)
         self._map_wrong: dict[int, int] = {}  # verify/repair: per disk, blocks whose bytes differ from the map
@@ -258,6 +263,14 @@ class TargetSession:
         if msg.mode in ("verify", "repair") and not await asyncio.to_thread(self._has_replica, msg.vm):
             raise InputError(f"this target holds no replica of VM {msg.vm!r} to {msg.mode}")
         await asyncio.to_thread(refuse_passes, self.data_dir / msg.vm, msg.vm)
+        if self.suspended is not None:
+            parked = self.suspended.take(msg.vm, msg.resume) if msg.resume else None
+            if parked is not None and parked.block_size == msg.block_size and parked.mode == msg.mode:
+                await self._resume(parked, codecs)
+                return
+            if parked is not None:  # the same pass with other settings: it cannot go on
+                self.suspended.park(parked)
+            await self.suspended.discard(msg.vm)  # a fresh pass: a suspended one is rolled back first
         vm_pass = VmPass(
             self.data_dir,
             msg.vm,
@@ -281,7 +294,53 @@ class TargetSession:
         log.info(
             "pass_started", vm=msg.vm, peer=self.peer, pass_id=vm_pass.pass_id, block_size=msg.block_size
         )
-        await self._send(Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size))
+        await self._send(
+            Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size, vm_pass.pass_id)
+        )
+
+    async def _resume(self, parked: Parked, codecs: tuple[str, ...]) -> None:
+        """Go on with a suspended pass: its VmPass and writers, and WELCOME saying what it has."""
+        self.vm_pass, self.writers = parked.vm_pass, parked.writers
+        self._map_wrong = dict(parked.extra.get("map_wrong", {}))
+        log.info("pass_resumed", vm=parked.vm, peer=self.peer, pass_id=parked.pass_id)
+        welcome = Welcome(
+            PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, parked.block_size, parked.pass_id, tuple(parked.resumable)
+        )
+        await self._send(welcome)
+
+    def _may_park(self, exc: BaseException) -> bool:
+        """A lost link in the middle of sending blocks, on a file replica: the pass may wait."""
+        return (
+            self.suspended is not None
+            and isinstance(exc, ConnectionFailed)
+            and not isinstance(exc, SourceSilent)
+            and not exc.from_peer
+            and self.vm_pass is not None
+            and self.replica is None
+            and self.mode != "verify"
+            and self.conn.state in (State.STREAMING, State.IDLE)
+        )
+
+    async def _park(self) -> bool:
+        """Write what was received, then hand the pass to the suspended set; False if it cannot."""
+        assert self.suspended is not None and self.vm_pass is not None
+        try:
+            await self._drain()  # every block the connection parsed is applied behind its undo record
+        except (VzrepError, OSError) as exc:
+            log.warning("suspend_failed", error=str(exc))
+            return False
+        parked = Parked(
+            vm=self.vm_pass.vm,
+            vm_pass=self.vm_pass,
+            writers=self.writers,
+            resumable=self.conn.resumable(),
+            block_size=self.conn.block_size,
+            mode=self.mode,
+            extra={"map_wrong": dict(self._map_wrong)},
+        )
+        self.vm_pass, self.writers = None, {}
+        self.suspended.park(parked)
+        return True
 
     def _has_replica(self, vm: str) -> bool:
         return holds_replica(self.data_dir / vm) or any(v == vm for v, _ in self.mapped)
@@ -444,7 +503,11 @@ class TargetSession:
             await vfo.start(client, self.data_dir, vm, None)
 
     async def _fail(self, exc: BaseException) -> None:
-        """Roll back, then tell the source why (best effort: the link may be gone)."""
+        """Roll back, then tell the source why (best effort: the link may be gone). A pass whose link
+        was lost while it sent blocks is suspended instead, for its source to resume (``resume``)."""
+        if self._may_park(exc) and await self._park():
+            log.warning("pass_interrupted", peer=self.peer, error=str(exc), suspended=True)
+            return
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             try:

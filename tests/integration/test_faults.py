@@ -103,7 +103,7 @@ def test_sigkill_target_mid_pass_then_restart(tmp_path: Path, session_keys: Keys
     src = make_image(tmp_path / "d.img", 96 * MiB, data_blocks=600)
     tp = TargetProcess(data, session_keys, tmp_path / "target.log").start()
     state = tmp_path / "state"
-    base = tp.source_cmd("k", src, state, "--compress", "none")
+    base = tp.source_cmd("k", src, state, "--compress", "none", "--resume-window", "0")
     subprocess.run(base, check=True, capture_output=True)
     before = snapshot(data / "k")
     change_blocks(src, 1200, seed=41)  # ~75 MiB of changes: the pass takes a while
@@ -139,7 +139,8 @@ async def test_source_truncated_mid_pass_changes_nothing(
     monkeypatch.setenv("VZREP_READ", read)
     data = tmp_path / "data"
     src = make_image(tmp_path / "d.img", 96 * MiB, data_blocks=600)
-    tp = TargetProcess(data, session_keys, tmp_path / "target.log").start()
+    # --resume-window 0: the pass of a source that died is rolled back at once, not kept for it
+    tp = TargetProcess(data, session_keys, tmp_path / "target.log", extra=("--resume-window", "0")).start()
     try:
         base = tp.source_cmd("t", src, tmp_path / "state", "--compress", "none")
         subprocess.run(base, check=True, capture_output=True)
@@ -170,7 +171,7 @@ def test_undo_script_rolls_back_by_hand(tmp_path: Path, session_keys: Keys) -> N
     data = tmp_path / "data"
     src = make_image(tmp_path / "d.img", 64 * MiB, data_blocks=300)
     tp = TargetProcess(data, session_keys, tmp_path / "t.log").start()
-    base = tp.source_cmd("s", src, tmp_path / "st", "--compress", "none")
+    base = tp.source_cmd("s", src, tmp_path / "st", "--compress", "none", "--resume-window", "0")
     subprocess.run(base, check=True, capture_output=True)
     before = snapshot(data / "s")
     change_blocks(src, 900, seed=5)

@@ -18,6 +18,7 @@ from source_agent.disks import open_disk
 from source_agent.planning import AbmSettings
 from source_agent.session import DiskJob, PassOptions, PassReport, run_pass
 from source_agent.tunnel import TargetSpec
+from target_agent.resume import Suspended
 from target_agent.server import Stream, start_server
 from target_agent.session import IDLE_TIMEOUT, TargetSession
 from target_agent.storage.status import vm_status
@@ -59,8 +60,15 @@ class Target:
     restore_points: int = 7
     mapped: dict[tuple[str, str], Path] = field(default_factory=dict)
     idle_timeout: float = IDLE_TIMEOUT
+    #: > 0: a pass whose link is lost waits this long for its source to resume it (serve's default
+    #: is 300 s; tests that cut links and expect the rollback at once keep 0)
+    resume_window: float = 0.0
+    suspended: Suspended | None = None
 
     async def start(self) -> Target:
+        if self.resume_window > 0:
+            self.suspended = Suspended(self.resume_window)
+
         async def handle(stream: Stream, peer: str) -> None:
             session = TargetSession(
                 self.data_dir,
@@ -68,6 +76,7 @@ class Target:
                 restore_points=self.restore_points,
                 mapped=self.mapped,
                 idle_timeout=self.idle_timeout,
+                suspended=self.suspended,
             )
             await session.run(stream)
 
@@ -79,6 +88,8 @@ class Target:
     async def stop(self) -> None:
         self.server.close()
         await self.server.wait_closed()
+        if self.suspended is not None:
+            await self.suspended.close()
 
     def pass_args(self, disk: Path, state_dir: Path, vm: str = "fo") -> list[str]:
         """``vzrep-source pass`` options against this target (its host key pinned for its port)."""

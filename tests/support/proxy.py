@@ -23,11 +23,17 @@ class CutProxy:
     cut: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> CutProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def rearm(self) -> None:
+        """After a cut: the connections that follow pass through untouched (a link that came back)."""
+        self.cut_after = self.cut_when_quiet_after = None
+        self.cut = asyncio.Event()
 
     async def stop(self) -> None:
         assert self._server is not None
@@ -35,10 +41,19 @@ class CutProxy:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._handlers, return_exceptions=True)  # each closes its sockets
         await self._server.wait_closed()
 
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        me = asyncio.current_task()
+        assert me is not None
+        self._handlers.add(me)
+        me.add_done_callback(self._handlers.discard)
+        try:
+            sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            cw.close()
+            return
 
         async def c2s_quiet(arm: int) -> None:
             held = b""
@@ -96,5 +111,8 @@ class CutProxy:
             await asyncio.gather(*tasks, return_exceptions=True)
             for w in (cw, sw):
                 w.close()
+            for w in (cw, sw):
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
             for t in tasks:
                 self._tasks.discard(t)
