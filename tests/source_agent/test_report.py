@@ -151,6 +151,8 @@ def test_json_shape() -> None:
         "failed_over",
         "failover_note",
         "mode",
+        "resumed",
+        "restarted",
         "seconds_limited",
         "scan_kernel",
         "total",
