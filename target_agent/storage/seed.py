@@ -1,0 +1,338 @@
+"""Seeding: a backup already at the DR site becomes a VM's replica, with its map and restore point 1.
+
+A seed is any disk image qemu reads (``vzcommon.images``: raw, every VMDK create type and snapshot
+chain, qcow2 with backing files, VHDX, OVA members). Each disk is restored thin -- a block that reads
+as zeros stays a hole -- and hashed while it is written, into the same ``.vzmap`` a pass would leave
+(same block size, BLAKE3-256, the descriptor's CID), so the first pass finds a trusted map and the
+source sends only what changed since the backup. The seeded state is restore point 1 (origin
+``seed``); the first pass adds point 2.
+
+All or nothing, in this order (a crash or a bad seed at any step leaves ``DATA_DIR/<vm>`` as it was):
+
+1. open and check every seed (``qemu-img info`` and ``check``): nothing is written yet;
+2. in a stage directory ``DATA_DIR/.seed-<vm>-<random>`` (0700; files 0600): per disk the flat
+   extent, its map and descriptor, then the points index and the status; every file fsynced, then the
+   stage directory;
+3. **commit point**: the stage is renamed to ``DATA_DIR/<vm>`` -- or, with ``replace``, exchanged
+   with the existing directory in one ``renameat2(RENAME_EXCHANGE)`` -- and ``DATA_DIR`` fsynced;
+4. the old directory (now under the stage's name) is removed.
+
+Stage directories left by a crash (before 3 they are unfinished seeds, after 3 the replaced replica)
+are removed by the next seed of that VM. Their names start with a dot, so passes, ``status`` and
+start-up recovery never take them for a VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from protocol.messages import valid_name
+from vzcommon.blockhash import hash_block, zero_hash
+from vzcommon.durable import exchange_durable, fsync_dir, start_writeback, write_durable
+from vzcommon.errors import FailedOver, InputError, StorageError
+from vzcommon.geometry import Geometry
+from vzcommon.images import Image
+from vzcommon.log import get_logger
+from vzcommon.records import write_record
+from vzcommon.vmdk import render_flat_descriptor
+from vzcommon.vzmap import MapBuilder
+
+from . import points
+from .failover import read_state
+from .lock import VmLock
+from .paths import PRIVATE_DIR, PRIVATE_FILE, ReplicaPaths
+from .transaction import STATUS, STATUS_MAGIC, now, vm_dir
+
+log = get_logger("vzrep.target.seed")
+
+DEFAULT_BLOCK_SIZE = MIN_BLOCK_SIZE  # what a pass uses unless told (source_agent.pipeline)
+#: bytes read from a seed per request; the next chunk is read while this one is hashed and written
+CHUNK = 8 << 20
+STAGE_PREFIX = ".seed-"
+
+
+@dataclass
+class SeededDisk:
+    name: str
+    seed: str
+    format: str
+    size: int
+    bytes_read: int = 0  # what the seed's allocated areas held (holes are never read)
+    bytes_written: int = 0  # blocks that were not zeros
+    zero_blocks: int = 0  # blocks read as zeros, left as holes
+    cid: str = ""
+
+
+@dataclass
+class SeedReport:
+    vm: str
+    point: str
+    block_size: int
+    disks: list[SeededDisk] = field(default_factory=list)
+    replaced: bool = False
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stages(data_dir: Path, vm: str) -> list[Path]:
+    if not data_dir.is_dir():
+        return []
+    return [p for p in data_dir.iterdir() if p.name.startswith(f"{STAGE_PREFIX}{vm}-") and p.is_dir()]
+
+
+def remove_stages(data_dir: Path, vm: str) -> list[str]:
+    """Remove what a crashed seed of ``vm`` left (module docstring); idempotent."""
+    gone = []
+    for stage in _stages(data_dir, vm):
+        shutil.rmtree(stage, ignore_errors=True)
+        gone.append(stage.name)
+    if gone:
+        fsync_dir(data_dir)
+    return gone
+
+
+def has_replica(vdir: Path) -> bool:
+    """Whether ``vdir`` holds anything but an empty lock file (a replica, a copy put there by hand...)."""
+    if not vdir.exists():
+        return False
+    return any(p.name != ".lock" for p in vdir.iterdir())
+
+
+def _chunks(image: Image, block_size: int) -> Iterator[tuple[int, int]]:
+    """Block-aligned ``(offset, length)`` ranges covering the image's data, each at most CHUNK long."""
+    step = max(CHUNK - CHUNK % block_size, block_size)
+    done = 0  # everything before this offset is covered
+    for off, n in image.data_extents():
+        lo = max(done, off - off % block_size)
+        hi = min(image.size, -(-(off + n) // block_size) * block_size)
+        for pos in range(lo, hi, step):
+            yield pos, min(step, hi - pos)
+        done = max(done, hi)
+
+
+def _read(image: Image, offset: int, length: int) -> bytearray:
+    buf = bytearray(length)
+    image.pread_into(offset, memoryview(buf))
+    return buf
+
+
+def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, generation: str) -> SeededDisk:
+    """Restore one seed into ``paths`` (a stage directory): thin flat extent, map, descriptor; fsynced."""
+    size = image.size
+    geometry = Geometry(size, block_size)
+    report = SeededDisk(paths.disk, image.where, image.format, size, cid=f"{cid:08x}")
+    zh, tail_zh = zero_hash(block_size), zero_hash(geometry.tail)
+    builder = MapBuilder(paths.map, block_size, size, None)
+    fd = os.open(paths.flat, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        os.ftruncate(fd, size)  # a sparse file: every hole reads as zeros
+        builder.fill(0, geometry.full_blocks, zh)
+        if geometry.tail != block_size:
+            builder.set_range(geometry.full_blocks, tail_zh)
+        with ThreadPoolExecutor(1, thread_name_prefix="seed-read") as pool:
+            # one chunk read ahead: qemu-nbd decompresses and sends it while this thread hashes and writes
+            pending: Future[bytearray] | None = None
+            ranges = _chunks(image, block_size)
+            nxt = next(ranges, None)
+            if nxt is not None:
+                pending = pool.submit(_read, image, *nxt)
+            while nxt is not None and pending is not None:
+                offset, length = nxt
+                buf = pending.result()
+                nxt = next(ranges, None)
+                pending = pool.submit(_read, image, *nxt) if nxt is not None else None
+                report.bytes_read += length
+                _write_chunk(fd, offset, memoryview(buf), block_size, size, builder, report, zh, tail_zh)
+        os.fsync(fd)
+        write_durable(paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE)
+        builder.finish(generation=generation, cid=cid)
+    except OSError as exc:
+        builder.abort()
+        raise StorageError(
+            f"cannot restore seed {image.where} into {paths.flat}: {exc.strerror or exc}; nothing was kept"
+        ) from None
+    except BaseException:
+        builder.abort()
+        raise
+    finally:
+        os.close(fd)
+    return report
+
+
+def _write_chunk(
+    fd: int,
+    offset: int,
+    view: memoryview,
+    block_size: int,
+    size: int,
+    builder: MapBuilder,
+    report: SeededDisk,
+    zh: bytes,
+    tail_zh: bytes,
+) -> None:
+    """Hash every block of a chunk into the map; write the runs of blocks that are not zeros.
+
+    A block is zeros exactly when its hash is the zero block's (BLAKE3 is collision resistant), so
+    each byte is looked at once, by the hash."""
+    hashes = bytearray()
+    run = -1  # start (within view) of the current run of data blocks
+    for pos in range(0, len(view), block_size):
+        block = view[pos : pos + block_size]
+        digest = hash_block(block)
+        hashes += digest
+        if digest == (zh if len(block) == block_size else tail_zh):
+            report.zero_blocks += 1
+            if run >= 0:
+                _pwrite(fd, view[run:pos], offset + run)
+                run = -1
+        else:
+            report.bytes_written += len(block)
+            if run < 0:
+                run = pos
+    if run >= 0:
+        _pwrite(fd, view[run:], offset + run)
+    builder.set_range(offset // block_size, bytes(hashes))
+    start_writeback(fd, offset, len(view))
+
+
+def _pwrite(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def seed_vm(
+    data_dir: Path,
+    vm: str,
+    disks: Mapping[str, Path],
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    replace: bool = False,
+    job: str = "",
+    check: bool = True,
+) -> SeedReport:
+    """Make ``DATA_DIR/<vm>`` a replica restored from ``disks`` (disk name -> seed image); see the
+    module docstring. Refuses a VM that already has a replica unless ``replace``."""
+    t0 = time.monotonic()
+    vdir = vm_dir(data_dir, vm)
+    if not disks:
+        raise InputError(f"seeding VM {vm!r} needs at least one disk (--disk NAME=FILE)")
+    for name in disks:
+        if not valid_name(name):
+            raise InputError(f"invalid disk name {name!r}: use letters, digits, '.', '_', '+' or '-', without '..'")
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
+        raise InputError("block size must be a power of two from 64K to 4M")
+    _refuse_existing(vdir, vm, replace)
+    images: dict[str, Image] = {}
+    try:
+        for name, path in disks.items():  # step 1: every seed opened and checked before anything is made
+            images[name] = Image(path, verify=check)
+        data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        remove_stages(data_dir, vm)
+        stage = data_dir / f"{STAGE_PREFIX}{vm}-{secrets.token_hex(4)}"
+        stage.mkdir(mode=PRIVATE_DIR)
+        try:
+            report = _build(stage, vm, images, block_size, job)
+            report.replaced = _install(stage, vdir, vm, replace)  # step 3
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)  # step 4 (or an unfinished stage)
+            fsync_dir(data_dir)
+    finally:
+        for image in images.values():
+            image.close()
+    report.seconds = round(time.monotonic() - t0, 3)
+    log.info("seeded", vm=vm, point=report.point, disks=[d.name for d in report.disks], seconds=report.seconds)
+    return report
+
+
+def _refuse_existing(vdir: Path, vm: str, replace: bool) -> None:
+    if not has_replica(vdir):
+        return
+    state = read_state(vdir)
+    if state is not None:
+        raise FailedOver(
+            f"VM {vm!r} is {state.get('state')}: its replica is production now and is not replaced by a seed;"
+            " end the failover first (`vzrep-target failover --undo`)"
+        )
+    if not replace:
+        raise InputError(
+            f"VM {vm!r} already has a replica in {vdir}: seeding would replace it and its restore points;"
+            " give --replace to do that, or seed under another VM name"
+        )
+
+
+def _build(stage: Path, vm: str, images: Mapping[str, Image], block_size: int, job: str) -> SeedReport:
+    """Step 2: the whole replica in the stage directory, durable."""
+    generation = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
+    seed_id = f"seed-{secrets.token_hex(6)}"
+    report = SeedReport(vm, generation, block_size)
+    for name, image in images.items():
+        cid = secrets.randbits(32) or 1
+        report.disks.append(restore_disk(image, ReplicaPaths(stage, name), block_size, cid, generation))
+    finished = now()
+    point = points.Point(
+        id=generation,
+        time=finished,
+        pass_id=seed_id,
+        disks={d.name: d.size for d in report.disks},
+        job=job,
+        origin="seed",
+    )
+    points.write_index(stage, [point])
+    status = {
+        "vm": vm,
+        "last_pass": {
+            "pass_id": seed_id,
+            "generation": generation,
+            "origin": "seed",
+            "started": finished,
+            "finished": finished,
+            "peer": "",
+            "disks": {d.name: {"size": d.size, "cid": d.cid, "seed": d.seed} for d in report.disks},
+        },
+    }
+    write_record(stage / STATUS, STATUS_MAGIC, status)
+    fsync_dir(stage)
+    return report
+
+
+def _install(stage: Path, vdir: Path, vm: str, replace: bool) -> bool:
+    """Step 3, the commit point; True if an existing directory was replaced."""
+    if not vdir.exists():
+        try:
+            os.rename(stage, vdir)
+        except OSError as exc:
+            raise StorageError(f"cannot put the seeded replica in place at {vdir}: {exc.strerror}") from None
+        fsync_dir(vdir.parent)
+        return False
+    with VmLock(vdir, vm):  # no pass may run while the directory is swapped under it
+        _refuse_existing(vdir, vm, replace)  # again, under the lock
+        os.chmod(vdir, PRIVATE_DIR)
+        try:
+            exchange_durable(stage, vdir)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise StorageError(f"cannot put the seeded replica in place at {vdir}: {exc.strerror}") from None
+            # no atomic exchange here: the old directory moves aside first (a crash between the two
+            # renames leaves the VM absent and both directories under stage names; never half of one)
+            aside = stage.with_name(stage.name + "-old")
+            os.rename(vdir, aside)
+            os.rename(stage, vdir)
+            fsync_dir(vdir.parent)
+            with contextlib.suppress(OSError):
+                os.rename(aside, stage)
+    return True
