@@ -59,7 +59,9 @@ class NbdClient:
         while got < len(view):
             r = self._sock.recv_into(view[got:])
             if r == 0:
-                raise ImageError(f"{self.where}: qemu-nbd closed the connection (did it fail to read the image?)")
+                raise ImageError(
+                    f"{self.where}: qemu-nbd closed the connection (did it fail to read the image?)"
+                )
             got += r
 
     def _handshake(self) -> int:
@@ -76,7 +78,9 @@ class NbdClient:
             if magic != _REPLY_MAGIC:
                 raise ImageError(f"{self.where}: bad NBD option reply")
             if rtype & 0x80000000:
-                raise ImageError(f"{self.where}: qemu-nbd refused the export: {data.decode('utf-8', 'replace')}")
+                raise ImageError(
+                    f"{self.where}: qemu-nbd refused the export: {data.decode('utf-8', 'replace')}"
+                )
             if rtype == _REP_INFO and len(data) >= 12 and struct.unpack(">H", data[:2])[0] == _INFO_EXPORT:
                 size = struct.unpack(">Q", data[2:10])[0]
             elif rtype == _REP_ACK:

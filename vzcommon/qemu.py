@@ -35,7 +35,14 @@ from .errors import ImageError
 #: formats a seed or source may have; others (dmg, bochs, ...) are refused rather than trusted
 FORMATS = frozenset({"raw", "vmdk", "qcow2", "vhdx", "vpc", "vdi"})
 #: what a file's extension promises (a file of another format under that name is damaged)
-EXPECTED = {".vmdk": "vmdk", ".qcow2": "qcow2", ".qcow": "qcow2", ".vhdx": "vhdx", ".vhd": "vpc", ".vdi": "vdi"}
+EXPECTED = {
+    ".vmdk": "vmdk",
+    ".qcow2": "qcow2",
+    ".qcow": "qcow2",
+    ".vhdx": "vhdx",
+    ".vhd": "vpc",
+    ".vdi": "vdi",
+}
 #: ``qemu-img check`` exit codes that mean the data is readable (0 clean, 3 leaked clusters only,
 #: 63 the format has no check)
 _CHECK_OK = (0, 3, 63)
@@ -58,7 +65,9 @@ class ImageInfo:
 def _run(args: list[str], where: str, what: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which(args[0])
     if exe is None:
-        raise ImageError(f"{where}: {args[0]} is not installed (apt-get install qemu-utils); needed to {what}")
+        raise ImageError(
+            f"{where}: {args[0]} is not installed (apt-get install qemu-utils); needed to {what}"
+        )
     try:
         return subprocess.run(
             [exe, *args[1:]], capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL
@@ -99,7 +108,9 @@ def inspect(spec: str, where: str, *, name_hint: str | None = None) -> ImageInfo
     for img in chain_info:
         f = str(img.get("format", "?"))
         if f not in FORMATS:
-            raise ImageError(f"{where}: image format {f} ({img.get('filename')}) is not supported; use one of {', '.join(sorted(FORMATS))}")
+            raise ImageError(
+                f"{where}: image format {f} ({img.get('filename')}) is not supported; use one of {', '.join(sorted(FORMATS))}"
+            )
         specific = img.get("format-specific", {}).get("data", {})
         if specific.get("corrupt"):
             raise ImageError(f"{where}: qemu marked {img.get('filename')} corrupt")
@@ -153,7 +164,7 @@ class NbdServer:
         self.info = info
         self._dir = tempfile.mkdtemp(prefix="vzrep-nbd-")  # 0700: only we can connect
         self.socket = os.path.join(self._dir, "s")
-        self._err = open(os.path.join(self._dir, "stderr"), "w+")  # noqa: SIM115 -- closed in close()
+        self._err = open(os.path.join(self._dir, "stderr"), "w+")
         exe = shutil.which("qemu-nbd")
         if exe is None:
             self.close()

@@ -158,7 +158,9 @@ def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, g
                 report.bytes_read += length
                 _write_chunk(fd, offset, memoryview(buf), block_size, size, builder, report, zh, tail_zh)
         os.fsync(fd)
-        write_durable(paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE)
+        write_durable(
+            paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE
+        )
         builder.finish(generation=generation, cid=cid)
     except OSError as exc:
         builder.abort()
@@ -233,7 +235,9 @@ def seed_vm(
         raise InputError(f"seeding VM {vm!r} needs at least one disk (--disk NAME=FILE)")
     for name in disks:
         if not valid_name(name):
-            raise InputError(f"invalid disk name {name!r}: use letters, digits, '.', '_', '+' or '-', without '..'")
+            raise InputError(
+                f"invalid disk name {name!r}: use letters, digits, '.', '_', '+' or '-', without '..'"
+            )
     if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
         raise InputError("block size must be a power of two from 64K to 4M")
     _refuse_existing(vdir, vm, replace)
@@ -255,7 +259,9 @@ def seed_vm(
         for image in images.values():
             image.close()
     report.seconds = round(time.monotonic() - t0, 3)
-    log.info("seeded", vm=vm, point=report.point, disks=[d.name for d in report.disks], seconds=report.seconds)
+    log.info(
+        "seeded", vm=vm, point=report.point, disks=[d.name for d in report.disks], seconds=report.seconds
+    )
     return report
 
 
@@ -326,7 +332,9 @@ def _install(stage: Path, vdir: Path, vm: str, replace: bool) -> bool:
             exchange_durable(stage, vdir)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise StorageError(f"cannot put the seeded replica in place at {vdir}: {exc.strerror}") from None
+                raise StorageError(
+                    f"cannot put the seeded replica in place at {vdir}: {exc.strerror}"
+                ) from None
             # no atomic exchange here: the old directory moves aside first (a crash between the two
             # renames leaves the VM absent and both directories under stage names; never half of one)
             aside = stage.with_name(stage.name + "-old")
