@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -175,13 +176,21 @@ class NbdServer:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
         )  # fmt: skip
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket):
+        while not self._listening():  # the socket file appears at bind(), before listen(): connect to know
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._err.seek(0)
                 msg = _qemu_message(self._err.read().replace("qemu-nbd: ", ""))
                 self.close()
                 raise ImageError(f"{info.where}: qemu-nbd could not export it ({msg})")
             time.sleep(0.01)
+
+    def _listening(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.socket)
+            except OSError:
+                return False
+        return True
 
     def close(self) -> None:
         if self._proc is not None:
