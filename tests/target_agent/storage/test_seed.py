@@ -190,7 +190,16 @@ def test_a_crashed_seed_leaves_the_vm_absent_and_is_cleaned_up(tmp_path: Path) -
 def test_cli_reports_and_refuses(tmp_path: Path) -> None:
     raw = make_image(tmp_path / "src.img", 4 * MiB, data_blocks=8, seed=10)
     seed = make_seed("streamOptimized", raw, tmp_path / "s")
-    base = [sys.executable, "-m", "target_agent.cli", "seed", "--data-dir", str(tmp_path / "data"), "--vm", "web"]
+    base = [
+        sys.executable,
+        "-m",
+        "target_agent.cli",
+        "seed",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--vm",
+        "web",
+    ]
     ok = run(*base, "--disk", f"{seed}", "--json")
     assert '"origin"' not in ok.stdout and '"bytes_written": 524288' in ok.stdout
     assert (tmp_path / "data" / "web" / "disk.vmdk").exists()  # the name from the file: disk
