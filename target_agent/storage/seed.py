@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,8 @@ log = get_logger("vzrep.target.seed")
 DEFAULT_BLOCK_SIZE = MIN_BLOCK_SIZE  # what a pass uses unless told (source_agent.pipeline)
 #: bytes read from a seed per request; the next chunk is read while this one is hashed and written
 CHUNK = 8 << 20
+#: threads reading chunks ahead (each with its own connection to qemu-nbd)
+READERS = 2
 STAGE_PREFIX = ".seed-"
 
 
@@ -114,7 +117,7 @@ def has_replica(vdir: Path) -> bool:
 
 def _chunks(image: Image, block_size: int) -> Iterator[tuple[int, int]]:
     """Block-aligned ``(offset, length)`` ranges covering the image's data, each at most CHUNK long."""
-    step = max(CHUNK - CHUNK % block_size, block_size)
+    step = _step(block_size)
     done = 0  # everything before this offset is covered
     for off, n in image.data_extents():
         lo = max(done, off - off % block_size)
@@ -124,10 +127,12 @@ def _chunks(image: Image, block_size: int) -> Iterator[tuple[int, int]]:
         done = max(done, hi)
 
 
-def _read(image: Image, offset: int, length: int) -> bytearray:
-    buf = bytearray(length)
-    image.pread_into(offset, memoryview(buf))
-    return buf
+def _read(image: Image, offset: int, view: memoryview) -> None:
+    image.pread_into(offset, view)
+
+
+def _step(block_size: int) -> int:
+    return max(CHUNK - CHUNK % block_size, block_size)
 
 
 def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, generation: str) -> SeededDisk:
@@ -143,20 +148,29 @@ def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, g
         builder.fill(0, geometry.full_blocks, zh)
         if geometry.tail != block_size:
             builder.set_range(geometry.full_blocks, tail_zh)
-        with ThreadPoolExecutor(1, thread_name_prefix="seed-read") as pool:
-            # one chunk read ahead: qemu-nbd decompresses and sends it while this thread hashes and writes
-            pending: Future[bytearray] | None = None
+        with ThreadPoolExecutor(READERS, thread_name_prefix="seed-read") as pool:
+            # chunks are read ahead by READERS threads (each its own NBD connection: qemu-nbd decompresses
+            # and sends while this thread hashes and writes), into a few reused buffers
+            step = _step(block_size)
+            free = [bytearray(step) for _ in range(READERS + 1)]
+            pending: deque[tuple[int, int, bytearray, Future[None]]] = deque()
             ranges = _chunks(image, block_size)
-            nxt = next(ranges, None)
-            if nxt is not None:
-                pending = pool.submit(_read, image, *nxt)
-            while nxt is not None and pending is not None:
-                offset, length = nxt
-                buf = pending.result()
-                nxt = next(ranges, None)
-                pending = pool.submit(_read, image, *nxt) if nxt is not None else None
+            more = True
+            while more or pending:
+                while more and free:
+                    nxt = next(ranges, None)
+                    if nxt is None:
+                        more = False
+                        break
+                    buf = free.pop()
+                    pending.append((*nxt, buf, pool.submit(_read, image, nxt[0], memoryview(buf)[: nxt[1]])))
+                if not pending:
+                    break
+                offset, length, buf, fut = pending.popleft()
+                fut.result()
                 report.bytes_read += length
-                _write_chunk(fd, offset, memoryview(buf), block_size, size, builder, report, zh, tail_zh)
+                _write_chunk(fd, offset, memoryview(buf)[:length], block_size, size, builder, report, zh, tail_zh)
+                free.append(buf)
         os.fsync(fd)
         write_durable(
             paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE
