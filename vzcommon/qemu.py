@@ -14,7 +14,10 @@ Three steps, each turning qemu's failures into :class:`ImageError` naming the fi
   never read and stay holes;
 
 and :class:`NbdServer` exports the image read-only on a unix socket in a private directory
-(``qemu-nbd``; nothing listens on TCP) for :class:`vzcommon.nbd.NbdClient`.
+(``qemu-nbd``; nothing listens on TCP) for :class:`vzcommon.nbd.NbdClient`. It is started without
+``--persistent`` and we hold one connection open from start to :meth:`NbdServer.close`: qemu-nbd ends
+when its last client goes, so if our process dies (SIGKILL included) the kernel closes that
+connection and no qemu-nbd is left behind.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImageError
+from .nbd import NbdClient
 
 #: formats a seed or source may have; others (dmg, bochs, ...) are refused rather than trusted
 FORMATS = frozenset({"raw", "vmdk", "qcow2", "vhdx", "vpc", "vdi"})
@@ -163,6 +166,8 @@ class NbdServer:
 
     def __init__(self, info: ImageInfo, *, connections: int = 8) -> None:
         self.info = info
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._anchor: NbdClient | None = None
         self._dir = tempfile.mkdtemp(prefix="vzrep-nbd-")  # 0700: only we can connect
         self.socket = os.path.join(self._dir, "s")
         self._err = open(os.path.join(self._dir, "stderr"), "w+")
@@ -170,29 +175,27 @@ class NbdServer:
         if exe is None:
             self.close()
             raise ImageError(f"{info.where}: qemu-nbd is not installed (apt-get install qemu-utils)")
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [exe, "--read-only", "--persistent", f"--shared={connections}", f"--socket={self.socket}",
+        self._proc = subprocess.Popen(
+            [exe, "--read-only", f"--shared={connections + 1}", f"--socket={self.socket}",
              "-f", info.format, info.spec],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
         )  # fmt: skip
         deadline = time.monotonic() + 30
-        while not self._listening():  # the socket file appears at bind(), before listen(): connect to know
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._err.seek(0)
-                msg = _qemu_message(self._err.read().replace("qemu-nbd: ", ""))
-                self.close()
-                raise ImageError(f"{info.where}: qemu-nbd could not export it ({msg})")
-            time.sleep(0.01)
-
-    def _listening(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        while self._anchor is None:  # the socket exists at bind(), before listen(): connecting tells
             try:
-                probe.connect(self.socket)
-            except OSError:
-                return False
-        return True
+                self._anchor = NbdClient(self.socket, info.where)
+            except ImageError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self._err.seek(0)
+                    msg = _qemu_message(self._err.read().replace("qemu-nbd: ", ""))
+                    self.close()
+                    raise ImageError(f"{info.where}: qemu-nbd could not export it ({msg})") from None
+                time.sleep(0.01)
 
     def close(self) -> None:
+        if self._anchor is not None:
+            self._anchor.close()
+            self._anchor = None
         if self._proc is not None:
             self._proc.terminate()
             try:

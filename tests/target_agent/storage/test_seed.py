@@ -165,22 +165,42 @@ def test_an_existing_replica_is_replaced_only_when_told(tmp_path: Path) -> None:
     assert sorted(p.name for p in data.iterdir()) == ["web"]
 
 
-def test_a_crashed_seed_leaves_the_vm_absent_and_is_cleaned_up(tmp_path: Path) -> None:
-    """SIGKILL while the seed is being restored: the stage is all there is; the next seed removes it."""
+def qemu_nbd_serving(image: Path) -> list[int]:
+    """Pids of qemu-nbd processes exporting ``image``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-nbd") and str(image).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_crashed_seed_leaves_the_vm_absent_and_no_qemu_nbd(tmp_path: Path) -> None:
+    """SIGKILL while the seed is being restored: the stage is all there is, qemu-nbd goes with its last
+    connection (ours, closed by the kernel), and the next seed removes the stage."""
     raw = make_image(tmp_path / "src.img", 256 * MiB, data_blocks=3000, seed=8)
+    seed = make_seed("qcow2", raw, tmp_path / "seed")
     data = tmp_path / "data"
     cmd = [sys.executable, "-m", "target_agent.cli", "seed", "--data-dir", str(data), "--vm", "web",
-           "--disk", f"sys={raw}"]  # fmt: skip
+           "--disk", f"sys={seed}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while proc.poll() is None and not any(data.glob(".seed-web-*/sys-flat.vmdk")):
             time.sleep(0.002)
+        assert qemu_nbd_serving(seed) or proc.poll() is not None
         proc.kill()
     finally:
         proc.wait()
     if proc.returncode == 0:
         pytest.skip("the seed finished before it could be killed")
     assert not (data / "web").exists() and list(data.glob(".seed-web-*"))
+    deadline = time.monotonic() + 10
+    while qemu_nbd_serving(seed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not qemu_nbd_serving(seed)
     small = make_image(tmp_path / "small.img", 4 * MiB, data_blocks=4, seed=9)
     seed_vm(data, "web", {"sys": small})
     assert sorted(p.name for p in data.iterdir()) == ["web"]
