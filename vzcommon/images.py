@@ -82,15 +82,26 @@ class Image:
             check(self.info)
         self.size = self.info.size
         self.format = self.info.format
+        self._extents: list[tuple[int, int]] | None = None
         if self.format == "raw" and member is None:
             try:
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise ImageError(f"cannot open {self.path}: {exc.strerror}") from None
-            self._extents: list[tuple[int, int]] | None = None
-        else:
-            self._extents = allocated(self.info)
-            self._server = NbdServer(self.info)
+
+    def _qemu(self) -> NbdServer:
+        """qemu-nbd and the allocation map, started at the first read (a seed restored by
+        ``qemu-img convert`` needs neither)."""
+        with self._lock:
+            if self._server is None:
+                self._extents = allocated(self.info)
+                self._server = NbdServer(self.info)
+            return self._server
+
+    def start(self) -> None:
+        """Get ready to read now (qemu-nbd started, the map read), so a failure shows at open."""
+        if self._fd < 0:
+            self._qemu()
 
     @property
     def where(self) -> str:
@@ -99,9 +110,11 @@ class Image:
     def data_extents(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         """``(offset, length)`` of the ranges that may hold data; the rest reads as zeros."""
         stop = self.size if end is None else min(end, self.size)
-        if self._extents is None:
+        if self._fd >= 0:
             yield from data_segments(self._fd, start, stop)
             return
+        self._qemu()
+        assert self._extents is not None
         for off, n in self._extents:
             lo, hi = max(off, start), min(off + n, stop)
             if lo < hi:
@@ -110,8 +123,7 @@ class Image:
     def _client(self) -> NbdClient:
         client: NbdClient | None = getattr(self._local, "client", None)
         if client is None:
-            assert self._server is not None
-            client = NbdClient(self._server.socket, self.where)
+            client = NbdClient(self._qemu().socket, self.where)
             with self._lock:
                 self._clients.append(client)
             self._local.client = client

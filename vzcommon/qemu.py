@@ -161,6 +161,21 @@ def allocated(info: ImageInfo) -> list[tuple[int, int]]:
     return out
 
 
+def convert_raw(info: ImageInfo, dest: str | os.PathLike[str]) -> None:
+    """``qemu-img convert`` the image into ``dest``, an existing file of the image's size that reads as
+    zeros (we create it, private): qemu writes only what is not zeros (``-S 4k``), so holes stay holes."""
+    proc = _run(
+        ["qemu-img", "convert", "-q", "-n", "--target-is-zero", "-f", info.format, "-O", "raw",
+         info.spec, os.fspath(dest)],
+        info.where,
+        "restore the image",
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise ImageError(
+            f"{info.where}: qemu could not read it all ({_qemu_message(proc.stderr)}): damaged or truncated?"
+        )
+
+
 class NbdServer:
     """``qemu-nbd`` exporting one image read-only on a unix socket in a private temporary directory."""
 

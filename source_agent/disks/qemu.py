@@ -26,6 +26,11 @@ class QemuReader:
         self.path = Path(path)
         self.name = name
         self._image = Image(self.path)
+        try:
+            self._image.start()
+        except BaseException:
+            self._image.close()
+            raise
         self.size = self._image.size
         self.format = self._image.format
         #: every file of the chain and its size at open, so a shrunk one fails the pass (``check_size``)
