@@ -92,11 +92,21 @@ class Image:
     def _qemu(self) -> NbdServer:
         """qemu-nbd and the allocation map, started at the first read (a seed restored by
         ``qemu-img convert`` needs neither)."""
+        self._map()
         with self._lock:
             if self._server is None:
-                self._extents = allocated(self.info)
                 self._server = NbdServer(self.info)
             return self._server
+
+    def _map(self) -> list[tuple[int, int]]:
+        with self._lock:
+            if self._extents is None:
+                self._extents = allocated(self.info)
+            return self._extents
+
+    def allocated(self) -> list[tuple[int, int]]:
+        """``(offset, length)`` of every range that may hold data, in order (``data_extents`` whole)."""
+        return list(self.data_extents())
 
     def start(self) -> None:
         """Get ready to read now (qemu-nbd started, the map read), so a failure shows at open."""
@@ -113,9 +123,7 @@ class Image:
         if self._fd >= 0:
             yield from data_segments(self._fd, start, stop)
             return
-        self._qemu()
-        assert self._extents is not None
-        for off, n in self._extents:
+        for off, n in self._map():
             lo, hi = max(off, start), min(off + n, stop)
             if lo < hi:
                 yield lo, hi - lo

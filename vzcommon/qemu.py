@@ -161,19 +161,62 @@ def allocated(info: ImageInfo) -> list[tuple[int, int]]:
     return out
 
 
-def convert_raw(info: ImageInfo, dest: str | os.PathLike[str]) -> None:
-    """``qemu-img convert`` the image into ``dest``, an existing file of the image's size that reads as
-    zeros (we create it, private): qemu writes only what is not zeros (``-S 4k``), so holes stay holes."""
-    proc = _run(
-        ["qemu-img", "convert", "-q", "-n", "--target-is-zero", "-f", info.format, "-O", "raw",
-         info.spec, os.fspath(dest)],
-        info.where,
-        "restore the image",
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise ImageError(
-            f"{info.where}: qemu could not read it all ({_qemu_message(proc.stderr)}): damaged or truncated?"
-        )
+def _guarded(exe: str) -> list[str]:
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", exe] if setpriv else [exe]
+
+
+def _node(info: ImageInfo) -> dict[str, Any]:
+    """The image as a block node tree (what ``json:`` takes): a file name becomes format over file."""
+    if info.spec.startswith("json:"):
+        node: dict[str, Any] = json.loads(info.spec[5:])
+        return node
+    return {"driver": info.format, "file": {"driver": "file", "filename": os.path.abspath(info.spec)}}
+
+
+class ConvertRange:
+    """``qemu-img convert`` of bytes ``[offset, offset+length)`` of the image into the same range of
+    ``dest``, a raw file of the image's size that reads as zeros there (``-n --target-is-zero``): qemu
+    writes only what is not zeros (``-S 4k``), so holes stay holes. Started at once; :meth:`wait`
+    returns when the range is written (not yet fsynced) or raises ImageError. Several ranges in turn
+    let the caller hash one range while qemu writes the next. Under ``setpriv --pdeathsig KILL`` where
+    util-linux has it (see :func:`_run`): the thread that starts it must be the one that waits."""
+
+    def __init__(self, info: ImageInfo, dest: str | os.PathLike[str], offset: int, length: int) -> None:
+        self.info, self.offset, self.length = info, offset, length
+        exe = shutil.which("qemu-img")
+        if exe is None:
+            raise ImageError(f"{info.where}: qemu-img is not installed (apt-get install qemu-utils)")
+        src = {"driver": "raw", "offset": offset, "size": length, "file": _node(info)}
+        target = f"driver=raw,offset={offset},size={length},file.driver=file,file.filename=" + os.fspath(
+            dest
+        ).replace(",", ",,")
+        self._proc: subprocess.Popen[str] | None = subprocess.Popen(
+            [*_guarded(exe), "convert", "-q", "-n", "--target-is-zero", "--target-image-opts",
+             "json:" + json.dumps(src), target],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def wait(self) -> None:
+        assert self._proc is not None
+        try:
+            _, err = self._proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ImageError(
+                f"{self.info.where}: qemu-img took over {TIMEOUT:.0f} s for {self.length} bytes at {self.offset}"
+            ) from None
+        code, self._proc = self._proc.returncode, None
+        if code != 0:
+            raise ImageError(
+                f"{self.info.where}: qemu could not read it all ({_qemu_message(err)}): damaged or truncated?"
+            )
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.communicate()
+            self._proc = None
 
 
 class NbdServer:

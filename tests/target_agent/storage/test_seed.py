@@ -3,7 +3,9 @@ every bad seed refused with the file named, the VM directory left exactly as it 
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ import pytest
 from target_agent.storage import points as rp
 from target_agent.storage.paths import ReplicaPaths
 from target_agent.storage.replica import hash_replica
-from target_agent.storage.seed import seed_vm
+from target_agent.storage.seed import seed_vm, spans
 from tests.support.seeds import KINDS, break_grain_table, make_seed
 from tests.support.tools import make_image, qemu_compare, run, sha256_py
 from vzcommon.errors import ExitCode, ImageError, InputError
@@ -226,3 +228,24 @@ def test_cli_reports_and_refuses(tmp_path: Path) -> None:
     assert again.returncode == 3 and "already has a replica" in again.stderr
     missing = run(*base, "--disk", f"x={tmp_path / 'nope.vmdk'}", "--replace", check=False)
     assert missing.returncode == 3 and "nope.vmdk: no such file" in missing.stderr
+
+
+def test_spans_cover_the_data_disjoint_and_aligned() -> None:
+    rng = random.Random(11)
+    size = 64 * MiB + 512
+    for _ in range(200):
+        extents, pos = [], rng.randrange(0, 4 * BS)
+        while pos < size:
+            n = min(rng.randrange(512, 3 * MiB, 512), size - pos)
+            extents.append((pos, n))
+            pos += n + rng.randrange(512, 5 * MiB, 512)
+        most = rng.choice([BS, MiB, 4 * MiB])
+        out = spans(extents, size, BS, most)
+        for (a, n), (b, _) in itertools.pairwise(out):
+            assert a + n <= b  # disjoint, in order
+        for a, n in out:
+            assert a % BS == 0 and ((a + n) % BS == 0 or a + n == size)
+            data = sum(max(0, min(o + m, a + n) - max(o, a)) for o, m in extents)
+            assert 0 < data <= most + 2 * BS  # a block of the neighbours may come along at each end
+        for o, m in extents:  # every data byte is in a span
+            assert sum(max(0, min(o + m, a + n) - max(o, a)) for a, n in out) == m
