@@ -14,7 +14,7 @@ from .qemu import QemuReader
 from .raw import RawReader
 from .vmdk import VmdkFlatReader
 
-#: leading bytes of the formats read through qemu (sparse VMDK, hosted VMDK 3 "COWD", qcow2, VHDX, VDI)
+#: leading bytes of the formats read through qemu (sparse VMDK, hosted VMDK 3 "COWD", qcow2, VHDX)
 _QEMU_MAGICS = (b"KDMV", b"COWD", b"QFI\xfb", b"vhdxfile")
 #: names that promise a format qemu reads (a damaged header is then reported, not read as raw)
 _QEMU_SUFFIXES = (".qcow2", ".qcow", ".vhdx", ".vhd", ".vdi", ".ova")
