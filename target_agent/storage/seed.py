@@ -28,11 +28,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import fcntl
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from protocol.messages import valid_name
 from vzcommon.blockhash import hash_block, zero_hash
 from vzcommon.durable import exchange_durable, fsync_dir, write_durable
-from vzcommon.errors import FailedOver, InputError, StorageError
+from vzcommon.errors import BusyError, FailedOver, InputError, StorageError
 from vzcommon.geometry import Geometry
 from vzcommon.images import Image
 from vzcommon.log import get_logger
@@ -246,15 +247,16 @@ def seed_vm(
         for name, path in disks.items():  # step 1: every seed opened and checked before anything is made
             images[name] = Image(path, verify=check)
         data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        remove_stages(data_dir, vm)
-        stage = data_dir / f"{STAGE_PREFIX}{vm}-{secrets.token_hex(4)}"
-        stage.mkdir(mode=PRIVATE_DIR)
-        try:
-            report = _build(stage, vm, images, block_size, job)
-            report.replaced = _install(stage, vdir, vm, replace)  # step 3
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)  # step 4 (or an unfinished stage)
-            fsync_dir(data_dir)
+        with _seed_lock(data_dir, vm):
+            remove_stages(data_dir, vm)
+            stage = data_dir / f"{STAGE_PREFIX}{vm}-{secrets.token_hex(4)}"
+            stage.mkdir(mode=PRIVATE_DIR)
+            try:
+                report = _build(stage, vm, images, block_size, job)
+                report.replaced = _install(stage, vdir, vm, replace)  # step 3
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)  # step 4 (or an unfinished stage)
+                fsync_dir(data_dir)
     finally:
         for image in images.values():
             image.close()
@@ -263,6 +265,22 @@ def seed_vm(
         "seeded", vm=vm, point=report.point, disks=[d.name for d in report.disks], seconds=report.seconds
     )
     return report
+
+
+@contextlib.contextmanager
+def _seed_lock(data_dir: Path, vm: str) -> Iterator[None]:
+    """One seed of a VM at a time (``DATA_DIR/.seed-<vm>.lock``, flock): a second one would remove the
+    first one's stage as a crash's leftover."""
+    fd = os.open(data_dir / f"{STAGE_PREFIX}{vm}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BusyError(f"VM {vm!r} is being seeded already on this target; wait for that seed to end") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _refuse_existing(vdir: Path, vm: str, replace: bool) -> None:

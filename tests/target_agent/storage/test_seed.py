@@ -3,6 +3,7 @@ every bad seed refused with the file named, the VM directory left exactly as it 
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import random
@@ -19,7 +20,7 @@ from target_agent.storage.replica import hash_replica
 from target_agent.storage.seed import seed_vm, spans
 from tests.support.seeds import KINDS, break_grain_table, make_seed
 from tests.support.tools import make_image, qemu_compare, run, sha256_py
-from vzcommon.errors import ExitCode, ImageError, InputError
+from vzcommon.errors import BusyError, ExitCode, ImageError, InputError
 from vzcommon.vmdk import read_descriptor
 from vzcommon.vzmap import MapBuilder, MapFile
 
@@ -64,7 +65,7 @@ def test_every_format_restores_thin_with_the_map_a_pass_would_build(tmp_path: Pa
     builder.abort()
     (point,) = rp.load(vdir)
     assert point.id == report.point and point.origin == "seed" and point.disks == {"sys": 8 * MiB}
-    assert [p.name for p in data.iterdir()] == ["web"]  # no stage left
+    assert sorted(p.name for p in data.iterdir()) == [".seed-web.lock", "web"]  # no stage left
 
 
 def test_several_disks_block_size_and_job(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_an_existing_replica_is_replaced_only_when_told(tmp_path: Path) -> None:
     report = seed_vm(data, "web", {"sys": make_seed("qcow2", b, tmp_path / "qb")}, replace=True)
     assert report.replaced and [p.id for p in rp.load(data / "web")] == [report.point] != [first]
     qemu_compare(b, data / "web" / "sys.vmdk")
-    assert sorted(p.name for p in data.iterdir()) == ["web"]
+    assert sorted(p.name for p in data.iterdir()) == [".seed-web.lock", "web"]
 
 
 def qemu_using(image: Path) -> list[int]:
@@ -204,7 +205,7 @@ def test_a_crashed_seed_leaves_the_vm_absent_and_no_qemu_running(tmp_path: Path)
     assert not qemu_using(seed)
     small = make_image(tmp_path / "small.img", 4 * MiB, data_blocks=4, seed=9)
     seed_vm(data, "web", {"sys": small})
-    assert sorted(p.name for p in data.iterdir()) == ["web"]
+    assert sorted(p.name for p in data.iterdir()) == [".seed-web.lock", "web"]
     qemu_compare(small, data / "web" / "sys.vmdk")
 
 
@@ -249,3 +250,18 @@ def test_spans_cover_the_data_disjoint_and_aligned() -> None:
             assert 0 < data <= most + 2 * BS  # a block of the neighbours may come along at each end
         for o, m in extents:  # every data byte is in a span
             assert sum(max(0, min(o + m, a + n) - max(o, a)) for a, n in out) == m
+
+
+def test_one_seed_of_a_vm_at_a_time(tmp_path: Path) -> None:
+    raw = make_image(tmp_path / "a.img", 4 * MiB, data_blocks=4, seed=12)
+    data = tmp_path / "data"
+    data.mkdir()
+    fd = os.open(data / ".seed-web.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another seed of web is running
+        with pytest.raises(BusyError, match="VM 'web' is being seeded already"):
+            seed_vm(data, "web", {"sys": raw})
+        seed_vm(data, "db", {"sys": raw})  # another VM is not held up
+    finally:
+        os.close(fd)
+    assert not (data / "web").exists() and (data / "db" / "sys.vmdk").exists()
