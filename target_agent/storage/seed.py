@@ -76,7 +76,7 @@ class SeededDisk:
     seed: str
     format: str
     size: int
-    bytes_read: int = 0  # what the seed's allocated areas held (holes are never read)
+    bytes_read: int = 0  # bytes restored and hashed: the seed's data, block-aligned (holes are never read)
     bytes_written: int = 0  # blocks that were not zeros
     zero_blocks: int = 0  # blocks read as zeros, left as holes
     cid: str = ""
