@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import abm, full_pass, incremental, points, tuning, verify
+from . import abm, full_pass, incremental, points, seed, tuning, verify
 from .context import Context
 from .images import ChangeSet, build_mixed
 from .peers import GiB, MiB
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, help="runs of (a) and (b) per side, best kept (default 2, quick 1)")
     ap.add_argument("--no-tuning", action="store_true")
     ap.add_argument("--no-abm", action="store_true")
+    ap.add_argument("--no-seed", action="store_true", help="skip seeding (bench.seed) against qemu-img convert")
     ap.add_argument("--no-points", action="store_true", help="skip scenario (d): export and failback")
     ap.add_argument("--no-verify", action="store_true", help="skip scenario (e): a clean verify")
     ap.add_argument("--json", type=Path, default=Path("build/bench.json"))
@@ -304,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\nABM ...", flush=True)
             (work / "abm").mkdir()
             abm.run(rep, size=2 * GiB if args.quick else 8 * GiB, workdir=work / "abm")
+        if not args.no_seed:
+            print("\nseeding ...", flush=True)
+            (work / "seed").mkdir()
+            seed.run(rep, size=1 * GiB if args.quick else 4 * GiB, workdir=work / "seed")
     finally:
         ctx.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -314,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if "abm" in rep:
         print()
         abm.print_table(rep)
+    if "seed" in rep:
+        print()
+        seed.print_table(rep)
     print(f"\nbench time {rep['bench_seconds']:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rep, indent=2, default=str))

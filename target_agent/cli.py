@@ -209,6 +209,53 @@ def map_replica(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_seed_disk(value: str) -> tuple[str, Path]:
+    """``NAME=FILE``, or ``FILE`` (the name is the file's base name without extension and ``-flat``)."""
+    name, sep, path = value.partition("=")
+    if not (sep and "/" not in name):
+        p = Path(value)
+        stem = p.name.split(".", 1)[0]
+        name, path = stem.removesuffix("-flat"), value
+    if not valid_name(name) or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE with a valid disk name, got {value!r}")
+    return name, Path(path)
+
+
+def parse_size(value: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20}
+    v = value.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        return int(v[:-1]) * units[v[-1]] if v[-1:] in units else int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 64K or 1M, got {value!r}") from None
+
+
+def seed(args: argparse.Namespace) -> int:
+    from .storage.seed import seed_vm
+
+    disks: dict[str, Path] = {}
+    for name, path in args.disk:
+        if name in disks:
+            raise InputError(f"disk {name!r} is given twice")
+        disks[name] = path
+    report = seed_vm(
+        args.data_dir, args.vm, disks, block_size=args.block_size, replace=args.replace, check=not args.no_check
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    for d in report.disks:
+        print(
+            f"{d.name}: {d.size} bytes from {d.seed} ({d.format}): {d.bytes_read} bytes read,"
+            f" {d.bytes_written} written, {d.zero_blocks} zero blocks left as holes"
+        )
+    print(
+        f"VM {args.vm!r} seeded{' (replacing its replica)' if report.replaced else ''}: restore point"
+        f" {report.point}, in {report.seconds:.1f} s; the first pass sends only what changed since the seed"
+    )
+    return 0
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vzrep-target", description="vzrep target agent (DR site)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -279,6 +326,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     add_connection_arguments(p.add_argument_group("vSphere (with --replica-vm)"), what="vCenter or ESXi host")
     p.set_defaults(func=map_replica)
+    p = sub.add_parser(
+        "seed", help="restore backups already at the DR site (any disk image format) as a VM's replica"
+    )
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--vm", required=True)
+    p.add_argument(
+        "--disk",
+        action="append",
+        required=True,
+        type=parse_seed_disk,
+        metavar="NAME=FILE",
+        help="a seed image: raw, VMDK (any type, snapshot chains), qcow2, VHDX, OVA or OVA/MEMBER; repeatable",
+    )
+    p.add_argument(
+        "--block-size", type=parse_size, default=64 << 10, help="the passes' block size (default 64K)"
+    )
+    p.add_argument("--replace", action="store_true", help="replace an existing replica and its restore points")
+    p.add_argument("--no-check", action="store_true", help="skip `qemu-img check` of the seeds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=seed)
     add_point_commands(sub)
     add_verify_command(sub)
     words = sys.argv[1:] if argv is None else argv

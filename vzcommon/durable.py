@@ -27,6 +27,11 @@ from .libc import function
 
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = function("sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2 = function(
+    "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+)
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -127,6 +132,18 @@ def replace_durable(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
     """Rename an already-fsynced file over ``dst`` and make the rename durable."""
     os.replace(src, dst)
     fsync_dir(Path(dst).parent)
+
+
+def exchange_durable(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """Swap two entries of one directory in one atomic step (``renameat2(RENAME_EXCHANGE)``) and make
+    it durable: a crash leaves either both old names or both new ones. OSError (EINVAL, ENOSYS) where
+    the kernel or filesystem cannot; the caller falls back to renames."""
+    if _renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fspath(a))
+    fsync_dir(Path(b).parent)
 
 
 def unlink_durable(*paths: str | os.PathLike[str]) -> None:

@@ -74,6 +74,11 @@ class InputError(VzrepError):
     exit_code = ExitCode.INPUT
 
 
+class ImageError(InputError):
+    """A disk image (a seed or a source) is corrupt, truncated, of the wrong format, or misses a file of
+    its chain; the message names the file and what is wrong. Same exit code as InputError."""
+
+
 @peer_error
 class ConnectionFailed(VzrepError):
     exit_code = ExitCode.CONNECTION

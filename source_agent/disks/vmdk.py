@@ -1,43 +1,23 @@
 """VMDK disks whose data lives in flat extents (monolithicFlat, vmfs, twoGbMaxExtentFlat).
 
 The descriptor lists the extents in order; each maps a run of virtual sectors to a file (and an
-offset in it). ZERO extents read as zeros. Sparse formats are refused with the create type named
-(a later release adds them).
+offset in it). ZERO extents read as zeros. Sparse create types and snapshot chains are read through
+qemu instead (``qemu``); ``open_disk`` picks.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 from vzcommon.errors import InputError
 from vzcommon.sparse import data_segments
-from vzcommon.vmdk import FLAT_TYPES, parse_descriptor, read_descriptor
+from vzcommon.vmdk import FLAT_TYPES, read_descriptor
 
 from ..native.ahead import Region
 from .mapping import Mapped, map_range, mappable
-
-_SPARSE_MAGIC = b"KDMV"
-
-
-def sparse_create_type(path: Path) -> str | None:
-    """If ``path`` is a hosted sparse VMDK, the create type from its embedded descriptor."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-        if head[:4] != _SPARSE_MAGIC:
-            return None
-        desc_off, desc_size = struct.unpack_from("<QQ", head, 28)
-        if not desc_off or not 0 < desc_size <= 128:
-            return "monolithicSparse (no embedded descriptor)"
-        f.seek(desc_off * 512)
-        text = f.read(desc_size * 512).split(b"\0", 1)[0].decode("utf-8", "replace")
-    try:
-        return parse_descriptor(text, str(path)).create_type
-    except InputError:
-        return "sparse"
 
 
 class VmdkFlatReader:

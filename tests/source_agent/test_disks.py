@@ -60,14 +60,6 @@ def test_split_flat_vmdk_with_several_extents(tmp_path: Path) -> None:
     r.close()
 
 
-@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
-def test_sparse_vmdk_is_refused_by_name(tmp_path: Path, subformat: str) -> None:
-    img = tmp_path / "s.vmdk"
-    run(need("qemu-img"), "create", "-q", "-f", "vmdk", "-o", f"subformat={subformat}", img, "16M")
-    with pytest.raises(InputError, match=f"unsupported VMDK create type {subformat}"):
-        open_disk(img, "s")
-
-
 def test_names_and_bad_sizes(tmp_path: Path) -> None:
     assert default_name(Path("/x/web01-flat.vmdk")) == "web01" and default_name(Path("d.img")) == "d"
     assert parse_disk_spec("boot=/dev/sdb") == ("boot", Path("/dev/sdb"))
