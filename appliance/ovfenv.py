@@ -83,6 +83,8 @@ def extract_properties(document: bytes) -> dict[str, str]:
         root = ET.fromstring(document)
     except ET.ParseError as exc:
         raise ValueError(f"the OVF environment is not well-formed XML: {exc}") from None
+    except LookupError as exc:  # an XML declaration naming an encoding Python does not know (fuzzing)
+        raise ValueError(f"the OVF environment names an unknown encoding: {_printable(str(exc))}") from None
     if root.tag != f"{{{OE}}}Environment":
         raise ValueError(f"the document is not an OVF environment (root element {_printable(root.tag)})")
     props: dict[str, str] = {}

@@ -146,3 +146,10 @@ def test_unknown_vzrep_property_is_reported():
 )
 def test_parse_peer(value, peer):
     assert ovfenv.parse_peer(value) == peer
+
+
+def test_unknown_xml_encoding_falls_back():
+    """Found by fuzzing (fuzz/corpus/ovfenv/crash-unknown-encoding): expat's LookupError escaped parse()."""
+    result = ovfenv.parse(b'<?xml version="1.0" encoding="UPF-8"?><Environment/>')
+    assert result.settings == ovfenv.Settings() and not result.found
+    assert "unknown encoding" in result.problems[0] and "UPF-8" in result.problems[0]
