@@ -231,7 +231,7 @@ def parse_interface(address: str, prefix: str) -> ipaddress.IPv4Interface:
     """``10.0.0.5`` + ``24`` (or ``10.0.0.5/24`` + ``""``) -> an interface; ValueError says why not."""
     if "/" in address and not prefix:
         address, prefix = address.split("/", 1)
-    if not prefix.isdigit() or not 1 <= int(prefix) <= 32:
+    if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 2) or not 1 <= int(prefix) <= 32:
         raise ValueError("the prefix length must be a number from 1 to 32")
     try:
         ip = ipaddress.IPv4Address(address)
@@ -268,7 +268,10 @@ def parse_peer(value: str) -> Peer | None:
             port = rest[1:]
     elif value.count(":") == 1:
         host, port = value.split(":")
-    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
+    # isdigit() alone admits '²' and 5000-digit strings, on which int() raises (found writing the fuzz harness)
+    if port is not None and (
+        not (port.isascii() and port.isdigit() and len(port) <= 5) or not 1 <= int(port) <= 65535
+    ):
         return None
     if not _is_host(host):
         return None

@@ -60,7 +60,9 @@ class Outcome:
 def _wrapper(tmp: Path, name: str) -> Path:
     """libFuzzer re-runs its own argv[0] to merge: give it a script that starts this target's worker."""
     path = tmp / f"worker-{name}"
-    path.write_text(f'#!/bin/sh\ncd "{REPO}" && VZREP_FUZZ_SELF="$0" exec "{sys.executable}" -m fuzz.worker {name} "$@"\n')
+    path.write_text(
+        f'#!/bin/sh\ncd "{REPO}" && VZREP_FUZZ_SELF="$0" exec "{sys.executable}" -m fuzz.worker {name} "$@"\n'
+    )
     path.chmod(0o755)
     return path
 

@@ -37,7 +37,7 @@ _DATA: tuple[Message, ...] = (
 
 
 def _protocol() -> Iterator[tuple[str, bytes]]:
-    convs = {
+    convs: dict[int, list[Message]] = {
         0: [HELLO],
         1: [WELCOME],
         2: list(MAP),
@@ -49,18 +49,30 @@ def _protocol() -> Iterator[tuple[str, bytes]]:
         for step in range(4):
             yield "frame", bytes([start | 4 | step << 3]) + stream
     yield "frame", bytes([0]) + _frame_of(Error(8, "bad"))
-    for msg in (HELLO, WELCOME, OPEN, *MAP, *_DATA, Committed("g2", False, ""), Error(8, "giving up"), KeepAlive()):
+    for msg in (
+        HELLO,
+        WELCOME,
+        OPEN,
+        *MAP,
+        *_DATA,
+        Committed("g2", False, ""),
+        Error(8, "giving up"),
+        KeepAlive(),
+    ):
         yield "message", bytes([msg.TYPE]) + codec.pack(msg.to_fields())
 
 
 def _files(tmp: Path) -> Iterator[tuple[str, bytes]]:
     flat = vmdk.render_flat_descriptor("disk-flat.vmdk", 8 * MiB, 0x1234ABCD)
     yield "vmdk", flat.encode()
-    yield "vmdk", (
-        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="twoGbMaxExtentFlat"\n'
-        'RW 4192256 FLAT "d-f001.vmdk" 0\nRW 2048 FLAT "d-f002.vmdk" 0\nRDONLY 100 ZERO\n'
-        'RW 8 VMFS "d-flat.vmdk" 16\nddb.adapterType = "lsilogic"\nddb.uuid = "60 00 C2 9a"\n'
-    ).encode()
+    yield (
+        "vmdk",
+        (
+            b'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="twoGbMaxExtentFlat"\n'
+            b'RW 4192256 FLAT "d-f001.vmdk" 0\nRW 2048 FLAT "d-f002.vmdk" 0\nRDONLY 100 ZERO\n'
+            b'RW 8 VMFS "d-flat.vmdk" 16\nddb.adapterType = "lsilogic"\nddb.uuid = "60 00 C2 9a"\n'
+        ),
+    )
     env = (REPO / "tests" / "appliance" / "data" / "ovfenv-vsphere.xml").read_bytes()
     yield "ovfenv", b"\0" + env
     props = (
@@ -187,7 +199,10 @@ def _images(tmp: Path) -> Iterator[tuple[str, bytes | None]]:
     yield "partitions", _image(tmp, 32 * MiB, "sfdisk", "-q", "{}", stdin=gpt.encode())
     yield "ntfs", _image(tmp, 8 * MiB, "mkntfs", "-q", "-F", "-Q", "{}")
     yield "ext", _image(tmp, 8 * MiB, "mkfs.ext4", "-q", "-F", "{}")
-    yield "ext", _image(tmp, 8 * MiB, "mkfs.ext4", "-q", "-F", "-O", "^has_journal,64bit,^metadata_csum", "{}")
+    yield (
+        "ext",
+        _image(tmp, 8 * MiB, "mkfs.ext4", "-q", "-F", "-O", "^has_journal,64bit,^metadata_csum", "{}"),
+    )
     yield "ext", _image(tmp, 4 * MiB, "mkfs.ext2", "-q", "-F", "-b", "1024", "{}")
     yield "xfs", _image(tmp, 300 * MiB, "mkfs.xfs", "-q", "-f", "{}")
     yield "swap", _image(tmp, 1 * MiB, "mkswap", "{}")
