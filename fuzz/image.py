@@ -78,7 +78,7 @@ def _overlay(pieces: dict[int, bytes], start: int, chunk: bytes) -> None:
     pieces[start] = chunk
 
 
-def encode(image: bytes, *, limit: int = 96 * 1024, run_limit: int = 16 * 1024) -> bytes:
+def encode(image: bytes, *, limit: int = 64 * 1024, run_limit: int = 8 * 1024) -> bytes:
     """The sparse form of ``image``: its non-zero 512-byte sectors, at most ``limit`` bytes of them and
     the first ``run_limit`` bytes of each run of them.
 

@@ -334,7 +334,7 @@ def _lvm(vol: Volume, _opt: bool) -> list[Range]:
     return ranges
 
 
-_IMAGE_LEN = 100 * 1024
+_IMAGE_LEN = 72 * 1024
 
 TARGETS: dict[str, Target] = {
     t.name: t

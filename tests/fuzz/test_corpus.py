@@ -5,7 +5,7 @@ within a few seconds. ``make fuzz`` is the search; this is the regression check 
 
 from __future__ import annotations
 
-import os
+import random
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -54,11 +54,11 @@ def test_corpus_stays_small() -> None:
 
 
 def test_sparse_image_reads_back_what_it_encodes() -> None:
-    rng = __import__("random").Random(7)
+    rng = random.Random(7)
     image = bytearray(3 << 20)
-    for _ in range(40):
-        at = rng.randrange(len(image) - 70000)
-        image[at : at + rng.randrange(1, 70000)] = os.urandom(1) * 3
+    for _ in range(40):  # runs of data longer than one piece (127 sectors), and shorter than a sector
+        at, n = rng.randrange(len(image) - 70000), rng.randrange(1, 70000)
+        image[at : at + n] = rng.randbytes(n)
     image[5000:5100] = bytes(range(100))
     reader = SparseImage(encode(bytes(image), limit=1 << 30, run_limit=1 << 30))
     assert reader.size == len(image)
