@@ -73,14 +73,23 @@ def _printable(value: str) -> str:
     return clean if len(clean) <= 60 else clean[:57] + "..."
 
 
+class _RefuseDtd(ET.TreeBuilder):
+    """A tree builder that stops at a DOCTYPE, in whatever encoding the document is written."""
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise ValueError("the OVF environment contains a DTD, which is not allowed")
+
+
 def extract_properties(document: bytes) -> dict[str, str]:
     """The ``oe:key`` -> ``oe:value`` pairs of the PropertySection; raises ValueError on bad XML."""
     if len(document) > MAX_DOCUMENT:
         raise ValueError(f"the OVF environment is larger than {MAX_DOCUMENT} bytes")
     if b"<!DOCTYPE" in document.upper() or b"<!ENTITY" in document.upper():
         raise ValueError("the OVF environment contains a DTD, which is not allowed")
+    parser = ET.XMLParser(target=_RefuseDtd())  # the byte check above misses UTF-16 and friends
     try:
-        root = ET.fromstring(document)
+        parser.feed(document)
+        root = parser.close()
     except ET.ParseError as exc:
         raise ValueError(f"the OVF environment is not well-formed XML: {exc}") from None
     except LookupError as exc:  # an XML declaration naming an encoding Python does not know (fuzzing)

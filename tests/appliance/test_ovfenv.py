@@ -169,3 +169,18 @@ def test_prefix_that_int_cannot_take_falls_back_to_dhcp():
     result = ovfenv.validate(props)
     assert result.settings.static is None
     assert "prefix length must be a number from 1 to 32" in result.problems[0]
+
+
+@pytest.mark.parametrize("bom, codec", [(b"", "utf-16"), (b"\xfe\xff", "utf-16-be")], ids=["le", "be"])
+def test_dtd_in_utf16_is_refused(bom, codec):
+    """Found by review of the fuzz target: the DTD check looked for b'<!DOCTYPE' in the bytes, so a
+    UTF-16 document had its entities expanded into property values."""
+    doc = (
+        '<?xml version="1.0" encoding="UTF-16"?>\n'
+        '<!DOCTYPE Environment [<!ENTITY a "xxxxxxxxxx"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>\n'
+        f'<Environment xmlns="{ovfenv.OE}" xmlns:oe="{ovfenv.OE}"><PropertySection>'
+        '<Property oe:key="vzrep.hostname" oe:value="&b;"/></PropertySection></Environment>'
+    )
+    result = ovfenv.parse(bom + doc.encode(codec))
+    assert not result.found and result.settings == ovfenv.Settings()
+    assert "contains a DTD" in result.problems[0]
