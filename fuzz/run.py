@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== {o.target} failed:\n{o.failure}", file=sys.stderr)
     if any(o.failure for o in outcomes):
         return 1
+    if total < args.inputs:  # --max-minutes stopped a target early: the count is not reached
+        print(f"only {total} of {args.inputs} inputs ran within --max-minutes", file=sys.stderr)
+        return 1
     return 0
 
 
