@@ -9,7 +9,7 @@ APT_STAMP := .apt-done
 # source's scan kernel (source_agent/native) when the package is installed.
 APT_PACKAGES ?= qemu-utils e2fsprogs openssh-client openssh-server rsync gcc libc6-dev
 
-.PHONY: all demo test check lint typecheck unit fuzz bench bench-transport bench-loops clean sysdeps sysdeps-core venv lock test-latest
+.PHONY: all demo test check lint typecheck unit bench bench-transport bench-loops clean sysdeps sysdeps-core venv lock test-latest
 
 all: test
 
@@ -84,9 +84,6 @@ lock: venv
 test-latest: sysdeps
 	rm -f $(LATEST_VENV)/.installed
 	$(MAKE) --no-print-directory VENV=$(LATEST_VENV) check
-
-fuzz: venv
-	VZREP_FUZZ_INPUTS=2000000 $(VENV)/bin/pytest -q tests/protocol/test_fuzz.py
 
 bench: sysdeps venv
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -73,16 +73,27 @@ def _printable(value: str) -> str:
     return clean if len(clean) <= 60 else clean[:57] + "..."
 
 
+class _RefuseDtd(ET.TreeBuilder):
+    """A tree builder that stops at a DOCTYPE, in whatever encoding the document is written."""
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise ValueError("the OVF environment contains a DTD, which is not allowed")
+
+
 def extract_properties(document: bytes) -> dict[str, str]:
     """The ``oe:key`` -> ``oe:value`` pairs of the PropertySection; raises ValueError on bad XML."""
     if len(document) > MAX_DOCUMENT:
         raise ValueError(f"the OVF environment is larger than {MAX_DOCUMENT} bytes")
     if b"<!DOCTYPE" in document.upper() or b"<!ENTITY" in document.upper():
         raise ValueError("the OVF environment contains a DTD, which is not allowed")
+    parser = ET.XMLParser(target=_RefuseDtd())  # the byte check above misses UTF-16 and friends
     try:
-        root = ET.fromstring(document)
+        parser.feed(document)
+        root = parser.close()
     except ET.ParseError as exc:
         raise ValueError(f"the OVF environment is not well-formed XML: {exc}") from None
+    except LookupError as exc:  # an XML declaration naming an encoding Python does not know (fuzzing)
+        raise ValueError(f"the OVF environment names an unknown encoding: {_printable(str(exc))}") from None
     if root.tag != f"{{{OE}}}Environment":
         raise ValueError(f"the document is not an OVF environment (root element {_printable(root.tag)})")
     props: dict[str, str] = {}
@@ -229,7 +240,7 @@ def parse_interface(address: str, prefix: str) -> ipaddress.IPv4Interface:
     """``10.0.0.5`` + ``24`` (or ``10.0.0.5/24`` + ``""``) -> an interface; ValueError says why not."""
     if "/" in address and not prefix:
         address, prefix = address.split("/", 1)
-    if not prefix.isdigit() or not 1 <= int(prefix) <= 32:
+    if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 2) or not 1 <= int(prefix) <= 32:
         raise ValueError("the prefix length must be a number from 1 to 32")
     try:
         ip = ipaddress.IPv4Address(address)
@@ -266,7 +277,10 @@ def parse_peer(value: str) -> Peer | None:
             port = rest[1:]
     elif value.count(":") == 1:
         host, port = value.split(":")
-    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
+    # isdigit() alone admits '²' and 5000-digit strings, on which int() raises (found writing the fuzz harness)
+    if port is not None and (
+        not (port.isascii() and port.isdigit() and len(port) <= 5) or not 1 <= int(port) <= 65535
+    ):
         return None
     if not _is_host(host):
         return None

@@ -34,7 +34,7 @@ def load_record(data: bytes, magic: str, where: str) -> dict[str, Any]:
         version = outer["version"]
         crc = outer["crc32"]
         ok = outer["magic"] == magic and isinstance(body, dict)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: "[[[[...", deeply nested
         ok = False
     if not ok:
         raise IntegrityError(f"{where} is not a valid {magic} file")

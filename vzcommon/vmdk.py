@@ -15,7 +15,11 @@ from .errors import InputError
 
 FLAT_TYPES = frozenset({"monolithicFlat", "vmfs", "twoGbMaxExtentFlat", "custom"})
 #: ``ACCESS SECTORS KIND ["FILE" [OFFSET]]``: a ZERO extent has no file (VMDK spec, VirtualBox)
-_EXTENT_RE = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]+)"(?:\s+(\d+))?)?\s*$', re.I)
+#: ASCII digits, at most 20: int() raises ValueError past 4300 digits (found writing the fuzz harness:
+#: a 5000-digit sector count escaped as ValueError instead of InputError)
+_EXTENT_RE = re.compile(
+    r'^(RW|RDONLY|NOACCESS)\s+([0-9]{1,20})\s+(\w+)(?:\s+"([^"]+)"(?:\s+([0-9]{1,20}))?)?\s*$', re.I
+)
 _EXTENT_START = re.compile(r"^(RW|RDONLY|NOACCESS)\s", re.I)
 _KV_RE = re.compile(r'^([\w.]+)\s*=\s*"?([^"]*)"?\s*$')
 MAX_DESCRIPTOR = 64 * 1024

@@ -153,6 +153,8 @@ class ExtentList:
         _, version, kind, disk_size, count = _HEAD.unpack_from(data)
         if version != 1 or len(data) != _HEAD.size + count * _EXT.size + 4:
             raise IntegrityError(f"extent filter (.vztemp) version {version} or length is not supported")
+        if kind not in set(FilterKind):  # found by fuzzing: FilterKind(kind) raised ValueError
+            raise IntegrityError(f"extent filter (.vztemp) of unknown kind {kind}; it will be rebuilt")
         exts = [_EXT.unpack_from(data, _HEAD.size + i * _EXT.size) for i in range(count)]
         return cls.from_lengths(exts), FilterKind(kind), disk_size
 

@@ -32,10 +32,19 @@ def _inode(vol: Volume, sb: Super, descs: list[Desc], ino: int) -> bytes:
 
 
 def _extent_map(
-    vol: Volume, sb: Super, node: bytes, depth_left: int, out: list[tuple[int, int, int]]
+    vol: Volume,
+    sb: Super,
+    node: bytes,
+    depth_left: int,
+    out: list[tuple[int, int, int]],
+    seen: set[int] | None = None,
 ) -> None:
+    """Walk the journal inode's extent tree. ``seen``: the index blocks read so far; a tree never
+    reaches one twice, and index nodes that all point at one child made the walk exponential (a hang
+    and unbounded memory at depth 4; found by review of the fuzz targets)."""
     if u16le(node, 0) != 0xF30A or depth_left < 0:
         raise NotParsed(f"{vol.label}: ext journal extent tree is corrupt")
+    seen = set() if seen is None else seen
     entries, depth = u16le(node, 2), u16le(node, 6)
     for i in range(entries):
         e = node[12 + 12 * i : 24 + 12 * i]
@@ -45,13 +54,19 @@ def _extent_map(
             out.append((u32le(e, 0), u32le(e, 8) | (u16le(e, 6) << 32), length))
         else:
             child = u32le(e, 4) | (u16le(e, 8) << 32)
+            if child in seen:
+                raise NotParsed(f"{vol.label}: ext journal extent tree reaches block {child} twice")
+            seen.add(child)
             data = vol.read_exact(child * sb.block_size, sb.block_size, "ext extent block")
-            _extent_map(vol, sb, data, min(depth_left, depth) - 1, out)
+            _extent_map(vol, sb, data, min(depth_left, depth) - 1, out, seen)
 
 
 def _indirect_map(vol: Volume, sb: Super, iblock: bytes, nblocks: int) -> list[tuple[int, int, int]]:
     per = sb.block_size // 4
     out: list[tuple[int, int, int]] = []
+    if nblocks > sb.blocks_count:  # the inode's size bounds the walk: it cannot exceed the filesystem
+        raise NotParsed(f"{vol.label}: ext journal inode is larger than its filesystem")
+    seen: set[int] = set()  # as in _extent_map: indirect blocks shared by several pointers
 
     def walk(block: int, level: int, logical: int) -> None:
         if not block or logical >= nblocks:
@@ -59,6 +74,9 @@ def _indirect_map(vol: Volume, sb: Super, iblock: bytes, nblocks: int) -> list[t
         if level == 0:
             out.append((logical, block, 1))
             return
+        if block in seen:
+            raise NotParsed(f"{vol.label}: ext journal block map reaches block {block} twice")
+        seen.add(block)
         data = vol.read_exact(block * sb.block_size, sb.block_size, "ext indirect block")
         span = per ** (level - 1)
         for i in range(per):

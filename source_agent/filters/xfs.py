@@ -130,10 +130,16 @@ def _free_extents(vol: Volume, sb: XfsSuper, ag: int, root: int, levels: int, ag
     magic = b"AB3B" if sb.v5 else b"ABTB"
     maxrecs, leafmax = (sb.block_size - hdr) // 12, (sb.block_size - hdr) // 8
     ag_byte = ag * sb.agblocks * sb.block_size
+    # A B+tree never reaches a block twice. Without this check, interior nodes that all point at one
+    # child made the walk exponential in the depth (maxrecs ** 8 reads: a hang, found by review)
+    seen: set[int] = set()
 
     def walk(agbno: int, level: int) -> Iterator[Range]:
         if not 0 < agbno < ag_len:
             raise NotParsed(f"{vol.label}: XFS AG {ag} free space tree points outside the AG")
+        if agbno in seen:
+            raise NotParsed(f"{vol.label}: XFS AG {ag} free space tree reaches block {agbno} twice")
+        seen.add(agbno)
         blk = vol.read_exact(ag_byte + agbno * sb.block_size, sb.block_size, "XFS bnobt block")
         nrecs = u16be(blk, 6)
         if blk[:4] != magic or u16be(blk, 4) != level or nrecs > (maxrecs if level else leafmax):

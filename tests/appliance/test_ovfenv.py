@@ -146,3 +146,41 @@ def test_unknown_vzrep_property_is_reported():
 )
 def test_parse_peer(value, peer):
     assert ovfenv.parse_peer(value) == peer
+
+
+def test_unknown_xml_encoding_falls_back():
+    """Found by fuzzing (fuzz/corpus/ovfenv/crash-unknown-encoding): expat's LookupError escaped parse()."""
+    result = ovfenv.parse(b'<?xml version="1.0" encoding="UPF-8"?><Environment/>')
+    assert result.settings == ovfenv.Settings() and not result.found
+    assert "unknown encoding" in result.problems[0] and "UPF-8" in result.problems[0]
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "9" * 5000, "022222"])
+def test_peer_port_that_int_cannot_take_is_refused(port):
+    """'²' passes str.isdigit() and 5000 digits pass it too; int() then raised ValueError out of
+    parse() (fuzz/corpus/ovfenv/crash-peer-port). Now the peer is refused and the appliance boots."""
+    assert ovfenv.parse_peer(f"host:{port}") is None
+    result = ovfenv.validate({"vzrep.peer": f"host:{port}"})
+    assert result.settings.peer is None and "vzrep.peer" in result.problems[0]
+
+
+def test_prefix_that_int_cannot_take_falls_back_to_dhcp():
+    props = {"vzrep.ip_mode": "static", "vzrep.address": "10.0.0.5", "vzrep.prefix": "\u00b2"}
+    result = ovfenv.validate(props)
+    assert result.settings.static is None
+    assert "prefix length must be a number from 1 to 32" in result.problems[0]
+
+
+@pytest.mark.parametrize("bom, codec", [(b"", "utf-16"), (b"\xfe\xff", "utf-16-be")], ids=["le", "be"])
+def test_dtd_in_utf16_is_refused(bom, codec):
+    """Found by review of the fuzz target: the DTD check looked for b'<!DOCTYPE' in the bytes, so a
+    UTF-16 document had its entities expanded into property values."""
+    doc = (
+        '<?xml version="1.0" encoding="UTF-16"?>\n'
+        '<!DOCTYPE Environment [<!ENTITY a "xxxxxxxxxx"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>\n'
+        f'<Environment xmlns="{ovfenv.OE}" xmlns:oe="{ovfenv.OE}"><PropertySection>'
+        '<Property oe:key="vzrep.hostname" oe:value="&b;"/></PropertySection></Environment>'
+    )
+    result = ovfenv.parse(bom + doc.encode(codec))
+    assert not result.found and result.settings == ovfenv.Settings()
+    assert "contains a DTD" in result.problems[0]

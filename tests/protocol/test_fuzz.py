@@ -3,8 +3,8 @@
 Feeds random bytes and mutated valid conversations into both connection roles, then the end of the
 stream. Every input must end one of three ways: a RemoteProtocolError that leaves the connection in
 ERROR for good, a clean CLOSED at a frame boundary, or (the stream ending inside a frame) a
-RemoteProtocolError that says so. At least 100k inputs run in the suite; ``make fuzz`` sets
-VZREP_FUZZ_INPUTS higher.
+RemoteProtocolError that says so. At least 100k inputs run in the suite (VZREP_FUZZ_INPUTS sets
+more). ``make fuzz`` is the coverage-guided search over the same decoder (fuzz/, target ``frame``).
 """
 
 from __future__ import annotations

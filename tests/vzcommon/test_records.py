@@ -45,3 +45,9 @@ def test_a_newer_version_is_refused_with_a_message_naming_both() -> None:
 def test_garbage_is_an_integrity_error(raw: bytes) -> None:
     with pytest.raises(IntegrityError):
         load_record(raw, "m", "x")
+
+
+def test_deeply_nested_json_is_corrupt_not_a_crash() -> None:
+    """json.loads raised RecursionError on '[[[[...' (fuzz/corpus/record/crash-deep-nesting)."""
+    with pytest.raises(IntegrityError, match="is not a valid"):
+        load_record(b"[" * 100_000, "vzrep-journal", "journal")

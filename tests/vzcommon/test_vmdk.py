@@ -223,3 +223,13 @@ def test_read_descriptor_refuses_what_is_not_one(tmp_path: Path) -> None:
     broken.write_text("# Disk DescriptorFile\nversion=1\n")
     with pytest.raises(InputError, match=f"{broken}: not a VMDK descriptor"):
         read_descriptor(broken)
+
+
+@pytest.mark.parametrize("count", ["1" * 5000, "١٢٣"])
+def test_extent_numbers_beyond_ascii_or_int_range_are_refused(count: str) -> None:
+    """A 5000-digit sector count made int() raise ValueError (fuzz/corpus/vmdk/crash-long-sector-count);
+    non-ASCII digits are no sector count either. Both are an InputError naming the line."""
+    text = f'# Disk DescriptorFile\ncreateType="monolithicFlat"\nRW {count} FLAT "d-flat.vmdk" 0\n'
+    with pytest.raises(InputError, match="cannot read the extent line") as err:
+        parse_descriptor(text, "d.vmdk")
+    assert err.value.exit_code == ExitCode.INPUT

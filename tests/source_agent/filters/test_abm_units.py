@@ -4,6 +4,7 @@ garbage that must only ever produce "fully active"."""
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,12 @@ def test_unknown_disk_logs_one_reason(capsys: pytest.CaptureFixture[str]) -> Non
     assert abm.active_extents(reader) == ExtentList.full(1 << 20)
     out = capsys.readouterr().err
     assert out.count("abm.fully_active") == 1 and "no partition table or filesystem" in out
+
+
+def test_filter_file_of_unknown_kind_is_refused_as_corrupt() -> None:
+    """Found by fuzzing (fuzz/corpus/vztemp/crash-unknown-kind): a valid CRC over kind 5 raised ValueError."""
+    raw = bytearray(ExtentList([(0, 4096)]).to_bytes(FilterKind.ACTIVE, 1 << 20))
+    raw[6:8] = (5).to_bytes(2, "little")
+    raw[-4:] = zlib.crc32(raw[:-4]).to_bytes(4, "little")
+    with pytest.raises(IntegrityError, match="unknown kind 5"):
+        ExtentList.from_bytes(bytes(raw))

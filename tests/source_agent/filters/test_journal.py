@@ -9,12 +9,19 @@ give the file back.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import struct
 from pathlib import Path
 
+import pytest
+
+from source_agent.filters import ext
+from source_agent.filters.extents import ExtentList
+from source_agent.filters.volume import NotParsed, Volume
 from tests.source_agent.filters.extfs import used_ranges
-from tests.source_agent.filters.helpers import MiB, abm, covers, replicate, run
+from tests.source_agent.filters.helpers import FileReader, MiB, abm, covers, replicate, run
 
 BS = 1024
 
@@ -72,3 +79,50 @@ def covers_any_missing(used: list[tuple[int, int]], ranges: list[tuple[int, int]
     from source_agent.filters.extents import ExtentList
 
     return bool(covers(ExtentList(used), ranges))
+
+
+def _share_journal_tree_nodes(img: Path, depth: int) -> None:
+    """Give journal inode 8 an extent tree ``depth`` deep whose index nodes point every entry at the
+    one node below (the leaf maps 340 extents), and ask for recovery (needs_recovery)."""
+    with open(img, "r+b") as f:
+        fd = f.fileno()
+        sb = bytearray(os.pread(fd, 1024, 1024))
+        bs = 1024 << struct.unpack_from("<I", sb, 24)[0]
+        isz = struct.unpack_from("<H", sb, 88)[0]
+        struct.pack_into("<I", sb, 0x60, struct.unpack_from("<I", sb, 0x60)[0] | 0x4)
+        os.pwrite(fd, bytes(sb), 1024)
+        itable = struct.unpack_from("<I", os.pread(fd, 64, bs if bs > 1024 else 2048), 8)[0]
+        inode_at = itable * bs + 7 * isz
+        inode = bytearray(os.pread(fd, isz, inode_at))
+        n = (bs - 12) // 12
+        nodes = [100 + d for d in range(depth)]  # nodes[d]: the node of depth d (0: the leaf)
+        for d, blk in enumerate(nodes):
+            node = bytearray(bs)
+            struct.pack_into("<HHHHI", node, 0, 0xF30A, n, n, d, 0)
+            for i in range(n):
+                if d:
+                    struct.pack_into("<IIHH", node, 12 + 12 * i, i, nodes[d - 1], 0, 0)
+                else:
+                    struct.pack_into("<IHHI", node, 12 + 12 * i, i, 1, 0, 200 + i)
+            os.pwrite(fd, bytes(node), blk * bs)
+        struct.pack_into("<HHHHI", inode, 0x28, 0xF30A, 1, 4, depth, 0)
+        struct.pack_into("<IIHH", inode, 0x28 + 12, 0, nodes[-1], 0, 0)
+        os.pwrite(fd, bytes(inode), inode_at)
+
+
+def test_journal_extent_tree_that_reaches_a_block_twice_is_fully_active(tmp_path: Path) -> None:
+    """Found by review of the fuzz targets (fuzz/corpus/ext/crash-shared-journal-extent-tree): at
+    depth 4 the walk was 340 ** 4 reads and as many list entries (a hang, then out of memory). At
+    depth 2 it took 115,600 extents from a tree that reaches its leaf 340 times."""
+    img = tmp_path / "ext.img"
+    with open(img, "wb") as f:
+        f.truncate(8 * MiB)
+    run("mkfs.ext4", "-q", "-F", "-O", "^metadata_csum", img)
+    _share_journal_tree_nodes(img, 2)
+    assert abm(img) == ExtentList.full(8 * MiB)
+    reader = FileReader(img)
+    try:
+        with pytest.raises(NotParsed, match="extent tree reaches block 100 twice"):
+            ext.active_ranges(Volume.whole(reader))
+    finally:
+        reader.close()

@@ -126,3 +126,33 @@ def test_lvm_metadata_text_parser() -> None:
     assert isinstance(lv, dict)
     seg = lv["segment1"]
     assert isinstance(seg, dict) and seg["stripes"] == ["pv0", 3]
+
+
+def test_metadata_size_is_bounded_before_it_is_read() -> None:
+    """Found by review of the fuzz targets (fuzz/corpus/lvm/crash-huge-metadata-size): the metadata
+    area header's size fields were trusted before the CRC could be checked, so 1 GiB was read (3 GiB:
+    MemoryError). The PV is the fuzzer's hand-made seed on a 4 GiB sparse disk."""
+    import struct
+
+    from fuzz.image import SparseImage, encode
+    from fuzz.seeds import _LVM_TEXT, _pv
+    from source_agent.filters import lvm as lvm_parser
+    from source_agent.filters.lvm import lvm_crc
+    from source_agent.filters.volume import NotParsed, Volume
+
+    img = bytearray(_pv(32 * MiB, _LVM_TEXT))
+    big = 1 << 30
+    struct.pack_into("<QQ", img, 512 + 32 + 72, 4096, big)  # the PV header's metadata area: 1 GiB
+    label = bytearray(img[512:1024])
+    struct.pack_into("<I", label, 16, lvm_crc(bytes(label[20:])))
+    img[512:1024] = label
+    mda = bytearray(img[4096:4608])
+    struct.pack_into("<Q", mda, 32, big)  # area size
+    struct.pack_into("<Q", mda, 48, big - 1024)  # text size
+    struct.pack_into("<I", mda, 0, lvm_crc(bytes(mda[4:])))
+    img[4096:4608] = mda
+    sparse = bytearray(encode(bytes(img)))
+    struct.pack_into("<I", sparse, 0, (4 << 20) - 1)  # a disk of 4 GiB less 1 KiB (the size is in KiB)
+    vol = Volume.whole(SparseImage(bytes(sparse)))
+    with pytest.raises(NotParsed, match="larger than we read"):
+        lvm_parser.active_disk_ranges(vol, lambda lv: [])

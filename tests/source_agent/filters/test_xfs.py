@@ -7,12 +7,15 @@ filled with garbage before mkfs.xfs -K (no discard), so free space holds stale b
 
 from __future__ import annotations
 
+import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
 
 from source_agent.filters.extents import ExtentList
+from source_agent.filters.volume import crc32c
 from tests.source_agent.filters.helpers import MiB, abm, covers, make_files, replicate, run, write_at
 
 SIZE = 320 * MiB  # mkfs.xfs refuses anything under 300 MB
@@ -108,4 +111,42 @@ def test_damaged_xfs_is_fully_active(tmp_path: Path, damage: str) -> None:
         write_at(img, 84, b"\x00\x00\x00\x01")  # agblocks
     else:
         write_at(img, _log_offset(img) + 512 + 9, b"\x00")  # the unmount record loses its flag
+    assert abm(img) == ExtentList.full(SIZE)
+
+
+def _share_tree_blocks(img: Path, levels: int) -> None:
+    """Make AG 0's free space tree ``levels`` deep, each interior node pointing all its records at one
+    child and the one leaf empty: every per-block check passes, only the sharing is wrong."""
+    with open(img, "r+b") as f:
+        fd = f.fileno()
+        sb = os.pread(fd, 512, 0)
+        ss, bs = struct.unpack_from(">H", sb, 102)[0], struct.unpack_from(">I", sb, 4)[0]
+        hdr = 56
+        maxrecs = (bs - hdr) // 12
+        blocks = [200 + i for i in range(levels)]  # blocks[k]: the node of level k
+        for level, agbno in enumerate(blocks):
+            blk = bytearray(bs)
+            blk[:4] = b"AB3B"
+            struct.pack_into(">HH", blk, 4, level, maxrecs if level else 0)
+            struct.pack_into(">Q", blk, 16, agbno * bs // 512)
+            for i in range(maxrecs if level else 0):
+                struct.pack_into(">I", blk, hdr + maxrecs * 8 + 4 * i, blocks[level - 1])
+            os.pwrite(fd, bytes(blk), agbno * bs)
+        agf = bytearray(os.pread(fd, ss, ss))
+        struct.pack_into(">I", agf, 16, blocks[-1])  # root
+        struct.pack_into(">I", agf, 28, levels)
+        struct.pack_into(">I", agf, 52, 0)  # free blocks: none, as the tree says
+        agf[216:220] = bytes(4)
+        struct.pack_into("<I", agf, 216, crc32c(bytes(agf)))
+        os.pwrite(fd, bytes(agf), ss)
+
+
+def test_free_space_tree_that_reaches_a_block_twice_is_fully_active(tmp_path: Path) -> None:
+    """Found by review of the fuzz targets (fuzz/corpus/xfs/crash-shared-tree-blocks, 9 levels: a hang
+    of maxrecs ** 8 reads). At 3 levels the old walk read the leaf 113,569 times and trusted it."""
+    img = tmp_path / "xfs.img"
+    with open(img, "wb") as f:
+        f.truncate(SIZE)
+    run("mkfs.xfs", "-q", "-f", "-d", "agcount=4", img)
+    _share_tree_blocks(img, 3)
     assert abm(img) == ExtentList.full(SIZE)
