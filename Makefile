@@ -58,7 +58,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check protocol
 
 typecheck: venv
-	$(VENV)/bin/mypy protocol source_agent target_agent vzcommon appliance vsphere pairing failback
+	$(VENV)/bin/mypy protocol source_agent target_agent vzcommon appliance vsphere pairing failback fuzz
 
 unit: sysdeps venv
 	@$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; \
