@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +75,20 @@ def tables(rep: dict[str, Any]) -> list[Table]:
             ],
         )
     )
+    if "wan" in rep:
+        w = rep["wan"]
+        out.append(
+            (
+                f"(c) WAN link {w['rate_mbit']:g} Mbit/s, {w['rtt_ms']:g} ms RTT (HTB + a delay line, bench/wan.py)",
+                ["", "wall", "bytes over the link", "link limit", "wall / limit", "ratio"],
+                [
+                    [f"{kind}: {who}", f"{w[kind][who]['seconds']:.1f} s", mib(w[kind][who]["app_bytes"]),
+                     f"{w[kind][who]['link_limit_seconds']:.1f} s", f"{w[kind][who]['vs_link_limit']:.2f}x",
+                     f"{w[kind]['speedup_vs_rsync']:.2f}x faster" if who == "vzrep" else "1.00x"]
+                    for kind in ("full", "incremental") for who in ("vzrep", "rsync")
+                ],
+            )
+        )  # fmt: skip
     if "verify" in rep:
         v = rep["verify"]
         out.append(
@@ -131,7 +146,7 @@ def tables(rep: dict[str, Any]) -> list[Table]:
             )
         out.append(
             (
-                "(c) block size: full pass | incremental pass (2 % of 64 KiB blocks changed)",
+                "(t) block size: full pass | incremental pass (2 % of 64 KiB blocks changed)",
                 ["block", "full wall", "full MB/s", "full RSS src", "full RSS tgt", "incr wall", "incr wire",
                  "incr RSS src", "incr RSS tgt"],
                 rows,
@@ -141,7 +156,7 @@ def tables(rep: dict[str, Any]) -> list[Table]:
         base = t["windows"]["2 MiB / 32 KiB"]["seconds"]
         out.append(
             (
-                f"(c) channel window / max packet: full pass of a {t['sweep_image_size'] / GiB:.0f} GiB mixed image"
+                f"(t) channel window / max packet: full pass of a {t['sweep_image_size'] / GiB:.0f} GiB mixed image"
                 " (median of interleaved rounds)",
                 [*HEAD, "vs asyncssh defaults"],
                 [row(k, r, [f"{base / r['seconds']:.2f}x"]) for k, r in t["windows"].items()],
@@ -151,7 +166,7 @@ def tables(rep: dict[str, Any]) -> list[Table]:
         base = t["event_loop"]["asyncio"]["seconds"]
         out.append(
             (
-                "(c) event loop (both agents, 16 MiB / 256 KiB): full pass, same image, same rounds",
+                "(t) event loop (both agents, 16 MiB / 256 KiB): full pass, same image, same rounds",
                 [*HEAD, "vs asyncio"],
                 [row(k, r, [f"{base / r['seconds']:.2f}x"]) for k, r in t["event_loop"].items()],
             )
@@ -161,7 +176,7 @@ def tables(rep: dict[str, Any]) -> list[Table]:
         base = c["none"]
         out.append(
             (
-                f"(c) compression: full pass of a {c['image']['size'] / MiB:.0f} MiB ext4 image holding"
+                f"(t) compression: full pass of a {c['image']['size'] / MiB:.0f} MiB ext4 image holding"
                 f" {c['image']['text_bytes'] / MiB:.0f} MiB of text files (mkfs.ext4 -d)",
                 [*HEAD, "payload ratio", "vs none"],
                 [
@@ -174,7 +189,7 @@ def tables(rep: dict[str, Any]) -> list[Table]:
     if "zstd_levels" in t:
         out.append(
             (
-                "(c) zstd per 64 KiB block on mixed data (1/3 text, 1/3 /usr/bin, 1/3 random), one core",
+                "(t) zstd per 64 KiB block on mixed data (1/3 text, 1/3 /usr/bin, 1/3 random), one core",
                 ["level", "compress MB/s", "ratio"],
                 [[k, f"{r['mb_s']:,.0f}", f"{r['ratio']:.2f}x"] for k, r in t["zstd_levels"].items()],
             )
@@ -231,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-seed", action="store_true", help="skip seeding (bench.seed) against qemu-img convert")
     ap.add_argument("--no-points", action="store_true", help="skip scenario (d): export and failback")
     ap.add_argument("--no-verify", action="store_true", help="skip scenario (e): a clean verify")
+    ap.add_argument("--no-wan", action="store_true", help="skip scenario (c): the passes over a WAN link")
     ap.add_argument("--json", type=Path, default=Path("build/bench.json"))
     ap.add_argument("--results", type=Path, help="also write the tables as Markdown here")
     ap.add_argument("--workdir", type=Path, help="parent for the temporary directory (default: $TMPDIR)")
@@ -274,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_points:
             print("(d) restore points: export, then failback ...", flush=True)
             rep["points"] = {"export": points.export(ctx, image, "bench"), "failback": points.failback(ctx, image, "bench")}
+        if not args.no_wan:  # in a network namespace of its own: a process of its own
+            print("(c) WAN link: vzrep and rsync over 100 Mbit/s, 40 ms RTT ...", flush=True)
+            subprocess.run([sys.executable, "-m", "bench.wan", "--size-gib", f"{size / GiB:g}",
+                            "--json", str(work / "wan.json")], check=True)  # fmt: skip
+            if (work / "wan.json").exists():
+                rep["wan"] = json.loads((work / "wan.json").read_text())
         if not args.no_verify:
             print("(e) verify: rsync --checksum --dry-run, then vzrep-source verify ...", flush=True)
             rep["verify"] = verify.verify(ctx, image, "bench")
@@ -285,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tuning:
             t: dict[str, Any] = {}
             rep["tuning"] = t
-            print("\n(c) tuning: block sizes ...", flush=True)
+            print("\n(t) tuning: block sizes ...", flush=True)
             done = {"64K": {"full": a_vz, "incremental": b_vz}}
             if args.quick:
                 tuning.BLOCK_SIZES[:] = ["64K", "1M"]
@@ -295,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                 image = work / "sweep.img"
                 build_mixed(image, 1 * GiB)
             t["sweep_image_size"] = image.stat().st_size
-            print("(c) tuning: window / packet size, event loop ...", flush=True)
+            print("(t) tuning: window / packet size, event loop ...", flush=True)
             t["windows"], t["event_loop"] = tuning.link(ctx, image)
             image.unlink()
-            print("(c) tuning: compression ...", flush=True)
+            print("(t) tuning: compression ...", flush=True)
             t["compression"] = tuning.compression(ctx, 512 * MiB if args.quick else 1 * GiB)
             t["zstd_levels"] = tuning.zstd_levels()
         if not args.no_abm:
