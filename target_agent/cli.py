@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pairing.cli import add_target_commands
 from protocol.messages import valid_name
 from vsphere.cli_options import add_connection_arguments
 from vzcommon.climain import asyncio_run, run_main
@@ -24,8 +23,6 @@ from vzcommon.log import get_logger
 
 from .points_cli import add_point_commands
 from .resume import DEFAULT_WINDOW, Suspended
-from .server import Stream, start_server
-from .session import TargetSession
 from .storage.points import DEFAULT_RETENTION
 from .storage.status import vm_status
 from .storage.transaction import list_vms, recover_all, recover_vm, vm_dir
@@ -54,6 +51,11 @@ def parse_map(value: str) -> tuple[tuple[str, str], Path]:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    # asyncssh and the session: loaded here, not for every command (status runs every 10 s on the
+    # console; this keeps the others at about half a second less)
+    from .server import Stream, start_server
+    from .session import TargetSession
+
     data_dir: Path = args.data_dir
     await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)  # replicas are private
     replicas = settings_from_args(args)
@@ -354,7 +356,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
         add_failback_command(sub)
     add_keygen(sub)
-    add_target_commands(sub)
+    if not words or {"pair", "unpair", "pair-status", "-h", "--help"} & set(words):
+        from pairing.cli import add_target_commands  # asyncssh, through the keys: only when asked
+
+        add_target_commands(sub)
     return parser
 
 
