@@ -1,0 +1,155 @@
+"""The agents as the soak runs them: ``vzrep-target serve`` and ``vzrep-source pass`` subprocesses.
+
+asyncio subprocesses (not :class:`tests.support.agents.TargetProcess`, which blocks while it waits)
+so that several workers share one event loop with their proxies. Logs go to the work directory,
+never to the small data filesystem, so a full filesystem is the replica's problem alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.agents import Keys
+
+
+class TargetAgent:
+    """``vzrep-target serve`` on 127.0.0.1; restarted on the same port after a SIGKILL."""
+
+    def __init__(self, data: Path, keys: Keys, log: Path, restore_points: int) -> None:
+        self.data, self.keys, self.log_path, self.restore_points = data, keys, log, restore_points
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def start(self, within: float = 30) -> None:
+        self.starts += 1
+        ready = self.log_path.with_name(f"{self.log_path.stem}.ready{self.starts}")
+        with open(self.log_path, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "target_agent.cli", "--log-level", "info", "serve",
+                "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}",
+                "--host-key", str(self.keys.host_key), "--authorized-keys", str(self.keys.authorized_keys),
+                "--restore-points", str(self.restore_points), "--ready-file", str(ready),
+                stdout=log, stderr=log, env={**os.environ, "VZREP_LOG_FORMAT": "json"},
+            )  # fmt: skip
+        deadline = time.monotonic() + within
+        while not ready.exists() or not ready.read_text().strip():
+            if self.proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the target did not start; see {self.log_path}")
+            await asyncio.sleep(0.02)
+        self.port = int(ready.read_text())
+        ready.unlink()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                await self.kill()
+        return self.proc.returncode
+
+
+@dataclass
+class PassResult:
+    rc: int
+    report: dict[str, Any] | None
+    stderr: str
+    seconds: float
+    #: seconds from the start of the process to the proxy's accepting its connection (None: it never connected)
+    to_connect: float | None
+    #: the kill (of the source, or ``on_kill``) happened before the source ended
+    killed: bool = False
+
+
+async def source_pass(
+    keys: Keys,
+    port: int,
+    vm: str,
+    disks: dict[str, Path],
+    state: Path,
+    connected: asyncio.Event,
+    *,
+    kill: tuple[str, float] | None = None,
+    on_kill: Any = None,
+) -> PassResult:
+    """One ``vzrep-source pass --json``. ``kill``: ("spawn"|"connect", seconds): SIGKILL this long
+    after the start or after the proxy saw the connection; ``on_kill`` (an async callable) instead
+    of killing the source (to kill the target at that moment)."""
+    kh = keys.known_hosts(port, f"kh-{port}")
+    cmd = [
+        sys.executable, "-m", "source_agent.cli", "pass", "--target", f"127.0.0.1:{port}",
+        "--identity", str(keys.client_key), "--known-hosts", str(kh), "--vm", vm,
+        "--state-dir", str(state), "--json", "--no-progress",
+        *[a for name, p in disks.items() for a in ("--disk", f"{name}={p}")],
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    to_connect: list[float] = []
+    killed: list[bool] = []
+
+    async def watch_connect() -> None:
+        await connected.wait()
+        to_connect.append(time.monotonic() - t0)
+
+    async def killer() -> None:
+        assert kill is not None
+        mode, delay = kill
+        if mode == "connect":
+            await connected.wait()
+        await asyncio.sleep(delay)
+        if proc.returncode is None:
+            killed.append(True)
+            if on_kill is not None:
+                await on_kill()
+            else:
+                proc.send_signal(signal.SIGKILL)
+
+    watcher = asyncio.ensure_future(watch_connect())
+    killing = asyncio.ensure_future(killer()) if kill else None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        err += b"\nsoak: the source did not end within 120 s; killed"
+    finally:
+        for t in (watcher, killing):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+    seconds = time.monotonic() - t0
+    try:
+        report = json.loads(out) if out.strip() else None
+    except ValueError:
+        report = None
+    assert proc.returncode is not None
+    return PassResult(
+        proc.returncode,
+        report,
+        err.decode(errors="replace"),
+        seconds,
+        to_connect[0] if to_connect else None,
+        bool(killed),
+    )
