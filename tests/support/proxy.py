@@ -188,7 +188,10 @@ class FaultProxy:
             cw.close()
             closed.set()
             return
-        tasks = [asyncio.ensure_future(self._pump(cr, sw, True)), asyncio.ensure_future(self._pump(sr, cw, False))]
+        tasks = [
+            asyncio.ensure_future(self._pump(cr, sw, True)),
+            asyncio.ensure_future(self._pump(sr, cw, False)),
+        ]
         self._tasks.update(tasks)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
