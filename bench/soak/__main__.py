@@ -46,6 +46,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--work", type=Path, help="work directory (default: a new one in $TMPDIR, removed if all is well)"
     )
     p.add_argument("--json", type=Path, help="also write the result as JSON here")
+    p.add_argument(
+        "--no-fork-server",
+        action="store_true",
+        help="start every source agent as a new process (slower: each imports everything)",
+    )
     p.add_argument("--no-unshare", action="store_true", help="no private mount namespace (no ENOSPC faults)")
     return p.parse_args(argv)
 
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(
         work=work, faults=args.faults, workers=args.workers, vms=args.vms, seed=args.seed,
         disk_mib=args.disk_mib, changes=args.changes, clean_ratio=args.clean_ratio,
-        max_seconds=args.max_seconds, kinds=kinds, tmpfs=tmpfs,
+        max_seconds=args.max_seconds, kinds=kinds, tmpfs=tmpfs, fork_server=not args.no_fork_server,
     )  # fmt: skip
     t0 = time.monotonic()
     tally = asyncio.run(soak(cfg))

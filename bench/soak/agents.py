@@ -81,6 +81,49 @@ class PassResult:
     killed: bool = False
 
 
+class Zygote:
+    """:mod:`bench.soak.zygote`: source agents forked from one that has imported everything."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.proc: asyncio.subprocess.Process | None = None
+        self.n = 0
+
+    async def start(self) -> Zygote:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.soak.zygote",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        await self._read()
+        return self
+
+    async def _read(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the soak's fork server (bench.soak.zygote) died")
+        return dict(json.loads(line))
+
+    async def spawn(self, argv: list[str]) -> tuple[int, Path, Path]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.n += 1
+        out, err = self.work / f"source-{self.n % 4}.out", self.work / f"source-{self.n % 4}.err"
+        self.proc.stdin.write((json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n").encode())
+        await self.proc.stdin.drain()
+        return int((await self._read())["pid"]), out, err
+
+    async def wait(self) -> int:
+        return int((await self._read())["rc"])
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            await self.proc.wait()
+
+
 async def source_pass(
     keys: Keys,
     port: int,
@@ -91,21 +134,30 @@ async def source_pass(
     *,
     kill: tuple[str, float] | None = None,
     on_kill: Any = None,
+    zygote: Zygote | None = None,
 ) -> PassResult:
-    """One ``vzrep-source pass --json``. ``kill``: ("spawn"|"connect", seconds): SIGKILL this long
-    after the start or after the proxy saw the connection; ``on_kill`` (an async callable) instead
-    of killing the source (to kill the target at that moment)."""
+    """One ``vzrep-source pass --json`` (a new process, or forked by ``zygote``). ``kill``:
+    ("spawn"|"connect", seconds): SIGKILL this long after the start or after the proxy saw the
+    connection; ``on_kill`` (an async callable) instead of killing the source (to kill the target)."""
     kh = keys.known_hosts(port, f"kh-{port}")
-    cmd = [
-        sys.executable, "-m", "source_agent.cli", "pass", "--target", f"127.0.0.1:{port}",
+    argv = [
+        "pass", "--target", f"127.0.0.1:{port}",
         "--identity", str(keys.client_key), "--known-hosts", str(kh), "--vm", vm,
         "--state-dir", str(state), "--json", "--no-progress",
         *[a for name, p in disks.items() for a in ("--disk", f"{name}={p}")],
     ]  # fmt: skip
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    proc: asyncio.subprocess.Process | None = None
+    if zygote is not None:
+        pid, out_path, err_path = await zygote.spawn(argv)
+        ended = asyncio.ensure_future(zygote.wait())
+    else:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "source_agent.cli", *argv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        pid = proc.pid
+        ended = asyncio.ensure_future(proc.communicate())
     to_connect: list[float] = []
     killed: list[bool] = []
 
@@ -119,37 +171,41 @@ async def source_pass(
         if mode == "connect":
             await connected.wait()
         await asyncio.sleep(delay)
-        if proc.returncode is None:
+        if not ended.done():
             killed.append(True)
             if on_kill is not None:
                 await on_kill()
             else:
-                proc.send_signal(signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
 
     watcher = asyncio.ensure_future(watch_connect())
     killing = asyncio.ensure_future(killer()) if kill else None
+    note = b""
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    except TimeoutError:
-        proc.kill()
-        out, err = await proc.communicate()
-        err += b"\nsoak: the source did not end within 120 s; killed"
+        try:
+            await asyncio.wait_for(asyncio.shield(ended), 120)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            note = b"\nsoak: the source did not end within 120 s; killed"
+            await ended
     finally:
         for t in (watcher, killing):
             if t is not None:
                 t.cancel()
                 await asyncio.gather(t, return_exceptions=True)
     seconds = time.monotonic() - t0
+    if proc is not None:
+        out, err = ended.result()
+        assert proc.returncode is not None
+        rc = proc.returncode
+    else:
+        rc = ended.result()
+        out, err = out_path.read_bytes(), err_path.read_bytes()
+    err += note
     try:
         report = json.loads(out) if out.strip() else None
     except ValueError:
         report = None
-    assert proc.returncode is not None
     return PassResult(
-        proc.returncode,
-        report,
-        err.decode(errors="replace"),
-        seconds,
-        to_connect[0] if to_connect else None,
-        bool(killed),
+        rc, report, err.decode(errors="replace"), seconds, to_connect[0] if to_connect else None, bool(killed)
     )

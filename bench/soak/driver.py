@@ -36,7 +36,7 @@ from tests.support.agents import Keys
 from tests.support.proxy import FaultProxy
 
 from . import judge
-from .agents import PassResult, TargetAgent, source_pass
+from .agents import PassResult, TargetAgent, Zygote, source_pass
 
 BS = 64 * 1024
 KINDS = ("cut", "kill_source", "kill_target", "enospc", "slow", "changing")
@@ -66,6 +66,8 @@ class Config:
     kinds: tuple[str, ...] = KINDS
     #: a private mount namespace is in place: each worker's data dir is a tmpfs (ENOSPC faults)
     tmpfs: bool = False
+    #: source agents forked from one that imported everything (bench.soak.zygote), not started anew
+    fork_server: bool = True
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Worker:
         self.events = open(cfg.work / f"events-w{wid}.jsonl", "a")  # closed at the end of run()
         self.target = TargetAgent(self.data, keys, self.dir / "target.log", cfg.restore_points)
         self.proxy: FaultProxy | None = None
+        self.zygote: Zygote | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -197,7 +200,14 @@ class Worker:
         assert self.proxy is not None
         self.tally.passes += 1
         return await source_pass(
-            self.keys, self.proxy.port, vm.name, vm.sources(), vm.state, self.proxy.connected, **kw
+            self.keys,
+            self.proxy.port,
+            vm.name,
+            vm.sources(),
+            vm.state,
+            self.proxy.connected,
+            zygote=self.zygote,
+            **kw,
         )
 
     def _learn(self, vm: Vm, res: PassResult) -> None:
@@ -467,6 +477,8 @@ class Worker:
         try:
             await self.target.start()
             self.proxy = await FaultProxy(self.target.port).start()
+            if self.cfg.fork_server:
+                self.zygote = await Zygote(self.dir).start()
             for i, name in enumerate(self.vm_names):
                 vm = self._make_vm(name, 1 + (i % 2))
                 self.vms.append(vm)
@@ -483,6 +495,8 @@ class Worker:
         finally:
             if self.proxy is not None:
                 await self.proxy.stop()
+            if self.zygote is not None:
+                await self.zygote.stop()
             rc = await self.target.stop()
             if rc not in (0, None, -signal.SIGTERM):
                 self.tally.problems.append(f"worker {self.wid}: the target exited {rc} at the end")
