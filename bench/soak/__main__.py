@@ -71,7 +71,7 @@ def report(result: dict[str, object], seconds: float, cfg: Config, note: str) ->
     lines = [f"fault soak: {result['faults']} faults, {result['passes']} passes "
              f"({result['clean_passes']} clean) over {cfg.vms} VMs, {cfg.workers} workers, seed {cfg.seed}, "
              f"{seconds:.0f} s"]  # fmt: skip
-    if result["faults"] < cfg.faults:
+    if int(result["faults"]) < cfg.faults:  # type: ignore[call-overload]
         lines.append(
             f"stopped by --max-seconds {cfg.max_seconds:.0f} after {result['faults']} of {cfg.faults} faults"
         )

@@ -148,6 +148,7 @@ async def source_pass(
     ]  # fmt: skip
     t0 = time.monotonic()
     proc: asyncio.subprocess.Process | None = None
+    ended: asyncio.Future[Any]
     if zygote is not None:
         pid, out_path, err_path = await zygote.spawn(argv)
         ended = asyncio.ensure_future(zygote.wait())
