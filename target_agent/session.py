@@ -519,8 +519,14 @@ class TargetSession:
             if self.vm_pass is not None:
                 try:
                     rolled = await asyncio.to_thread(self.vm_pass.rollback)
+                except VzrepError as late:  # e.g. no space to put the original bytes back
+                    rolled = f"the rollback failed and stays pending until the next pass or a restart: {late}"
+                    log.error("rollback_failed", error=str(late))
                 finally:
-                    await asyncio.to_thread(self.vm_pass.close)
+                    try:  # close() tries the rollback once more, then releases the VM
+                        await asyncio.to_thread(self.vm_pass.close)
+                    except VzrepError as late:
+                        log.info("rollback_failed_again", error=str(late))
                     self.vm_pass = None
         finally:
             if self.replica is not None:  # rolled back above while attached; now detach

@@ -156,3 +156,13 @@ def unlink_durable(*paths: str | os.PathLike[str]) -> None:
             dirs.add(p.parent)
     for d in dirs:
         fsync_dir(d)
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset``. A full filesystem can take part of a write and
+    return the count written (tmpfs does, for pages it could still allocate); the next call then
+    raises ENOSPC, rather than the rest being dropped without a word."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

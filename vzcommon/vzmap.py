@@ -25,6 +25,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from .blockhash import HASH_LEN, HASH_NAME
+from .durable import pwrite_all
 from .errors import IntegrityError
 from .geometry import block_count
 
@@ -156,7 +157,7 @@ class MapBuilder:
     def set_range(self, first: int, hashes: bytes) -> None:
         if first < 0 or first + len(hashes) // HASH_LEN > self.entries:
             raise IndexError("map entry out of range")
-        os.pwrite(self._fd, hashes, HEADER_SIZE + first * HASH_LEN)
+        pwrite_all(self._fd, hashes, HEADER_SIZE + first * HASH_LEN)
 
     def fill(self, first: int, count: int, value: bytes) -> None:
         step = _IO_CHUNK // HASH_LEN
@@ -172,7 +173,7 @@ class MapBuilder:
         header = MapHeader(
             self.block_size, self.disk_size, self.entries, cid, HASH_NAME, generation, change_id
         )
-        os.pwrite(self._fd, header.pack(), 0)
+        pwrite_all(self._fd, header.pack(), 0)
         body_len = HEADER_SIZE + self.entries * HASH_LEN
         os.ftruncate(self._fd, body_len)
         h = blake3()
@@ -181,7 +182,7 @@ class MapBuilder:
             chunk = os.pread(self._fd, min(_IO_CHUNK, body_len - pos), pos)
             h.update(chunk)
             pos += len(chunk)
-        os.pwrite(self._fd, h.digest(), body_len)
+        pwrite_all(self._fd, h.digest(), body_len)
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1

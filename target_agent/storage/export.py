@@ -17,7 +17,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from vzcommon.durable import fsync_dir, write_durable
+from vzcommon.durable import fsync_dir, pwrite_all, write_durable
 from vzcommon.errors import InputError, IntegrityError, StorageError
 from vzcommon.sparse import data_segments
 from vzcommon.vmdk import render_flat_descriptor
@@ -76,7 +76,7 @@ def _apply(increment: Path, fd: int) -> None:
     """Apply one reverse increment (checked by :func:`check_increment`) to an open copy."""
     for rec in undo.read_records(increment):
         if rec.kind is undo.RecordKind.DATA:
-            os.pwrite(fd, rec.data, rec.offset)
+            pwrite_all(fd, rec.data, rec.offset)
         else:
             zero_range(fd, rec.offset, rec.length, block_device=False)
 

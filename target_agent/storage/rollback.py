@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from vzcommon.durable import fsync_dir, unlink_durable
+from vzcommon.durable import fsync_dir, pwrite_all, unlink_durable
 from vzcommon.errors import IntegrityError, StorageError
 
 from . import points, undo
@@ -52,7 +52,7 @@ def rollback_disk(paths: ReplicaPaths) -> str:
                     block_device = stat.S_ISBLK(os.fstat(fd).st_mode)
                     for rec in undo.read_records(paths.undo):
                         if rec.kind is RecordKind.DATA:
-                            os.pwrite(fd, rec.data, rec.offset)
+                            pwrite_all(fd, rec.data, rec.offset)  # a short write is an error
                         else:
                             zero_range(fd, rec.offset, rec.length, block_device=block_device)
                         restored += 1

@@ -116,3 +116,111 @@ class CutProxy:
                     await w.wait_closed()
             for t in tasks:
                 self._tasks.discard(t)
+
+
+@dataclass
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 for the fault soak (bench/soak): one link, re-armed before each pass.
+
+    ``arm`` sets the faults of the next connection: a cut after N bytes in either direction (the
+    held-back rest never arrives; both sides are closed, with a reset when ``reset``), and a slow
+    link (``rate`` bytes/s and ``delay`` seconds per chunk, in user space: no netem here). Chunks are
+    at most 16 KiB, so a cut lands within a chunk and the rate is smooth. ``upstream_port`` may be
+    changed between connections (a restarted target)."""
+
+    upstream_port: int
+    port: int = 0
+    cut_c2s: int | None = None
+    cut_s2c: int | None = None
+    reset: bool = False
+    rate: float | None = None
+    delay: float = 0.0
+    c2s: int = 0
+    s2c: int = 0
+    cut: bool = False
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    CHUNK = 16 * 1024
+
+    async def start(self) -> FaultProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def arm(
+        self,
+        *,
+        cut_c2s: int | None = None,
+        cut_s2c: int | None = None,
+        reset: bool = False,
+        rate: float | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.cut_c2s, self.cut_s2c, self.reset, self.rate, self.delay = cut_c2s, cut_s2c, reset, rate, delay
+        self.c2s = self.s2c = 0
+        self.cut = False
+        self.connected = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, c2s: bool) -> None:
+        while data := await r.read(self.CHUNK):
+            done = self.c2s if c2s else self.s2c
+            limit = self.cut_c2s if c2s else self.cut_s2c
+            if limit is not None and done + len(data) >= limit:
+                data = data[: max(0, limit - done)]
+                self.cut = True
+            if data:
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                w.write(data)
+                if c2s:
+                    self.c2s += len(data)
+                else:
+                    self.s2c += len(data)
+                with contextlib.suppress(ConnectionError):
+                    await w.drain()
+                if w.is_closing():
+                    return  # the other side is gone
+                if self.rate:
+                    await asyncio.sleep(len(data) / self.rate)
+            if self.cut:
+                return
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        closed = self.closed
+        self.connected.set()
+        try:
+            sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            cw.close()
+            closed.set()
+            return
+        tasks = [
+            asyncio.ensure_future(self._pump(cr, sw, True)),
+            asyncio.ensure_future(self._pump(sr, cw, False)),
+        ]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for w in (cw, sw):
+                if self.cut and self.reset:
+                    w.transport.abort()
+                else:
+                    w.close()
+            self._tasks.difference_update(tasks)
+            closed.set()
