@@ -20,6 +20,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from vzcommon.errors import VzrepError
 from vzcommon.log import get_logger
 
 from .storage.replica import DiskWriter
@@ -102,8 +103,13 @@ class Suspended:
         def undo() -> str:
             try:
                 return parked.vm_pass.rollback()
+            except VzrepError as exc:  # e.g. no space to put the original bytes back
+                return f"the rollback failed and stays pending until the next pass or a restart: {exc}"
             finally:
-                parked.vm_pass.close()
+                try:  # close() tries the rollback once more, then releases the VM
+                    parked.vm_pass.close()
+                except VzrepError as exc:
+                    log.info("rollback_failed_again", vm=vm, error=str(exc))
 
         what = await asyncio.shield(asyncio.to_thread(undo))
         log.warning("suspended_pass_rolled_back", vm=vm, pass_id=pass_id, why=why, rollback=what)

@@ -38,6 +38,9 @@ class TargetAgent:
                 "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}",
                 "--host-key", str(self.keys.host_key), "--authorized-keys", str(self.keys.authorized_keys),
                 "--restore-points", str(self.restore_points), "--ready-file", str(ready),
+                # the soak judges the rollback of every fault: a lost link's pass is not kept for
+                # its source (resume has its own tests, tests/integration/test_resume.py)
+                "--resume-window", "0",
                 stdout=log, stderr=log, env={**os.environ, "VZREP_LOG_FORMAT": "json"},
             )  # fmt: skip
         deadline = time.monotonic() + within
@@ -143,7 +146,7 @@ async def source_pass(
     argv = [
         "pass", "--target", f"127.0.0.1:{port}",
         "--identity", str(keys.client_key), "--known-hosts", str(kh), "--vm", vm,
-        "--state-dir", str(state), "--json", "--no-progress",
+        "--state-dir", str(state), "--json", "--no-progress", "--resume-window", "0",
         *[a for name, p in disks.items() for a in ("--disk", f"{name}={p}")],
     ]  # fmt: skip
     t0 = time.monotonic()

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,41 @@ def test_a_commit_killed_half_way_is_finished_by_running_it_again(passes, tmp_pa
     assert res.returncode == 0, res.stderr
     assert fo.read_state(vdir)["state"] == "committed" and not delta.exists()
     qemu_compare(running, vdir / "d.vmdk")
+
+
+@pytest.mark.parametrize("when", ["rolling", "after-the-delta"])
+def test_a_failover_killed_at_each_step_is_finished_by_running_it_again(passes, tmp_path: Path, when: str) -> None:
+    """SIGKILL of `vzrep-target failover --point ID` while it rolls the replica to the point (a pass:
+    its undo is being written), or right after qemu-img made the VM's delta (before the state says
+    failed-over). Passes stay refused; running the same command again finishes the failover."""
+    t, _, saved = passes
+    ids = list(saved)
+    vdir = t.vm(VM)
+    cmd = [sys.executable, "-m", "target_agent.cli", "failover", "--data-dir", str(t.data_dir), "--vm", VM,
+           "--point", ids[0]]  # fmt: skip
+    env = dict(os.environ)
+    if when == "after-the-delta":
+        wrap = tmp_path / "bin"
+        wrap.mkdir()
+        (wrap / "qemu-img").write_text(f'#!/bin/sh\n{need("qemu-img")} "$@" && kill -9 $PPID\n')
+        (wrap / "qemu-img").chmod(0o755)
+        env["PATH"] = f"{wrap}:{env['PATH']}"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if when == "rolling":
+        deadline = time.monotonic() + 60
+        undo = vdir / "d-flat.vmdk.vzundo"
+        while not (undo.exists() and undo.stat().st_size > 0) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -9
+    assert fo.read_state(vdir)["state"] == "failing-over"  # passes are refused from here on
+    res = target_cli("failover", "--data-dir", str(t.data_dir), "--vm", VM, "--point", ids[0])
+    assert res.returncode == 0, res.stderr
+    assert fo.read_state(vdir)["state"] == "failed-over"
+    qemu_compare(saved[ids[0]], vdir / "d.vmdk")
+    qemu_compare(saved[ids[0]], vdir / "d-failover.vmdk")
 
 
 def blocks_differing(a: Path, b: Path, bs: int = 64 * 1024) -> int:
