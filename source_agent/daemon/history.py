@@ -63,7 +63,7 @@ class VmRow:
     vm: str
     first_seen: float
     next_run: float | None = None
-    last_start: float | None = None
+    last_start: float | None = None  # of the last pass that was not a retry: the schedule counts from it
     last_success: float | None = None  # when the last successful pass ended
     last_success_start: float | None = None  # ... and began: the replica holds the disks as they were then
     last_error: str = ""

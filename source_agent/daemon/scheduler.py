@@ -135,7 +135,8 @@ class Scheduler:
             )
             self.resume.discard(key)
             attempt = row.failures + 1 if reason == "retry" else 1
-            row.last_start = now
+            if reason != "retry":
+                row.last_start = now  # the schedule's anchor: retries do not move it
             row.next_run = None  # set again when it ends
             pass_id = self.history.start_pass(row, reason, attempt, now)
             start = Start(job, vm, pass_id, reason, attempt, now)
@@ -153,7 +154,7 @@ class Scheduler:
         if outcome.status == "ok":
             row.last_success, row.last_success_start = now, start.started
             row.failures, row.retry_since, row.last_error, row.last_exit = 0, None, "", 0
-            row.next_run = sched.next_run(start.started, now)
+            row.next_run = sched.next_run(row.last_start, now)
             if row.rpo_missed:
                 row.rpo_missed = False
                 self._event(now, start.key, "rpo_met", "a pass succeeded: the RPO is met again")
@@ -174,7 +175,7 @@ class Scheduler:
                         "retries_exhausted", job=start.job.id, vm=start.vm.name, failures=row.failures
                     )
                 row.retry_since = None  # the next scheduled pass starts a new window
-                row.next_run = sched.next_run(start.started, now)
+                row.next_run = sched.next_run(row.last_start, now)
         self.history.finish_pass(
             start.pass_id,
             row,
@@ -204,7 +205,7 @@ class Scheduler:
         missed = []
         for key, row in self.rows.items():
             deadline = self._rpo_deadline(key, row)
-            if deadline is not None and not row.rpo_missed and now > deadline:
+            if deadline is not None and not row.rpo_missed and now >= deadline:
                 row.rpo_missed = True
                 self.history.save_vm(row)
                 since = row.last_success or row.first_seen
