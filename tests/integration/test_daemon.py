@@ -5,6 +5,7 @@ VM, the interrupted ones marked) and the replicas (``qemu-img compare`` with the
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def ok_after(d: DaemonProcess, vm: str, t: float) -> PassRecord | None:
 def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp_path: Path) -> None:
     keys = Keys.make(tmp_path / "keys")
     target = TargetProcess(tmp_path / "data", keys, tmp_path / "target.log").start()
-    disks = {vm: make_image(tmp_path / f"{vm}.img", 16 * MiB, data_blocks=80, seed=i) for i, vm in enumerate(VMS)}
+    disks = {
+        vm: make_image(tmp_path / f"{vm}.img", 16 * MiB, data_blocks=80, seed=i) for i, vm in enumerate(VMS)
+    }
     (tmp_path / "jobs").mkdir()
     job = write_scheduled_job(
         tmp_path / "jobs" / "pair.toml", target.port, keys, disks,
@@ -54,7 +57,10 @@ def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp
         # 2. SIGKILL the daemon in the middle of a pass: its pass dies with it, the next daemon marks
         # it interrupted and runs that VM first.
         running = wait_for(
-            "a running pass", lambda: next((p for p in daemon.passes() if p.status == "running"), None), 20, log
+            "a running pass",
+            lambda: next((p for p in daemon.passes() if p.status == "running"), None),
+            20,
+            log,
         )
         daemon.kill()
         wait_for("the killed daemon's pass process to end", lambda: not processes_with(str(job)), 10)
@@ -85,7 +91,12 @@ def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp
         time.sleep(1.5)
         target.start()  # the same port: the job's pinned known_hosts line still holds
         for vm in VMS:
-            wait_for(f"{vm} replicated after the target's restart", lambda vm=vm: ok_after(daemon, vm, changed), 30, log)
+            wait_for(
+                f"{vm} replicated after the target's restart",
+                lambda vm=vm: ok_after(daemon, vm, changed),
+                30,
+                log,
+            )
 
         # 4. A last change, a pass of each VM that saw it, then a clean stop.
         changed = time.time()
@@ -113,10 +124,12 @@ def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp
     # The history: every pass ended and recorded, none of a VM overlapping another of it.
     h = History(daemon.db, readonly=True)
     passes = h.passes()
-    assert passes and all(p.finished is not None and p.status in ("ok", "failed", "interrupted") for p in passes)
+    assert passes and all(
+        p.finished is not None and p.status in ("ok", "failed", "interrupted") for p in passes
+    )
     for vm in VMS:
         mine = sorted((p for p in passes if p.vm == vm), key=lambda p: p.started)
-        for a, b in zip(mine, mine[1:], strict=False):
+        for a, b in itertools.pairwise(mine):
             assert a.finished is not None and a.finished <= b.started, f"{vm}: pass {a.id} overlaps {b.id}"
         fails = [p for p in mine if p.status == "failed"]
         assert fails and all(p.exit_code in (4, 10) for p in fails), [(p.exit_code, p.error) for p in fails]

@@ -5,6 +5,7 @@ judged is the scheduler's own decisions, recorded in a real SQLite history in tm
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ def test_a_lost_link_is_retried_every_15_s_for_30_min_then_waits_for_the_schedul
     starts = [r.start for r in ran]
     # 0, then 5 s of pass + 15 s of wait each: every 20 s while within 30 min of the first failure
     assert starts[:4] == [0, 20, 40, 60]
-    assert starts[-1] <= 1800 and all(b - a == 20 for a, b in zip(starts, starts[1:], strict=False))
+    assert starts[-1] <= 1800 and all(b - a == 20 for a, b in itertools.pairwise(starts))
     assert [r.reason for r in ran[:3]] == ["schedule", "retry", "retry"]
     passes = s.sched.history.passes()
     assert [p.attempt for p in passes[:3]] == [1, 2, 3]
@@ -181,7 +182,7 @@ def test_at_most_max_parallel_in_all_and_the_jobs_parallel_per_job(tmp_path: Pat
     assert {r.key[1] for r in ran} == {*(f"v{i}" for i in range(6)), "s0", "s1", "s2"}
     per_vm = {vm: [r.start for r in ran if r.key[1] == vm] for vm in {r.key[1] for r in ran}}
     for starts in per_vm.values():
-        assert all(b - a >= 60 for a, b in zip(starts, starts[1:], strict=False))
+        assert all(b - a >= 60 for a, b in itertools.pairwise(starts))
 
 
 def test_a_missed_rpo_is_reported_once_and_cleared_by_a_success(tmp_path: Path) -> None:

@@ -45,7 +45,13 @@ def test_a_schedule_with_every_key_loads() -> None:
 def test_defaults_are_veeams_retry_and_no_schedule_means_none() -> None:
     assert job("") is None  # `job run` needs none; the daemon leaves such a job alone
     s = job('\n[schedule]\nrpo = "15m"\n')
-    assert s is not None and (s.rpo, s.at, s.retry_every, s.retry_for, s.retry_backoff) == (900, (), 15, 1800, 1)
+    assert s is not None and (s.rpo, s.at, s.retry_every, s.retry_for, s.retry_backoff) == (
+        900,
+        (),
+        15,
+        1800,
+        1,
+    )
 
 
 def test_every_problem_names_its_line_and_key() -> None:
@@ -59,7 +65,7 @@ def test_every_problem_names_its_line_and_key() -> None:
         "/jobs/j.toml:14: schedule.at: entry 4 ('14:00') is given twice",
         "/jobs/j.toml:15: schedule.retry_backoff: must be a number from 1 (a fixed wait) to 10, not 0.5",
     ]
-    assert problems("\n[schedule]\nretry_every = \"10s\"\n") == [
+    assert problems('\n[schedule]\nretry_every = "10s"\n') == [
         '/jobs/j.toml:12: schedule: give rpo = "15m" (a pass every 15 minutes) and/or at = ["02:00"] (daily times)'
     ]
     assert problems('\n[schedule]\nrpo = "0s"\n')[0].endswith("not '0s'")
