@@ -107,3 +107,11 @@ def test_the_new_job_template_has_a_schedule() -> None:
     text = new_job_text(Path("/jobs/web.toml"), "web")
     s = parse_job(Path("/jobs/web.toml"), text).schedule
     assert s is not None and s.rpo == 900
+
+
+def test_the_readme_example_loads_with_its_schedule() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("### Jobs") :]
+    example = section[section.index("```toml") + len("```toml") : section.index("```\n", section.index("```toml") + 7)]
+    s = parse_job(Path("/jobs/web.toml"), example).schedule
+    assert s == Schedule(rpo=900.0, at=((2, 0), (14, 0)))
