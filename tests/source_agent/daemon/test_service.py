@@ -123,6 +123,14 @@ async def test_the_loop_passes_on_schedule_picks_up_new_jobs_and_stops_with_pass
     await asyncio.wait_for(twice.wait(), 10)
     write(d, "b", "db")  # a new file: seen within a poll, no signal needed
     await asyncio.wait_for(slow.wait(), 5)
+    read_at = {j["name"]: j["updated"] for j in h.jobs()}
+    os.kill(os.getpid(), signal.SIGHUP)  # systemctl reload: the files are read again, unchanged or not
+    for _ in range(100):
+        if all(j["updated"] > read_at[j["name"]] for j in h.jobs()):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"SIGHUP did not re-read the jobs: {h.jobs()}")
     os.kill(os.getpid(), signal.SIGTERM)  # as systemd stops it
     assert await asyncio.wait_for(task, 10) == 0
     passes = h.passes()
