@@ -43,6 +43,20 @@ class Layout:
         return self.state_dir / "data"
 
     @property
+    def jobs_dir(self) -> Path:
+        """A source's job files (root writes them, the scheduler only reads them)."""
+        return self.state_dir / "jobs"
+
+    @property
+    def source_dir(self) -> Path:
+        """A source scheduler's own state (``StateDirectory=vzrep/source``): its history, cached maps."""
+        return self.state_dir / "source"
+
+    @property
+    def history_db(self) -> Path:
+        return self.source_dir / "history.sqlite"
+
+    @property
     def keys_dir(self) -> Path:
         return self.state_dir / "keys"
 

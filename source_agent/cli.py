@@ -369,13 +369,20 @@ def _jobs_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
     add_commands(sub)
 
 
-#: Commands and options that live in the vSphere, pairing, failback and jobs areas; their modules (the vSphere client, SPAKE2)
+def _daemon_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
+    from .daemon.cli import add_commands
+
+    add_commands(sub)
+
+
+#: Commands and options that live in the vSphere, pairing, failback, jobs and daemon areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
 _AREAS: tuple[tuple[tuple[str, ...], Callable[[Any, argparse.ArgumentParser], None]], ...] = (
     (("--vcenter", "--credentials", "--session-token-file", "vsphere-check", "accept-hardware"), _vsphere_area),
     (("pair", "unpair", "pair-status"), _pairing_area),
     (("receive-failback",), _failback_area),
     (("job",), _jobs_area),
+    (("run", "history"), _daemon_area),
 )
 
 

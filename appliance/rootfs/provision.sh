@@ -17,7 +17,7 @@ fi
 # The agents and the console, from the project's wheel, in a venv of their own.
 python3 -m venv /opt/vzrep/venv
 /opt/vzrep/venv/bin/pip install -q --no-index --find-links "$STAGE/wheels" vzrep
-/opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.autopair, appliance.console.app, pairing.cli, target_agent.cli, spake2, asyncssh'
+/opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.autopair, appliance.console.app, pairing.cli, target_agent.cli, source_agent.daemon.service, spake2, asyncssh'
 
 # Accounts: the agent runs unprivileged; admins log in as vzadmin (key-only SSH, password set at
 # first boot from the OVF environment or left locked).
@@ -29,16 +29,20 @@ passwd -l root >/dev/null
 install -d -m 0755 -o root -g root /etc/vzrep /var/lib/vzrep
 install -d -m 0750 -o vzrep -g vzrep /var/lib/vzrep/data /var/lib/vzrep/keys
 install -d -m 0700 -o vzrep -g vzrep /var/lib/vzrep/pairing
+# A source's job files: written by root (an admin with sudo), read by the scheduler (vzrep-source.service).
+install -d -m 0750 -o root -g vzrep /var/lib/vzrep/jobs
 
 # systemd units and hardening.
-install -m 0644 "$STAGE"/systemd/*.service /etc/systemd/system/
+install -m 0644 "$STAGE"/systemd/*.service "$STAGE"/systemd/*.path /etc/systemd/system/
 install -d /etc/systemd/system/getty@tty1.service.d
 install -m 0644 "$STAGE"/systemd/getty-tty1/vzrep-console.conf /etc/systemd/system/getty@tty1.service.d/
 install -d /etc/ssh/sshd_config.d
 install -m 0644 "$STAGE"/rootfs/sshd-vzrep.conf /etc/ssh/sshd_config.d/vzrep.conf
 systemctl enable vzrep-firstboot.service vzrep-target.service vzrep-pairing.service \
+  vzrep-source.service vzrep-source.path \
   systemd-networkd.service systemd-resolved.service ssh.service >/dev/null 2>&1 || \
   systemctl enable vzrep-firstboot.service vzrep-target.service vzrep-pairing.service \
+    vzrep-source.service vzrep-source.path \
     systemd-networkd.service systemd-resolved.service ssh.service
 systemctl disable networking.service >/dev/null 2>&1 || true
 systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1 || true

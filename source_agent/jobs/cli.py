@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,11 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import job_exit_code, result_json, result_text, summary, summary_text
 
     job = load_job(args.file)
+    if args.vm:  # some of its VMs (``vzrep-source run`` passes each VM this way)
+        missing = [v for v in args.vm if v not in {vm.name for vm in job.vms}]
+        if missing:
+            raise InputError(f"the job {args.file} has no VM {missing[0]!r}")
+        job = replace(job, vms=tuple(vm for vm in job.vms if vm.name in args.vm))
     state_dir = args.state_dir or job.options.state_dir or default_state_dir()
 
     def done(res: Any) -> None:
@@ -119,5 +125,6 @@ def add_commands(sub: Any) -> None:
         type=Path,
         help="cached maps and working files (default: the job's, or $XDG_STATE_HOME/vzrep)",
     )
+    p.add_argument("--vm", action="append", default=[], metavar="NAME", help="only this VM (repeat for more)")
     p.add_argument("--json", action="store_true", help="the reports and the summary as one JSON document")
     p.set_defaults(func=_run)

@@ -28,6 +28,7 @@ from vzcommon.errors import InputError
 from ..disks import parse_disk_spec
 from .lines import Path as KeyPath
 from .lines import key_lines, line_of
+from .schedule import Schedule, parse_schedule
 
 COMPRESS = ("auto", "zstd", "none")
 MAX_PARALLEL = 64
@@ -123,6 +124,7 @@ class Job:
     options: Options
     vms: tuple[VmConf, ...]
     vcenter: VCenterConf | None = None
+    schedule: Schedule | None = None  # [schedule]: for ``vzrep-source run`` (.schedule)
 
 
 class _Reader:
@@ -388,7 +390,7 @@ def parse_job(path: Path, text: str) -> Job:
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError([f"{path}: not valid TOML: {exc}"]) from None
     r = _Reader(path, text)
-    r.unknown(doc, {"id", "name", "target", "options", "vcenter", "vm"}, ())
+    r.unknown(doc, {"id", "name", "target", "options", "vcenter", "vm", "schedule"}, ())
     job_id = r.get(doc, "id", str, (), "")
     if not job_id:
         r.fail(
@@ -404,6 +406,7 @@ def parse_job(path: Path, text: str) -> Job:
     target = _target(r, doc)
     opts = _options(r, doc)
     vcenter = _vcenter(r, doc)
+    schedule = parse_schedule(r, doc)
     raw_vms = doc.get("vm", [])
     if not isinstance(raw_vms, list) or not raw_vms:
         r.fail(("vm",), "the job names no VM: add a [[vm]] table per VM")
@@ -416,7 +419,7 @@ def parse_job(path: Path, text: str) -> Job:
         seen.setdefault(vm.name, i)
     if r.problems:
         raise JobFileError(r.problems)
-    return Job(path, job_id, name, target, opts, tuple(vms), vcenter)
+    return Job(path, job_id, name, target, opts, tuple(vms), vcenter, schedule)
 
 
 def load_job(path: Path) -> Job:
@@ -447,6 +450,9 @@ seeding = false         # with seeding or mapping on, a VM without a replica on 
 mapping = false
 parallel = 2            # VMs replicated at once
 # limit = ["20MB/s@mon-fri/08:00-18:00"]   # bandwidth of each pass; outside every window: unlimited
+
+[schedule]              # for `vzrep-source run --jobs DIR` (job run ignores it)
+rpo = "15m"             # a pass every 15 minutes; and/or at = ["02:00", "14:00"]
 
 [[vm]]
 name = "web01"

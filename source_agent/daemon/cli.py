@@ -1,0 +1,160 @@
+"""``vzrep-source run --jobs DIR`` and ``vzrep-source history``: the daemon and what it recorded."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vzcommon.climain import asyncio_run
+from vzcommon.errors import BusyError
+
+from .history import History, PassRecord, VmRow
+
+MAX_PARALLEL = 64
+
+
+def _default_db() -> Path:
+    from ..cli import default_state_dir
+
+    return default_state_dir() / "daemon.sqlite"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .service import serve, subprocess_runner
+
+    db: Path = args.db or _default_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(db.with_name(db.name + ".lock"), "a")  # held for the daemon's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BusyError(
+            f"another vzrep-source run uses {db}: stop it first (one daemon per history)"
+        ) from None
+    history = History(db)
+    try:
+        runner = subprocess_runner(args.state_dir)
+        return asyncio_run(
+            serve(args.jobs, history, max_parallel=args.max_parallel, runner=runner, poll=args.poll)
+        )
+    finally:
+        history.close()
+        lock.close()
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    if t == float("inf"):
+        return "never"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def pass_line(p: PassRecord, names: dict[str, str]) -> str:
+    took = f"{p.finished - p.started:7.1f}s" if p.finished is not None else "      -"
+    code = "" if p.exit_code is None else str(p.exit_code)
+    err = f"  {p.error}" if p.error else ""
+    return (
+        f"{p.id:>6}  {names.get(p.job, p.job)[:20]:<20}  {p.vm[:20]:<20}  {_when(p.started)}  {took}"
+        f"  {p.status:<11}  {code:>4}  {p.wire_bytes:>12}  {p.reason}{err}"
+    )
+
+
+def vm_line(v: VmRow, names: dict[str, str]) -> str:
+    rpo = "MISSED" if v.rpo_missed else "ok"
+    err = f"  last error (exit {v.last_exit}): {v.last_error}" if v.last_error else ""
+    return (
+        f"  {names.get(v.job, v.job)}/{v.vm}: last success {_when(v.last_success)}, next run"
+        f" {_when(v.next_run)}, RPO {rpo}{err}"
+    )
+
+
+def _history(args: argparse.Namespace) -> int:
+    history = History(args.db or _default_db(), readonly=True)
+    try:
+        passes = history.passes(args.job, args.vm, args.limit)
+        vms = history.vms(args.job, args.vm)
+        jobs = history.jobs()
+        if args.json:
+            doc: dict[str, Any] = {
+                "passes": [p.as_dict() for p in passes],
+                "vms": [vars(v) for v in vms],
+                "jobs": jobs,
+                "events": history.events(args.job, args.vm),
+                "time": time.time(),
+            }
+            print(json.dumps(doc, indent=2))
+            return 0
+        names = {j["id"]: j["name"] for j in jobs}
+        print(
+            f"{'pass':>6}  {'job':<20}  {'vm':<20}  {'started (UTC)':<19}  {'took':>8}  {'status':<11}"
+            f"  {'exit':>4}  {'wire bytes':>12}  why"
+        )
+        for p in passes:
+            print(pass_line(p, names))
+        if vms:
+            print("VMs:")
+            for v in vms:
+                print(vm_line(v, names))
+        for e in history.events(args.job, args.vm, limit=20):
+            if e["kind"] in ("rpo_missed", "rpo_met", "job_file_error"):
+                print(
+                    f"{_when(e['time'])}  {e['kind']}  {names.get(e['job'], e['job'])}/{e['vm']}: {e['detail']}"
+                )
+        return 0
+    finally:
+        history.close()
+
+
+def _count(low: int, high: int, what: str) -> Any:
+    def parse(value: str) -> int:
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {value!r}")
+        return int(value)
+
+    return parse
+
+
+def _seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        n = 0.0
+    if not 0.1 <= n <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.1 to 3600, got {value!r}")
+    return n
+
+
+def add_commands(sub: Any) -> None:
+    db_help = "the history database (default: $XDG_STATE_HOME/vzrep/daemon.sqlite)"
+    p = sub.add_parser(
+        "run", help="the scheduler: passes every job in DIR on its [schedule], records each in the history"
+    )
+    p.add_argument("--jobs", type=Path, required=True, metavar="DIR", help="the job files (*.toml)")
+    p.add_argument("--db", type=Path, help=db_help)
+    p.add_argument(
+        "--state-dir", type=Path, help="cached maps and working files for jobs without their own state_dir"
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=_count(1, MAX_PARALLEL, "a number of VMs"),
+        default=4,
+        metavar="N",
+        help="VMs passed at once on this appliance, all jobs together (default 4)",
+    )
+    p.add_argument(
+        "--poll", type=_seconds, default=5.0, metavar="SECONDS", help="how often DIR is checked for changes"
+    )
+    p.set_defaults(func=_run)
+    p = sub.add_parser("history", help="the passes the daemon ran, each VM's state and missed RPOs")
+    p.add_argument("--db", type=Path, help=db_help)
+    p.add_argument("--job", help="a job's name or id")
+    p.add_argument("--vm")
+    p.add_argument("--limit", type=_count(1, 10**9, "a number of passes"), help="only the newest N passes")
+    p.add_argument("--json", action="store_true", help="passes (with their reports), VMs, jobs and events")
+    p.set_defaults(func=_history)
