@@ -37,11 +37,26 @@ def _run(args: argparse.Namespace) -> int:
             f"another vzrep-source run uses {db}: stop it first (one daemon per history)"
         ) from None
     history = History(db)
+
+    async def main() -> int:
+        metrics = None
+        if args.metrics_listen:
+            from vzcommon.metrics import serve_metrics
+
+            from .metrics import collect
+
+            mhost, mport = args.metrics_listen
+            metrics, _ = await serve_metrics(mhost, mport, lambda: collect(db))
+        try:
+            runner = subprocess_runner(args.state_dir)
+            return await serve(args.jobs, history, max_parallel=args.max_parallel, runner=runner, poll=args.poll)
+        finally:
+            if metrics is not None:
+                metrics.close()
+                await metrics.wait_closed()
+
     try:
-        runner = subprocess_runner(args.state_dir)
-        return asyncio_run(
-            serve(args.jobs, history, max_parallel=args.max_parallel, runner=runner, poll=args.poll)
-        )
+        return asyncio_run(main())
     finally:
         history.close()
         lock.close()
@@ -120,6 +135,13 @@ def _count(low: int, high: int, what: str) -> Any:
     return parse
 
 
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def _seconds(value: str) -> float:
     try:
         n = float(value)
@@ -149,6 +171,12 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--poll", type=_seconds, default=5.0, metavar="SECONDS", help="how often DIR is checked for changes"
+    )
+    p.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
     )
     p.set_defaults(func=_run)
     p = sub.add_parser("history", help="the passes the daemon ran, each VM's state and missed RPOs")

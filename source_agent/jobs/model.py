@@ -87,6 +87,8 @@ class Options:
     state_dir: Path | None = None
     #: bandwidth rules for each pass of the job, ``RATE[@DAYS/HH:MM-HH:MM]`` (source_agent.bandwidth)
     limit: tuple[str, ...] = ()
+    #: seconds a pass whose link was lost keeps reconnecting to resume (pass --resume-window)
+    resume_window: float = 120.0
 
     @property
     def rule(self) -> bool:
@@ -237,7 +239,12 @@ def _options(r: _Reader, doc: dict[str, Any]) -> Options:
     o = r.table(doc, "options", (), required=False)
     w: KeyPath = ("options",)
     bools = ("abm", "keep_swap", "skip_pagefile", "seeding", "mapping")
-    r.unknown(o, {"block_size", "compress", "restore_points", "parallel", "state_dir", "limit", *bools}, w)
+    keys = {"block_size", "compress", "restore_points", "parallel", "state_dir", "limit", "resume_window", *bools}
+    r.unknown(o, keys, w)
+    resume = o.get("resume_window", 120)
+    if isinstance(resume, bool) or not isinstance(resume, int | float) or not 0 <= resume <= 86400:
+        r.fail((*w, "resume_window"), f"must be seconds, 0-86400 (0: a lost link fails the pass), not {resume!r}")
+        resume = 120
     block = _block_size(r, o["block_size"], (*w, "block_size")) if "block_size" in o else 64 << 10
     compress = r.get(o, "compress", str, w, "auto")
     if compress not in COMPRESS:
@@ -257,6 +264,7 @@ def _options(r: _Reader, doc: dict[str, Any]) -> Options:
         block_size=block,
         compress=compress,
         limit=_limit(r, o, w),
+        resume_window=float(resume),
         restore_points=points,
         parallel=parallel,
         state_dir=r.path_value(o, "state_dir", w, required=False),

@@ -107,6 +107,7 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path) -> VmResult:
         block_size=o.block_size,
         compress=o.compress,
         limit=o.limit,
+        resume_window=o.resume_window,
         state_dir=state_dir,
         job=job.id,
         require_replica=o.rule,

@@ -10,15 +10,18 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from source_agent.daemon.history import History, PassRecord
 from target_agent.storage.status import vm_status
 from tests.support.agents import Keys, TargetProcess
 from tests.support.daemon import DaemonProcess, processes_with, wait_for, write_scheduled_job
+from tests.support.openssh import free_port
 from tests.support.tools import change_blocks, make_image, qemu_compare
 
 MiB = 1 << 20
@@ -31,6 +34,17 @@ def ok_after(d: DaemonProcess, vm: str, t: float) -> PassRecord | None:
 
 
 @pytest.mark.slow
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The daemon's /metrics, parsed by prometheus_client; samples by name, then sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
 def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp_path: Path) -> None:
     keys = Keys.make(tmp_path / "keys")
     target = TargetProcess(tmp_path / "data", keys, tmp_path / "target.log").start()
@@ -41,9 +55,12 @@ def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp
     job = write_scheduled_job(
         tmp_path / "jobs" / "pair.toml", target.port, keys, disks,
         {"rpo": "5s", "retry_every": "1s", "retry_for": "2m"}, str(uuid.uuid4()),
+        resume_window=0,  # a pass cut by the target's death fails at once (exit 4) and is retried
     )  # fmt: skip
     log = tmp_path / "daemon.log"
-    daemon = DaemonProcess(tmp_path / "jobs", tmp_path / "history.sqlite", tmp_path / "state", log).start()
+    mport = free_port()
+    metrics = ("--metrics-listen", f"127.0.0.1:{mport}")
+    daemon = DaemonProcess(tmp_path / "jobs", tmp_path / "history.sqlite", tmp_path / "state", log, *metrics).start()
     try:
         # 1. It starts by itself: a first (full) pass of each VM; then the disks change.
         for vm in VMS:
@@ -64,7 +81,7 @@ def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp
         )
         daemon.kill()
         wait_for("the killed daemon's pass process to end", lambda: not processes_with(str(job)), 10)
-        daemon = DaemonProcess(daemon.jobs, daemon.db, daemon.state_dir, log).start()
+        daemon = DaemonProcess(daemon.jobs, daemon.db, daemon.state_dir, log, *metrics).start()
         killed = wait_for(
             "the killed pass marked interrupted",
             lambda: next((p for p in daemon.passes() if p.id == running.id and p.status == "interrupted"), None),
@@ -104,6 +121,17 @@ def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp
             change_blocks(disks[vm], 6, seed=30 + i)
         for vm in VMS:
             wait_for(f"a last pass of {vm}", lambda vm=vm: ok_after(daemon, vm, changed), 20, log)
+        # The metrics endpoint, read by Prometheus's own parser, agrees with the history.
+        scraped = scrape(mport)
+        h = History(daemon.db, readonly=True)
+        for c in h.counters():
+            labels = (("job", c.job), ("vm", c.vm))
+            assert scraped["vzrep_source_passes_total"][tuple(sorted([*labels, ("status", "ok")]))] <= c.passes["ok"]
+            assert scraped["vzrep_source_wire_bytes_total"][labels] <= c.wire_bytes
+            assert scraped["vzrep_source_rpo_missed"][labels] in (0, 1)
+            assert 0 <= scraped["vzrep_source_rpo_lag_seconds"][labels] < 60
+            assert scraped["vzrep_source_pass_failures_total"][(("exit_code", "4"), *labels)] >= 1
+        h.close()
         assert daemon.stop() == 0
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:

@@ -19,13 +19,15 @@ T = TypeVar("T")
 
 
 def write_scheduled_job(
-    path: Path, port: int, keys: Keys, vms: dict[str, Path], schedule: dict[str, Any], job_id: str
+    path: Path, port: int, keys: Keys, vms: dict[str, Path], schedule: dict[str, Any], job_id: str,
+    resume_window: float = 120,
 ) -> Path:
     """A job of local VMs (one disk each, named disk0) against 127.0.0.1:PORT, with a [schedule]."""
     kh = keys.known_hosts(port, f"kh-{port}")
     lines = [
         f'id = "{job_id}"', f'name = "{path.stem}"', "", "[target]", 'host = "127.0.0.1"', f"port = {port}",
-        f'identity = "{keys.client_key}"', f'known_hosts = "{kh}"', "", "[options]", "parallel = 2", "",
+        f'identity = "{keys.client_key}"', f'known_hosts = "{kh}"', "", "[options]", "parallel = 2",
+        f"resume_window = {resume_window:g}", "",
         "[schedule]", *(f"{k} = {v!r}".replace("'", '"') for k, v in schedule.items()),
     ]  # fmt: skip
     for vm, disk in vms.items():
