@@ -291,6 +291,14 @@ class History:
             out.append(d)
         return out
 
+    def last_started(self, job: str, vm: str, reason: str) -> float | None:
+        """When the newest finished pass of that reason (say ``verify``) started; None: never."""
+        row = self.db.execute(
+            "SELECT MAX(started) AS s FROM passes WHERE job = ? AND vm = ? AND reason = ? AND status IN ('ok', 'failed')",
+            (job, vm, reason),
+        ).fetchone()
+        return None if row is None or row["s"] is None else float(row["s"])
+
     def counters(self) -> list[VmCounters]:
         """Per VM: passes by status, bytes sent, failures by exit code, last success (for metrics)."""
         out: dict[tuple[str, str], VmCounters] = {}

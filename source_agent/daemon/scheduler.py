@@ -78,6 +78,8 @@ class Scheduler:
         self.rows: dict[Key, VmRow] = {}
         self.running: dict[Key, Start] = {}
         self.resume: set[Key] = set()  # interrupted passes: due at once, said so in the history
+        #: when each VM's last verify started (``[schedule] verify``), from the history
+        self.verified: dict[Key, float] = {}
 
     def recover(self) -> None:
         """At start: passes the last daemon left running are interrupted; their VMs pass first."""
@@ -101,6 +103,8 @@ class Scheduler:
                 row.next_run = sched.next_run(row.last_start, now)
             self.rows[key] = row
             self.history.save_vm(row)
+            last = self.history.last_started(key[0], key[1], "verify")
+            self.verified[key] = last if last is not None else row.first_seen
         for key in list(self.rows):
             if key not in wanted:
                 del self.rows[key]  # a running pass of it still finishes and is recorded
@@ -121,6 +125,12 @@ class Scheduler:
             for key, row in self.rows.items()
             if key not in self.running and row.next_run is not None and row.next_run <= now
         )
+        passing = {key for _, key in waiting}
+        waiting += sorted(  # verifies due, after the passes due (a pass never waits for a verify)
+            (t, key)
+            for key, t in self._verify_due().items()
+            if key not in self.running and key not in passing and t <= now
+        )
         starts: list[Start] = []
         for _, key in waiting:
             if len(self.running) >= self.max_parallel:
@@ -130,6 +140,13 @@ class Scheduler:
                 continue
             row = self.rows[key]
             vm = next(v for v in job.vms if v.name == key[1])
+            if key not in passing:  # a verify: the VM's schedule, retries and RPO are not touched
+                pass_id = self.history.start_pass(row, "verify", 1, now)
+                start = Start(job, vm, pass_id, "verify", 1, now)
+                self.running[key] = start
+                starts.append(start)
+                log.info("verify_started", job=job.id, vm=vm.name, pass_id=pass_id)
+                continue
             reason = (
                 "resume" if key in self.resume else ("retry" if row.retry_since is not None else "schedule")
             )
@@ -151,6 +168,9 @@ class Scheduler:
         self.running.pop(start.key, None)
         row = self.rows.get(start.key) or self.history.vm(*start.key) or VmRow(*start.key, first_seen=now)
         sched = start.job.schedule or Schedule()
+        if start.reason == "verify":
+            self._verify_finished(start, outcome, row, now)
+            return
         if outcome.status == "ok":
             row.last_success, row.last_success_start = now, start.started
             row.failures, row.retry_since, row.last_error, row.last_exit = 0, None, "", 0
@@ -199,6 +219,28 @@ class Scheduler:
                 error=outcome.error,
             )
 
+    def _verify_finished(self, start: Start, outcome: Outcome, row: VmRow, now: float) -> None:
+        """A verify ended: recorded as a pass of reason ``verify``; the VM's own state is unchanged."""
+        if outcome.status in ("ok", "failed"):
+            self.verified[start.key] = start.started
+        self.history.finish_pass(
+            start.pass_id, row, finished=now, status=outcome.status, exit_code=outcome.exit_code,
+            error=outcome.error, report=outcome.report, wire_bytes=outcome.wire_bytes,
+        )  # fmt: skip
+        if outcome.status == "failed":
+            what = "the replica differs from the source" if outcome.exit_code == 11 else "the verify failed"
+            self._event(now, start.key, "verify_failed", f"{what}: {outcome.error}")
+        log.info("verify_finished", job=start.job.id, vm=start.vm.name, status=outcome.status)
+
+    def _verify_due(self) -> dict[Key, float]:
+        """When each VM's next verify is due (VMs of jobs without ``verify`` have none)."""
+        due = {}
+        for key in self.rows:
+            sched = self.jobs[key[0]].schedule if key[0] in self.jobs else None
+            if sched is not None and sched.verify is not None and key in self.verified:
+                due[key] = self.verified[key] + sched.verify
+        return due
+
     def check_rpo(self) -> list[Key]:
         """VMs that have just missed their RPO (each logged and recorded once until it is met)."""
         now = self.clock()
@@ -228,6 +270,7 @@ class Scheduler:
             for key, row in self.rows.items()
             if not row.rpo_missed and (d := self._rpo_deadline(key, row)) is not None
         ]
+        times += [t for key, t in self._verify_due().items() if key not in self.running]
         return min(times, default=float("inf"))
 
     def _rpo_deadline(self, key: Key, row: VmRow) -> float | None:

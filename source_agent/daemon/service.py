@@ -33,7 +33,7 @@ from .scheduler import Outcome, Scheduler, Start
 
 log = get_logger("vzrep.source.daemon")
 
-PassRunner = Callable[[Job, VmConf], Awaitable[Outcome]]
+PassRunner = Callable[..., Awaitable[Outcome]]  # (job, vm[, verify=True])
 STOP_GRACE = 10.0
 _PR_SET_PDEATHSIG = 1
 _prctl = function("prctl", ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
@@ -49,8 +49,10 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def pass_command(job: Job, vm: VmConf, state_dir: Path | None) -> list[str]:
+def pass_command(job: Job, vm: VmConf, state_dir: Path | None, verify: bool = False) -> list[str]:
     argv = [sys.executable, "-m", "source_agent.cli", "job", "run", str(job.path), "--vm", vm.name, "--json"]
+    if verify:
+        argv.append("--verify")
     if state_dir is not None and job.options.state_dir is None:
         argv += ["--state-dir", str(state_dir)]
     return argv
@@ -59,9 +61,9 @@ def pass_command(job: Job, vm: VmConf, state_dir: Path | None) -> list[str]:
 def subprocess_runner(state_dir: Path | None) -> PassRunner:
     """Passes as ``vzrep-source job run FILE --vm NAME --json`` processes (module docstring)."""
 
-    async def run(job: Job, vm: VmConf) -> Outcome:
+    async def run(job: Job, vm: VmConf, verify: bool = False) -> Outcome:
         proc = await asyncio.create_subprocess_exec(
-            *pass_command(job, vm, state_dir),
+            *pass_command(job, vm, state_dir, verify),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -99,7 +101,7 @@ def outcome_of(returncode: int, out: bytes, err: bytes) -> Outcome:
         if returncode < 0:
             why = f"the pass process was killed by signal {-returncode}: {why}"
         return Outcome("failed", code, why)
-    status = {"replicated": "ok", "skipped": "skipped"}.get(vm.get("status"), "failed")
+    status = {"replicated": "ok", "verified": "ok", "skipped": "skipped"}.get(vm.get("status"), "failed")
     report = vm.get("report")
     wire = int(report.get("total", {}).get("wire_bytes_sent", 0)) if isinstance(report, dict) else 0
     return Outcome(status, int(vm.get("exit_code", 0)), str(vm.get("reason", "")), report, wire)
@@ -207,7 +209,10 @@ async def serve(
 
     async def one(start: Start) -> None:
         try:
-            outcome = await runner(start.job, start.vm)
+            if start.reason == "verify":
+                outcome = await runner(start.job, start.vm, verify=True)
+            else:
+                outcome = await runner(start.job, start.vm)
         except asyncio.CancelledError:
             sched.finished(
                 start,

@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
             print(result_text(res), flush=True)
 
     results: list[VmResult] = []
-    asyncio_run(_async_run(job, state_dir, args.parallel, done, results))
+    asyncio_run(_async_run(job, state_dir, args.parallel, done, results, "verify" if args.verify else ""))
     if args.json:
         print(
             json.dumps({"vms": [result_json(r) for r in results], "summary": summary(job, results)}, indent=2)
@@ -88,10 +88,12 @@ def _run(args: argparse.Namespace) -> int:
     return int(job_exit_code(results))
 
 
-async def _async_run(job: Job, state_dir: Path, parallel: int | None, done: Any, out: list[VmResult]) -> int:
+async def _async_run(
+    job: Job, state_dir: Path, parallel: int | None, done: Any, out: list[VmResult], mode: str = ""
+) -> int:
     from .runner import run_job
 
-    out.extend(await run_job(job, state_dir, parallel, done))
+    out.extend(await run_job(job, state_dir, parallel, done, mode))
     return 0
 
 
@@ -126,5 +128,8 @@ def add_commands(sub: Any) -> None:
         help="cached maps and working files (default: the job's, or $XDG_STATE_HOME/vzrep)",
     )
     p.add_argument("--vm", action="append", default=[], metavar="NAME", help="only this VM (repeat for more)")
+    p.add_argument(
+        "--verify", action="store_true", help="verify each VM instead (vzrep-source verify): nothing is written"
+    )
     p.add_argument("--json", action="store_true", help="the reports and the summary as one JSON document")
     p.set_defaults(func=_run)

@@ -25,7 +25,7 @@ def _split_key(text: str) -> list[str] | None:
             i += 1
         if i < n and text[i] in "\"'":
             q = text[i]
-            j = text.find(q, i + 1)
+            j = _closing(text, q, i + 1)
             if j < 0:
                 return None
             parts.append(text[i + 1 : j])
@@ -61,20 +61,36 @@ def _key_end(line: str) -> int:
     return -1
 
 
+def _closing(text: str, quote: str, start: int) -> int:
+    """Where ``quote`` closes a string that began before ``start`` (-1: not on this text). Basic
+    strings (double quotes) skip what a backslash escapes; literal strings (single quotes) have none."""
+    if quote[0] == "'":
+        return text.find(quote, start)
+    i = start
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text.startswith(quote, i):
+            return i
+        i += 1
+    return -1
+
+
 def _depth_change(value: str) -> tuple[int, str]:
     """Net bracket depth of a value's text outside strings, and an unclosed triple quote if any."""
     depth, i, n = 0, 0, len(value)
     while i < n:
         if value.startswith(('"""', "'''"), i):
             q = value[i : i + 3]
-            j = value.find(q, i + 3)
+            j = _closing(value, q, i + 3)
             if j < 0:
                 return depth, q
             i = j + 3
             continue
         ch = value[i]
         if ch in "\"'":
-            j = value.find(ch, i + 1)
+            j = _closing(value, ch, i + 1)
             i = n if j < 0 else j + 1
             continue
         if ch == "#":

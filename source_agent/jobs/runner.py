@@ -34,7 +34,7 @@ log = get_logger("vzrep.source.job")
 @dataclass
 class VmResult:
     vm: str
-    status: str  # replicated | skipped | failed
+    status: str  # replicated | verified | skipped | failed
     exit_code: int = 0
     reason: str = ""
     report: PassReport | None = None
@@ -97,8 +97,9 @@ def skip_hint(job: Job, vm: VmConf) -> str:
     return "seed it (vzrep-target seed) or map it (vzrep-target map) on the target; the job names no seed or mapping for it"
 
 
-async def run_vm(job: Job, vm: VmConf, state_dir: Path) -> VmResult:
-    """One VM's pass; never raises a VzrepError (it becomes the VM's result)."""
+async def run_vm(job: Job, vm: VmConf, state_dir: Path, mode: str = "") -> VmResult:
+    """One VM's pass (``mode`` "verify": a verify, nothing written); never raises a VzrepError (it
+    becomes the VM's result)."""
     from .. import cli
     from ..tunnel import TargetSpec
 
@@ -112,6 +113,7 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path) -> VmResult:
         job=job.id,
         require_replica=o.rule,
         restore_points=o.restore_points,
+        mode=mode,
     )
     events: list[str] = []
     try:
@@ -151,11 +153,18 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path) -> VmResult:
             None,
             events,
         )
+    if mode == "verify":
+        differing = sum(d.blocks_changed + d.zero_blocks_sent for d in report.disks)
+        if differing:
+            ranges = sum(len(d.differing) for d in report.disks)
+            why = f"the replica differs from the source in {differing} block(s) ({ranges} range(s), in the report)"
+            return VmResult(vm.name, "failed", int(ExitCode.INTEGRITY), why, report, events)
+        return VmResult(vm.name, "verified", 0, "", report, events)
     return VmResult(vm.name, "replicated", 0, "", report, events)
 
 
 async def run_job(
-    job: Job, state_dir: Path, parallel: int | None = None, on_done: Any = None
+    job: Job, state_dir: Path, parallel: int | None = None, on_done: Any = None, mode: str = ""
 ) -> list[VmResult]:
     """Every VM once, at most ``parallel`` (default: the job's) at a time; results in the job's order.
 
@@ -165,7 +174,7 @@ async def run_job(
 
     async def one(vm: VmConf) -> None:
         async with limit:
-            res = await run_vm(job, vm, state_dir)
+            res = await run_vm(job, vm, state_dir, mode)
         results[vm.name] = res
         if on_done is not None:
             on_done(res)
@@ -189,6 +198,7 @@ def summary(job: Job, results: list[VmResult]) -> dict[str, Any]:
         "job": job.id,
         "name": job.name,
         "replicated": [r.vm for r in results if r.status == "replicated"],
+        "verified": [r.vm for r in results if r.status == "verified"],
         "skipped": [{"vm": r.vm, "reason": r.reason} for r in results if r.status == "skipped"],
         "failed": [
             {"vm": r.vm, "exit_code": r.exit_code, "error": r.reason} for r in results if r.status == "failed"

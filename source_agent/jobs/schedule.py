@@ -37,6 +37,9 @@ class Schedule:
     retry_every: float = 15.0
     retry_for: float = 1800.0
     retry_backoff: float = 1.0
+    #: seconds between two verifies of each VM (``verify = "7d"``): every block compared with the
+    #: replica's bytes, nothing written (``vzrep-source verify``); None: never
+    verify: float | None = None
 
     def next_run(self, last_start: float | None, now: float) -> float:
         """When the next scheduled pass is due: after ``last_start`` (None: never ran, due per ``now``).
@@ -105,7 +108,7 @@ def parse_schedule(r: Reader, doc: dict[str, Any]) -> Schedule | None:
     if not isinstance(s, dict):
         r.fail(w, "must be a table ([schedule])")
         return None
-    r.unknown(s, {"rpo", "at", "retry_every", "retry_for", "retry_backoff"}, w)
+    r.unknown(s, {"rpo", "at", "retry_every", "retry_for", "retry_backoff", "verify"}, w)
 
     def duration(key: str, default: float, low: float, high: float) -> float:
         if key not in s:
@@ -143,7 +146,8 @@ def parse_schedule(r: Reader, doc: dict[str, Any]) -> Schedule | None:
     if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1.0 <= backoff <= 10.0:
         r.fail((*w, "retry_backoff"), f"must be a number from 1 (a fixed wait) to 10, not {backoff!r}")
         backoff = 1.0
-    return Schedule(rpo, tuple(sorted(at)), retry_every, retry_for, float(backoff))
+    verify = duration("verify", 0.0, 60.0, 366 * DAY) if "verify" in s else None
+    return Schedule(rpo, tuple(sorted(at)), retry_every, retry_for, float(backoff), verify)
 
 
 def _show(seconds: float) -> str:

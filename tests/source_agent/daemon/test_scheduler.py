@@ -252,3 +252,29 @@ def test_job_changes_add_and_drop_vms_and_reschedule(tmp_path: Path) -> None:
     assert {k[1] for k in s.sched.rows} == {"a", "b"}
     s.sched.set_jobs([])
     assert s.sched.rows == {} and s.sched.due() == []
+
+
+def test_a_scheduled_verify_runs_apart_from_the_passes_and_leaves_the_rpo_alone(tmp_path: Path) -> None:
+    """``verify = "1h"``: each VM is verified an hour after it was first seen and an hour after each
+    verify, never at the same time as its pass (a pass due goes first), which keeps its own
+    schedule; a verify that finds damage is an event, and neither counts as the VM's pass."""
+    job = make_job(["a"], 'rpo = "10m"\nverify = "1h"')
+    s = sim(tmp_path, [job])
+    s.duration = lambda st: 300.0 if st.reason == "verify" else 120.0
+    s.outcome = lambda st: (
+        Outcome("failed", 11, "the replica differs") if st.reason == "verify" and st.started - T0 > 4000
+        else Outcome("ok")
+    )  # fmt: skip
+    ran = s.run(T0 + 2 * 3600 + 1000)
+    verifies = [r for r in ran if r.reason == "verify"]
+    assert [r.start for r in verifies] == [3720, 7320]  # the passes due at 3600 and 7200 went first
+    assert [r.status for r in verifies] == ["ok", "failed"]
+    passes = [r for r in ran if r.reason != "verify"]
+    for v in verifies:
+        assert all(p.end <= v.start or p.start >= v.end for p in passes)  # never both at once
+    assert [r.start for r in passes] == [600.0 * i for i in range(14)]  # the schedule, untouched
+    assert all(p.status == "ok" for p in passes)
+    row = s.sched.history.vm(job.id, "a")
+    assert row is not None and row.failures == 0 and row.last_error == ""  # the verify's failure is its own
+    assert row.last_success is not None and row.last_success - T0 == passes[-1].end  # a pass, not a verify
+    assert [e["kind"] for e in s.sched.history.events()].count("verify_failed") == 1

@@ -101,3 +101,10 @@ def test_every_key_is_found_on_the_line_it_was_written(
     found = key_lines(text)
     for path, line in where.items():
         assert found.get(path) == line, (path, text)
+
+
+def test_an_escaped_quote_in_a_basic_string_does_not_end_it() -> None:
+    """Found by the property test above: ``"\\"["`` is one string; the ``[`` inside is not a table."""
+    text = '[a]\na = "\\"["  # a comment\n\n[b]\nc = 1\n'
+    lines = key_lines(text)
+    assert lines[("b",)] == 4 and lines[("b", "c")] == 5 and lines[("a", "a")] == 2

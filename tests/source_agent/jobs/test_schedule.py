@@ -58,7 +58,7 @@ def test_every_problem_names_its_line_and_key() -> None:
     text = '\n[schedule]\nrpo = "15 minutes"\nat = ["2:00", "25:00", "14:00", "14:00"]\nretry_backoff = 0.5\nevery = "1m"\n'
     got = problems(text)
     assert got == [
-        "/jobs/j.toml:16: schedule.every: unknown key (known here: at, retry_backoff, retry_every, retry_for, rpo)",
+        "/jobs/j.toml:16: schedule.every: unknown key (known here: at, retry_backoff, retry_every, retry_for, rpo, verify)",
         '/jobs/j.toml:13: schedule.rpo: must be a duration from 1s to 31d such as "15m", "1h30m", "45s", not \'15 minutes\'',
         "/jobs/j.toml:14: schedule.at: entry 1 must be a local time \"HH:MM\" (00:00-23:59), not '2:00'",
         "/jobs/j.toml:14: schedule.at: entry 2 must be a local time \"HH:MM\" (00:00-23:59), not '25:00'",
