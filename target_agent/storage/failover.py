@@ -169,13 +169,17 @@ def start(data_dir: Path, vm: str, point_id: str | None) -> dict[str, Any]:
         _write_state(vdir, st)  # passes are refused from here on
     elif st.get("point") != point.id:
         raise InputError(f"VM {vm!r} is failing over to point {st.get('point')}: run that failover again")
-    rolled = roll_to(data_dir, vm, point.id, origin="failover")
-    st = {**st, "rolled": rolled or st.get("rolled")}
+    if "rolled" not in st:  # a failover run again after a crash does not roll twice
+        rolled = roll_to(data_dir, vm, point.id, origin="failover")
+        st = {**st, "rolled": rolled}
+        _write_state(vdir, st)
     deltas = {}
     for disk in point.disks:
+        # Made afresh each time: a delta left by a crash may be half-made, and nothing ran from it
+        # (the VM is started only once this command has said the failover is done).
         delta = DELTA.format(disk=disk)
-        if not (vdir / delta).exists():
-            _qemu_img("create", "-q", "-f", "vmdk", "-b", f"{disk}.vmdk", "-F", "vmdk", delta, cwd=vdir)
+        unlink_durable(vdir / delta)
+        _qemu_img("create", "-q", "-f", "vmdk", "-b", f"{disk}.vmdk", "-F", "vmdk", delta, cwd=vdir)
         deltas[disk] = delta
     st = {**st, "state": "failed-over", "deltas": deltas}
     _write_state(vdir, st)
