@@ -268,6 +268,73 @@ class RollbackPage(Page):
         self.app.push_screen(ConfirmScreen(f"Roll back VM {vm}?"), done)
 
 
+def _when(t: object) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(float(t))) if isinstance(t, int | float) else "never"
+
+
+class JobsPage(Page):
+    """The source's scheduled jobs: each VM's last success, next run and RPO; run a pass now, pause or
+    resume its job."""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll():
+            yield Label("Scheduled jobs (vzrep-source run): one row a VM")
+            yield DataTable(id="job-vms", cursor_type="row")
+            with Horizontal():
+                yield Button("Run a pass now", id="run-now", variant="primary")
+                yield Button("Pause job", id="pause")
+                yield Button("Resume job", id="resume")
+            yield Static(id="message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#job-vms", DataTable).add_columns(
+            "Job", "VM", "Last success", "Next run", "RPO", "Paused", "Last error"
+        )
+        self.rows: list[dict[str, Any]] = []
+        self.refresh_jobs()
+        self.set_interval(1, self.poll_pass)
+        self.set_interval(10, self.refresh_jobs)
+
+    def refresh_jobs(self) -> None:
+        table = self.query_one("#job-vms", DataTable)
+        row = table.cursor_row
+        table.clear()
+        self.rows = self.backend.jobs_status()
+        for v in self.rows:
+            table.add_row(
+                str(v["job_name"]), str(v["vm"]), _when(v.get("last_success")), _when(v.get("next_run")),
+                "MISSED" if v.get("rpo_missed") else "ok", "yes" if v["paused"] else "-",
+                str(v.get("last_error") or "-")[:60],
+            )  # fmt: skip
+        if not self.rows:
+            self.say("No scheduled jobs yet: put job files in the jobs directory (docs/appliance.md).")
+        else:
+            table.move_cursor(row=min(row, table.row_count - 1))
+
+    def poll_pass(self) -> None:
+        result = self.backend.pass_result()
+        if result is not None:
+            self.say(result)
+            self.refresh_jobs()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        table = self.query_one("#job-vms", DataTable)
+        if not self.rows:
+            return
+        v = self.rows[table.cursor_row]
+        if event.button.id == "run-now":
+            self.backend.run_now(v["file"], v["vm"])
+            self.say(f"{v['vm']}: a pass is running ...")
+        else:
+            result = self.backend.pause_job(v["file"], event.button.id == "pause")
+            self.say(result.output.strip() or f"exit code {result.rc}")
+            self.refresh_jobs()
+
+
 class FailoverPage(Page):
     """Each replica's state and restore points; a test failover and its end, or a real failover."""
 
@@ -414,6 +481,7 @@ PAGES = {
     "pairing": PairingPage,
     "rollback": RollbackPage,
     "failover": FailoverPage,
+    "jobs": JobsPage,
     "log": LogPage,
     "support": SupportPage,
     "shell": ShellPage,
@@ -437,6 +505,7 @@ class ConsoleApp(App[None]):
         Binding("f3,p", "switch_mode('pairing')", "Pairing"),
         Binding("f4,r", "switch_mode('rollback')", "Rollback"),
         Binding("f9,o", "switch_mode('failover')", "Failover"),
+        Binding("f10,j", "switch_mode('jobs')", "Jobs"),
         Binding("f6,l", "switch_mode('log')", "Log"),
         Binding("f7,b", "switch_mode('support')", "Support"),
         Binding("f8,x", "switch_mode('shell')", "Shell"),

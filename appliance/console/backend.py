@@ -121,6 +121,7 @@ class Backend:
     systemd: bool = True  # False in tests on a temporary root: no systemctl/networkctl/journalctl
     pairing_listen: str | None = None  # HOST:PORT for the target's pairing port (default: all, 2223)
     pairing_process: subprocess.Popen[str] | None = None
+    pass_process: subprocess.Popen[str] | None = None  # a pass started from the Jobs page
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -268,6 +269,54 @@ class Backend:
     def _ether_links(self) -> list[str]:
         out = self._run(["networkctl", "list", "--no-legend"]).output
         return [f.split()[1] for f in out.splitlines() if len(f.split()) > 2 and f.split()[2] == "ether"]
+
+    # --- the source's scheduled jobs ------------------------------------------------------------
+
+    def jobs_status(self) -> list[dict[str, Any]]:
+        """One row a VM of each scheduled job, from the daemon's history (``history --json``): its job
+        (name, file, paused), last success, next run, RPO state and last error."""
+        if self.role != "source":
+            return []
+        result = self._agent(["history", "--db", str(self.layout.history_db), "--json", "--limit", "1"])
+        try:
+            doc = json.loads(result.output)
+        except ValueError:
+            return []
+        jobs = {j["id"]: j for j in doc.get("jobs", [])}
+        rows = []
+        for v in doc.get("vms", []):
+            job = jobs.get(v.get("job"), {})
+            path = Path(job.get("path") or "")
+            rows.append(
+                {**v, "job_name": job.get("name", v.get("job")), "file": str(path),
+                 "paused": bool(job.get("path")) and path.with_suffix(".paused").exists()}
+            )  # fmt: skip
+        return rows
+
+    def pause_job(self, file: str, pause: bool) -> CommandResult:
+        return self._agent(["job", "pause" if pause else "resume", file])
+
+    def run_now(self, file: str, vm: str) -> None:
+        """Start one pass of a job's VM in the background (``job run FILE --vm VM --json``)."""
+        argv = [*self.agent_cli["source"], "job", "run", file, "--vm", vm, "--json"]
+        if self.layout.source_dir.exists():
+            argv += ["--state-dir", str(self.layout.source_dir)]
+        self.pass_process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def pass_result(self) -> str | None:
+        """None while the pass started by :meth:`run_now` runs; then one line on how it ended."""
+        proc = self.pass_process
+        if proc is None or proc.poll() is None:
+            return None
+        out, err = proc.communicate()
+        self.pass_process = None
+        try:
+            vm = json.loads(out)["vms"][0]
+        except (ValueError, KeyError, IndexError):
+            return f"the pass exited {proc.returncode}: {err.strip()[-300:]}"
+        if vm.get("status") == "replicated":
+            return f"{vm['vm']}: replicated"
+        return f"{vm.get('vm')}: {vm.get('status')} (exit {vm.get('exit_code')}): {vm.get('reason', '')[:300]}"
 
     def points(self, vm: str) -> list[dict[str, Any]]:
         """A replica's restore points (``points --json``), newest first; [] when it has none or on error."""

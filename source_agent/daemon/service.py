@@ -21,13 +21,14 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from vzcommon.errors import ExitCode, InputError, VzrepError
 from vzcommon.libc import function
 from vzcommon.log import get_logger
 
-from ..jobs.model import Job, JobFileError, VmConf, load_job
+from ..jobs.model import PAUSED, Job, JobFileError, VmConf, load_job
 from .history import History
 from .scheduler import Outcome, Scheduler, Start
 
@@ -131,7 +132,8 @@ class JobsDir:
                 st = p.stat()
             except OSError:
                 continue
-            out[p] = (st.st_mtime_ns, st.st_size)
+            paused = p.with_suffix(PAUSED).exists()  # pausing or resuming a job is a change too
+            out[p] = (st.st_mtime_ns, st.st_size + (1 << 62 if paused else 0))
         return out
 
     def load(self) -> list[Job]:
@@ -163,7 +165,10 @@ class JobsDir:
             if job.id in jobs:
                 log.error("job_id_twice", file=str(p), other=str(jobs[job.id].path), job=job.id)
                 continue
-            if job.schedule is None:
+            if p.with_suffix(PAUSED).exists():  # `job pause`: kept, not scheduled, until `job resume`
+                log.info("job_paused", file=str(p), job=job.id)
+                job = replace(job, schedule=None)
+            elif job.schedule is None:
                 log.warning("job_not_scheduled", file=str(p), hint="add a [schedule] table (rpo or at)")
             jobs[job.id] = job
             sched = job.schedule

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from vzcommon.climain import asyncio_run
 from vzcommon.errors import InputError
 
-from .model import Job, JobFileError, load_job, new_job_text
+from .model import PAUSED, Job, JobFileError, load_job, new_job_text
 
 if TYPE_CHECKING:
     from .runner import VmResult
@@ -97,6 +97,21 @@ async def _async_run(
     return 0
 
 
+def _pause(args: argparse.Namespace) -> int:
+    """``job pause|resume FILE``: a marker beside the file, which the scheduler reads at its next look."""
+    from vzcommon.durable import atomic_write, unlink_durable
+
+    job = load_job(args.file)  # a file that is not a job is refused, not marked
+    marker = args.file.with_suffix(PAUSED)
+    if args.pause:
+        atomic_write(marker, f"job {job.id} paused\n".encode(), mode=0o644)
+        print(f"job {job.name or args.file.stem} paused: vzrep-source run starts none of its passes until resumed")
+    else:
+        unlink_durable(marker)
+        print(f"job {job.name or args.file.stem} resumed: its passes run on its schedule again")
+    return 0
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 64:
         raise argparse.ArgumentTypeError(f"expected a number of VMs from 1 to 64, got {value!r}")
@@ -133,3 +148,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="the reports and the summary as one JSON document")
     p.set_defaults(func=_run)
+    for name, what in (("pause", "stop scheduling the job's passes (vzrep-source run)"), ("resume", "schedule them again")):
+        p = jsub.add_parser(name, help=what)
+        p.add_argument("file", type=Path)
+        p.set_defaults(func=_pause, pause=name == "pause")

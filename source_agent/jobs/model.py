@@ -468,5 +468,13 @@ disks = ["/images/web01-flat.vmdk", "data=/dev/sdb"]
 """
 
 
+#: ``FILE.paused`` beside a job file: the scheduler keeps the job but runs none of its passes
+PAUSED = ".paused"
+
+
+def paused(path: Path) -> bool:
+    return path.with_suffix(PAUSED).exists()
+
+
 def new_job_text(path: Path, name: str) -> str:
     return TEMPLATE.format(file=path.name, id=uuid.uuid4(), name=name or path.stem)

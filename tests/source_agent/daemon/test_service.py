@@ -11,6 +11,8 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -144,3 +146,26 @@ async def test_the_loop_passes_on_schedule_picks_up_new_jobs_and_stops_with_pass
 def test_history_without_a_database_says_so(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["history", "--db", str(tmp_path / "none.sqlite")]) == 3
     assert "no history at" in capfd.readouterr().err
+
+
+def test_a_paused_job_is_kept_but_not_scheduled_until_resumed(tmp_path: Path) -> None:
+    """`vzrep-source job pause|resume FILE` (the CLI, as the console runs it) marks the file; the
+    daemon's next look at DIR sees the change and schedules the job's passes, or not."""
+    d = tmp_path / "jobs"
+    d.mkdir()
+    write(d, "a", "web")
+    files = JobsDir(d, History(tmp_path / "h.sqlite"), lambda: 1000.0)
+    (job,) = files.load()
+    assert job.schedule is not None
+    for cmd, scheduled in (("pause", False), ("resume", True)):
+        res = subprocess.run(
+            [sys.executable, "-m", "source_agent.cli", "job", cmd, str(d / "a.toml")], capture_output=True, text=True
+        )
+        assert res.returncode == 0 and cmd + "d" in res.stdout, res.stderr
+        assert files.changed()
+        (job,) = files.load()
+        assert (job.schedule is not None) == scheduled and (d / "a.paused").exists() != scheduled
+    res = subprocess.run(
+        [sys.executable, "-m", "source_agent.cli", "job", "pause", str(tmp_path / "h.sqlite")], capture_output=True, text=True
+    )
+    assert res.returncode == 3 and not (tmp_path / "h.paused").exists()  # not a job file: nothing marked
