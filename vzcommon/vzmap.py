@@ -17,6 +17,7 @@ memory stays bounded whatever the disk size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from . import fsio
 from .blockhash import HASH_LEN, HASH_NAME
 from .errors import IntegrityError
 from .geometry import block_count
@@ -91,7 +93,7 @@ class MapFile:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> MapFile:
         p = Path(path)
-        fd = os.open(p, os.O_RDONLY)
+        fd = fsio.open(p, os.O_RDONLY)
         try:
             header = MapHeader.unpack(os.pread(fd, HEADER_SIZE, 0), str(p))
             body_len = HEADER_SIZE + header.entries * HASH_LEN
@@ -109,7 +111,7 @@ class MapFile:
                 if h.digest() != os.pread(fd, 32, body_len):
                     raise IntegrityError(f"{p}: map fails its checksum")
         except BaseException:
-            os.close(fd)
+            fsio.close(fd)
             raise
         return cls(p, fd, header)
 
@@ -121,7 +123,7 @@ class MapFile:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fsio.close(self._fd)
             self._fd = -1
 
     def __enter__(self) -> MapFile:
@@ -141,9 +143,9 @@ class MapBuilder:
         self.block_size = block_size
         self.disk_size = disk_size
         self.entries = block_count(disk_size, block_size)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # block hashes: private
+        self._fd = fsio.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # block hashes: private
         try:
-            os.ftruncate(self._fd, HEADER_SIZE + self.entries * HASH_LEN)  # sparse: all unknown
+            fsio.ftruncate(self._fd, HEADER_SIZE + self.entries * HASH_LEN)  # sparse: all unknown
             if base is not None and base.header.block_size == block_size:
                 n = min(base.header.entries, self.entries)
                 for first in range(0, n, _IO_CHUNK // HASH_LEN):
@@ -156,7 +158,7 @@ class MapBuilder:
     def set_range(self, first: int, hashes: bytes) -> None:
         if first < 0 or first + len(hashes) // HASH_LEN > self.entries:
             raise IndexError("map entry out of range")
-        os.pwrite(self._fd, hashes, HEADER_SIZE + first * HASH_LEN)
+        fsio.pwrite(self._fd, hashes, HEADER_SIZE + first * HASH_LEN)
 
     def fill(self, first: int, count: int, value: bytes) -> None:
         step = _IO_CHUNK // HASH_LEN
@@ -172,23 +174,24 @@ class MapBuilder:
         header = MapHeader(
             self.block_size, self.disk_size, self.entries, cid, HASH_NAME, generation, change_id
         )
-        os.pwrite(self._fd, header.pack(), 0)
+        fsio.pwrite(self._fd, header.pack(), 0)
         body_len = HEADER_SIZE + self.entries * HASH_LEN
-        os.ftruncate(self._fd, body_len)
+        fsio.ftruncate(self._fd, body_len)
         h = blake3()
         pos = 0
         while pos < body_len:
             chunk = os.pread(self._fd, min(_IO_CHUNK, body_len - pos), pos)
             h.update(chunk)
             pos += len(chunk)
-        os.pwrite(self._fd, h.digest(), body_len)
-        os.fsync(self._fd)
-        os.close(self._fd)
+        fsio.pwrite(self._fd, h.digest(), body_len)
+        fsio.fsync(self._fd)
+        fsio.close(self._fd)
         self._fd = -1
         return header
 
     def abort(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fsio.close(self._fd)
             self._fd = -1
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            fsio.unlink(self.path)
