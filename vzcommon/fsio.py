@@ -62,14 +62,16 @@ def original(name: str) -> Callable[..., Any]:
 
 
 def install(wrappers: dict[str, Callable[..., Any]]) -> Callable[[], None]:
-    """Route the named calls through ``wrappers``; returns the function that undoes it."""
+    """Route the named calls through ``wrappers``; returns the function that puts back what was
+    there before (installs nest: a recorder inside a test's own wrappers)."""
     unknown = set(wrappers) - set(NAMES)
     if unknown:
         raise ValueError(f"fsio has no call named {sorted(unknown)}")
     g = globals()
+    before = {name: g[name] for name in wrappers}
     g.update(wrappers)
 
     def uninstall() -> None:
-        g.update(_ORIGINAL)
+        g.update(before)
 
     return uninstall
