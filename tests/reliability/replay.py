@@ -116,7 +116,9 @@ def export_shas(data_dir: Path, point_id: str, scratch: Path) -> dict[str, str]:
         shutil.rmtree(out, ignore_errors=True)
 
 
-async def one_pass(data_dir: Path, state_dir: Path, disks: dict[str, Path], restore_points: int) -> PassReport:
+async def one_pass(
+    data_dir: Path, state_dir: Path, disks: dict[str, Path], restore_points: int
+) -> PassReport:
     """One real pass: both agents' sessions over the in-memory transport."""
     link = memory_pair(1 << 20)
     session = TargetSession(data_dir, "memory", restore_points=restore_points)
@@ -227,11 +229,15 @@ def judge(r: Recorded, data: Path, scratch: Path) -> tuple[str, list[str]]:
     """Rules 1-3 of the module docstring on a recovered state; (side, problems)."""
     vdir = data / VM
     files = state_files(vdir)
-    side_name, side = next(((n, s) for n, s in (("old", r.old), ("new", r.new)) if s.files == files), ("", None))
+    side_name, side = next(
+        ((n, s) for n, s in (("old", r.old), ("new", r.new)) if s.files == files), ("", None)
+    )
     if side is None:
         old_diff = sorted(k for k in set(files) | set(r.old.files) if files.get(k) != r.old.files.get(k))
         new_diff = sorted(k for k in set(files) | set(r.new.files) if files.get(k) != r.new.files.get(k))
-        return "mix", [f"the replica is neither the old nor the new state (differs from old in {old_diff}, from new in {new_diff})"]
+        return "mix", [
+            f"the replica is neither the old nor the new state (differs from old in {old_diff}, from new in {new_diff})"
+        ]
     problems = []
     if vdir.is_dir():
         left = [n for n in (JOURNAL, SCRIPT) if (vdir / n).exists()] + pending_disks(vdir)
@@ -262,9 +268,35 @@ def judge(r: Recorded, data: Path, scratch: Path) -> tuple[str, list[str]]:
     return side_name, problems
 
 
+def recover_and_judge(r: Recorded, data: Path, scratch: Path, where: str, result: Result) -> str | None:
+    """Start-up recovery on a crash state, then rules 1-3; the side reached, or None (failures noted)."""
+    try:
+        done = recover_all(data)
+    except Exception as exc:
+        result.failures.append(f"{where}: recovery failed: {type(exc).__name__}: {exc}")
+        return None
+    if any(v.startswith("NOT recovered") for v in done.values()):
+        result.failures.append(f"{where}: {done}")
+        return None
+    side, problems = judge(r, data, scratch)
+    if problems:
+        result.failures.extend(f"{where}: {p}" for p in problems)
+        return None
+    return side
+
+
 async def check_state(
-    r: Recorded, state: CrashState, model: Model, tmp: Path, result: Result, next_pass: bool
+    r: Recorded,
+    state: CrashState,
+    model: Model,
+    tmp: Path,
+    result: Result,
+    *,
+    next_pass: bool,
+    recovery_crashes: dict[str, int] | None = None,
 ) -> None:
+    """Judge one crash state; ``recovery_crashes`` (samples, torn_limit): also crash the recovery
+    itself at every point of its own op log, and recover again (:func:`check_recovery_crashes`)."""
     data, scratch = tmp / "data", tmp / "scratch"
     shutil.rmtree(tmp, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -273,19 +305,19 @@ async def check_state(
     if state.point:
         where += f" {r.ops[state.point - 1]!r}"
     where += f" ({state.how}{', lost ops ' + str(sorted(state.lost)) if state.lost else ''})"
-    try:
-        done = recover_all(data)
-    except Exception as exc:
-        result.failures.append(f"{where}: recovery failed: {type(exc).__name__}: {exc}")
+    if recovery_crashes is not None:
+        before = Model.snapshot(data)
+        with recording(data) as rec:
+            side = recover_and_judge(r, data, scratch, where, result)
+        if side is not None:
+            await check_recovery_crashes(
+                r, before, rec.ops, side, tmp.with_name(tmp.name + "-r"), where, result, **recovery_crashes
+            )
+    else:
+        side = recover_and_judge(r, data, scratch, where, result)
+    if side is None:
         return
-    if any(v.startswith("NOT recovered") for v in done.values()):
-        result.failures.append(f"{where}: {done}")
-        return
-    side, problems = judge(r, data, scratch)
     result.sides[f"{r.scenario.name}:{side}"] += 1
-    if problems:
-        result.failures.extend(f"{where}: {p}" for p in problems)
-        return
     if next_pass:
         state_dir = tmp / "state"
         shutil.copytree(r.source_state, state_dir)
@@ -301,6 +333,39 @@ async def check_state(
                 result.failures.append(f"{where}: after the next pass disk {name} is not the source")
 
 
+async def check_recovery_crashes(
+    r: Recorded,
+    start: Model,
+    ops: list[Op],
+    side: str,
+    tmp: Path,
+    where: str,
+    result: Result,
+    *,
+    samples: int,
+    torn_limit: int,
+) -> None:
+    """A crash during recovery: every crash state of the recovery's own op log, recovered again, must
+    reach the side the uninterrupted recovery reached (recovery is idempotent and safe to interrupt)."""
+    seen: set[str] = set()
+    for state in crash_states(ops, samples=samples, torn_limit=torn_limit):
+        model = state.build(start, ops)
+        key = model.digest()
+        if key in seen:
+            continue
+        seen.add(key)
+        result.explored[f"{r.scenario.name} (crash in recovery)"] += 1
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "scratch").mkdir(parents=True)
+        model.write_out(tmp / "data")
+        here = f"{where}, then a crash in recovery after op {state.point}/{len(ops)} ({state.how})"
+        again = recover_and_judge(r, tmp / "data", tmp / "scratch", here, result)
+        if again is not None and again != side:
+            result.failures.append(
+                f"{here}: recovered to the {again} state, the uninterrupted recovery to the {side}"
+            )
+
+
 def _no_sync(fd: int) -> None:
     """What a state under test is given for fsync: it is a throwaway copy that no crash will hit, so
     making its writes durable would only cost time (most of it, on a busy disk)."""
@@ -314,13 +379,24 @@ async def explore(
     torn_limit: int = 8,
     point_stride: int = 1,
     next_pass_every: int = 1,
+    recovery_every: int = 0,
     max_failures: int = 50,
 ) -> Result:
     """Build, recover and judge every (sampled) crash state of each recorded pass."""
     result = Result()
     uninstall = fsio.install({"fsync": _no_sync, "fdatasync": _no_sync})
     try:
-        await _explore(recorded, tmp, result, samples, torn_limit, point_stride, next_pass_every, max_failures)
+        await _explore(
+            recorded,
+            tmp,
+            result,
+            samples,
+            torn_limit,
+            point_stride,
+            next_pass_every,
+            recovery_every,
+            max_failures,
+        )
     finally:
         uninstall()
     return result
@@ -334,6 +410,7 @@ async def _explore(
     torn_limit: int,
     point_stride: int,
     next_pass_every: int,
+    recovery_every: int,
     max_failures: int,
 ) -> None:
     for r in recorded:
@@ -347,7 +424,16 @@ async def _explore(
                 continue
             seen.add(key)
             result.explored[r.scenario.name] += 1
-            await check_state(r, state, model, tmp, result, next_pass=n % next_pass_every == 0)
+            nested = {"samples": samples, "torn_limit": torn_limit}
+            await check_state(
+                r,
+                state,
+                model,
+                tmp,
+                result,
+                next_pass=n % next_pass_every == 0,
+                recovery_crashes=nested if recovery_every and n % recovery_every == 0 else None,
+            )
             n += 1
             if len(result.failures) >= max_failures:
                 return
@@ -369,11 +455,13 @@ async def run(args: argparse.Namespace) -> int:
             torn_limit=args.torn_limit,
             point_stride=args.stride,
             next_pass_every=args.next_pass_every,
+            recovery_every=args.recovery_every,
         )
         total = sum(result.explored.values())
         for name, n in result.explored.items():
             sides = {k.split(":")[1]: v for k, v in result.sides.items() if k.startswith(name + ":")}
-            print(f"{name}: {n} distinct crash states, recovered to {sides}, {result.next_passes[name]} next passes")
+            more = f", recovered to {sides}, {result.next_passes[name]} next passes" if sides else ""
+            print(f"{name}: {n} distinct crash states{more}")
         print(f"total: {total} crash states, {len(result.failures)} failures, {time.monotonic() - t0:.0f} s")
         for f in result.failures:
             print("FAIL", f)
@@ -387,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torn-limit", type=int, default=16, help="torn prefixes tried for a long last write")
     ap.add_argument("--stride", type=int, default=1, help="try every Nth crash point only")
     ap.add_argument("--next-pass-every", type=int, default=1, help="a next pass after every Nth state")
+    ap.add_argument(
+        "--recovery-every", type=int, default=5, help="crash the recovery of every Nth state too (0: never)"
+    )
     args = ap.parse_args(argv)
     setup_logging("error")  # recovery logs every roll back; the summary says what matters
     return asyncio.run(run(args))

@@ -198,7 +198,9 @@ def crash_states(
             for _ in range(samples):
                 lost = {i for i in data if rng.random() < 0.5}
                 cut = rng.randint(0, len(meta))
-                yield CrashState(point, frozenset(lost) | frozenset(meta[cut:]), how="random unsynced subset lost")
+                yield CrashState(
+                    point, frozenset(lost) | frozenset(meta[cut:]), how="random unsynced subset lost"
+                )
         if point > 0 and ops[point - 1].kind == "write" and len(ops[point - 1].data) > SECTOR:
             sectors = -(-len(ops[point - 1].data) // SECTOR)
             cuts = range(1, sectors)

@@ -41,7 +41,12 @@ def test_a_torn_and_a_lost_write_are_among_the_states(tmp_path: Path) -> None:
     ]
     states = list(crash_states(ops, samples=0))
     hows = {s.how for s in states}
-    assert {"prefix", "one unsynced write lost", "torn last write (first sectors)", "metadata suffix lost"} <= hows
+    assert {
+        "prefix",
+        "one unsynced write lost",
+        "torn last write (first sectors)",
+        "metadata suffix lost",
+    } <= hows
     # after both barriers nothing can be lost
     assert [s for s in states if s.point == 5] == [states[-1]] and states[-1].lost == frozenset()
 
@@ -61,5 +66,7 @@ async def test_the_replay_catches_a_broken_write_ahead_rule(tmp_path: Path, monk
 
     monkeypatch.setattr(undo.UndoLog, "append", append_without_fsync)
     recorded = await record_all(tmp_path / "work", ["incremental"])
-    result = await explore(recorded, tmp_path / "state", samples=0, torn_limit=0, next_pass_every=10**9, max_failures=1)
+    result = await explore(
+        recorded, tmp_path / "state", samples=0, torn_limit=0, next_pass_every=10**9, max_failures=1
+    )
     assert result.failures and "neither the old nor the new state" in result.failures[0]
