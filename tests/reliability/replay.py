@@ -366,6 +366,13 @@ async def check_recovery_crashes(
             )
 
 
+def fast_dir() -> str | None:
+    """tmpfs (``/dev/shm``) where there is one, for the thousands of small directories the states
+    are laid out in and removed from; None (the default temporary directory) where there is not."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def _no_sync(fd: int) -> None:
     """What a state under test is given for fsync: it is a throwaway copy that no crash will hit, so
     making its writes durable would only cost time (most of it, on a busy disk)."""
@@ -440,9 +447,7 @@ async def _explore(
 
 
 async def run(args: argparse.Namespace) -> int:
-    shm = Path("/dev/shm")  # tmpfs where there is one: thousands of small directories made and removed
-    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="vzrep-crash-", dir=where) as t:
+    with tempfile.TemporaryDirectory(prefix="vzrep-crash-", dir=fast_dir()) as t:
         work = Path(t)
         t0 = time.monotonic()
         recorded = await record_all(work, args.scenario)

@@ -1,12 +1,13 @@
 """A sample of the crash-state replay (``make crash-replay`` runs all of it): every scenario is
-recorded, every 5th crash point is tried with its metadata suffixes, single lost writes, one random
-lost subset and a torn last write, and some states get a next pass."""
+recorded, every 30th crash point is tried with its metadata suffixes, single lost writes, one random
+lost subset and a torn last write; some states get a next pass, some a crash in their recovery."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from tests.reliability.replay import explore, record_all
+from tests.reliability.replay import explore, fast_dir, record_all
 from tests.reliability.states import crash_states
 
 
@@ -19,12 +20,20 @@ async def test_every_sampled_crash_state_recovers_to_the_old_or_the_new_replica(
     retention = recorded[-1]
     assert any(op.kind == "rmdir" for op in retention.ops)  # pruning happened
     assert any(op.kind == "punch" for op in recorded[1].ops)  # zeroed blocks were punched
-    result = await explore(
-        recorded, tmp_path / "state", samples=1, torn_limit=1, point_stride=5, next_pass_every=15
-    )
+    with tempfile.TemporaryDirectory(prefix="vzrep-crash-test-", dir=fast_dir()) as states:
+        result = await explore(
+            recorded,
+            Path(states),
+            samples=1,
+            torn_limit=1,
+            point_stride=30,
+            next_pass_every=20,
+            recovery_every=12,
+        )
     assert result.failures == []
     for r in recorded:
-        assert result.explored[r.scenario.name] > 15
+        assert result.explored[r.scenario.name] > 10
+        assert result.explored[f"{r.scenario.name} (crash in recovery)"] > 0
         assert result.sides[f"{r.scenario.name}:old"] and result.sides[f"{r.scenario.name}:new"]
         assert result.next_passes[r.scenario.name] >= 1
 
