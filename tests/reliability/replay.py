@@ -388,6 +388,7 @@ async def explore(
     next_pass_every: int = 1,
     recovery_every: int = 0,
     max_failures: int = 50,
+    progress: Callable[[str], None] | None = None,
 ) -> Result:
     """Build, recover and judge every (sampled) crash state of each recorded pass."""
     result = Result()
@@ -403,6 +404,7 @@ async def explore(
             next_pass_every,
             recovery_every,
             max_failures,
+            progress,
         )
     finally:
         uninstall()
@@ -419,6 +421,7 @@ async def _explore(
     next_pass_every: int,
     recovery_every: int,
     max_failures: int,
+    progress: Callable[[str], None] | None,
 ) -> None:
     for r in recorded:
         seen: set[str] = set()
@@ -444,6 +447,8 @@ async def _explore(
             n += 1
             if len(result.failures) >= max_failures:
                 return
+        if progress is not None:
+            progress(f"{r.scenario.name}: {n} crash states judged, {len(result.failures)} failures so far")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -461,6 +466,7 @@ async def run(args: argparse.Namespace) -> int:
             point_stride=args.stride,
             next_pass_every=args.next_pass_every,
             recovery_every=args.recovery_every,
+            progress=lambda line: print(line, flush=True),
         )
         total = sum(result.explored.values())
         for name, n in result.explored.items():

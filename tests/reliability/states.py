@@ -201,9 +201,10 @@ def crash_states(
                 yield CrashState(
                     point, frozenset(lost) | frozenset(meta[cut:]), how="random unsynced subset lost"
                 )
-        if point > 0 and ops[point - 1].kind == "write" and len(ops[point - 1].data) > SECTOR:
-            sectors = -(-len(ops[point - 1].data) // SECTOR)
-            cuts = range(1, sectors)
+        last = ops[point - 1] if point > 0 else None
+        if torn_limit > 0 and last is not None and last.kind == "write" and len(last.data) > SECTOR:
+            sectors = -(-len(last.data) // SECTOR)
+            cuts = list(range(1, sectors))
             if len(cuts) > torn_limit:
                 cuts = sorted(rng.sample(cuts, torn_limit))
             for c in cuts:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.reliability.replay import explore, fast_dir, record_all
 from tests.reliability.states import crash_states
 
@@ -60,7 +62,9 @@ def test_a_torn_and_a_lost_write_are_among_the_states(tmp_path: Path) -> None:
     assert [s for s in states if s.point == 5] == [states[-1]] and states[-1].lost == frozenset()
 
 
-async def test_the_replay_catches_a_broken_write_ahead_rule(tmp_path: Path, monkeypatch) -> None:
+async def test_the_replay_catches_a_broken_write_ahead_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The judge has teeth: undo records that are never fsynced (the write-ahead rule broken) leave
     crash states where a block is overwritten but its undo record is lost, and the replay says so."""
     from target_agent.storage import undo
