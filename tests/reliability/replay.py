@@ -5,6 +5,8 @@ the in-memory transport, target restore points as given):
 
 * ``full`` -- the first pass: the replica is created (restore points 2);
 * ``incremental`` -- blocks changed and blocks zeroed (hole punching), an increment is kept;
+* ``cut`` -- blocks changed, and the link cut mid-pass: the target rolls the pass back while running
+  (the old and the new state are the same);
 * ``growth`` -- one disk grows, with data in the new part; retention (2) prunes the oldest increment;
 * ``retention`` -- the target keeps one point only: the undo log is dropped, every increment pruned.
 
@@ -39,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from source_agent.disks import open_disk
 from source_agent.session import DiskJob, PassOptions, PassReport, run_pass_over
@@ -49,6 +52,7 @@ from target_agent.storage.transaction import JOURNAL, SCRIPT, STATUS, STATUS_MAG
 from tests.support.memory import memory_pair
 from tests.support.tools import BS, change_blocks, make_image, sha256_py
 from vzcommon import fsio
+from vzcommon.errors import VzrepError
 from vzcommon.log import setup_logging
 from vzcommon.records import read_record
 
@@ -117,18 +121,29 @@ def export_shas(data_dir: Path, point_id: str, scratch: Path) -> dict[str, str]:
 
 
 async def one_pass(
-    data_dir: Path, state_dir: Path, disks: dict[str, Path], restore_points: int
+    data_dir: Path, state_dir: Path, disks: dict[str, Path], restore_points: int, cut_after: int = 0
 ) -> PassReport:
-    """One real pass: both agents' sessions over the in-memory transport."""
-    link = memory_pair(1 << 20)
+    """One real pass: both agents' sessions over the in-memory transport; ``cut_after``: the link is
+    cut once the source has sent that many bytes (the target rolls the pass back)."""
+    link = memory_pair(64 * KiB if cut_after else 1 << 20)
     session = TargetSession(data_dir, "memory", restore_points=restore_points)
     target = asyncio.ensure_future(session.run(link.target))
     readers = [open_disk(p, name) for name, p in disks.items()]
+
+    async def cutter() -> None:
+        while link.source.sent < cut_after:  # noqa: ASYNC110 (polls a counter, no event to wait on)
+            await asyncio.sleep(0.001)
+        link.cut()
+
+    cut = asyncio.ensure_future(cutter()) if cut_after else None
     try:
         return await run_pass_over(
             link.source, "memory", VM, [DiskJob(reader=r) for r in readers], PassOptions(state_dir=state_dir)
         )
     finally:
+        if cut is not None:
+            cut.cancel()
+            await asyncio.gather(cut, return_exceptions=True)
         for r in readers:
             r.close()
         await asyncio.wait_for(target, 60)
@@ -139,6 +154,7 @@ class Scenario:
     name: str
     restore_points: int
     change: Callable[[dict[str, Path]], None]
+    cut_after: int = 0  # the link is cut mid-pass: the pass fails and the target rolls it back
 
 
 def _no_change(disks: dict[str, Path]) -> None:
@@ -166,9 +182,15 @@ def _retention(disks: dict[str, Path]) -> None:
     change_blocks(disks["d1"], 1, seed=16)
 
 
+def _cut(disks: dict[str, Path]) -> None:
+    change_blocks(disks["d0"], 6, seed=17)
+    change_blocks(disks["d1"], 3, seed=18)
+
+
 SCENARIOS = [
     Scenario("full", 2, _no_change),
     Scenario("incremental", 2, _incremental),
+    Scenario("cut", 2, _cut, cut_after=5 * BS),
     Scenario("growth", 2, _growth),
     Scenario("retention", 1, _retention),
 ]
@@ -200,14 +222,12 @@ async def record_all(work: Path, names: list[str] | None = None) -> list[Recorde
     for sc in SCENARIOS:
         sc.change(disks)
         if names is not None and sc.name not in names:
-            report = await one_pass(data, state, disks, sc.restore_points)
-            assert report.ok, report.error
+            await _scenario_pass(data, state, disks, sc)
             continue
         old = Side.capture(data, scratch)
         start = Model.snapshot(data)
         with recording(data) as rec:
-            report = await one_pass(data, state, disks, sc.restore_points)
-        assert report.ok, report.error
+            await _scenario_pass(data, state, disks, sc)
         new = Side.capture(data, scratch)
         keep = work / "kept" / sc.name
         keep.mkdir(parents=True)
@@ -215,6 +235,15 @@ async def record_all(work: Path, names: list[str] | None = None) -> list[Recorde
         shutil.copytree(state, keep / "state")
         out.append(Recorded(sc, start, list(rec.ops), old, new, sources, keep / "state"))
     return out
+
+
+async def _scenario_pass(data: Path, state: Path, disks: dict[str, Path], sc: Scenario) -> None:
+    try:
+        report = await one_pass(data, state, disks, sc.restore_points, sc.cut_after)
+    except VzrepError:
+        assert sc.cut_after, f"the {sc.name} pass failed"
+        return
+    assert report.ok and not sc.cut_after, f"the {sc.name} pass: {report}"
 
 
 @dataclass
@@ -293,7 +322,7 @@ async def check_state(
     result: Result,
     *,
     next_pass: bool,
-    recovery_crashes: dict[str, int] | None = None,
+    recovery_crashes: dict[str, Any] | None = None,
 ) -> None:
     """Judge one crash state; ``recovery_crashes`` (samples, torn_limit): also crash the recovery
     itself at every point of its own op log, and recover again (:func:`check_recovery_crashes`)."""
@@ -344,11 +373,12 @@ async def check_recovery_crashes(
     *,
     samples: int,
     torn_limit: int,
+    metadata: str,
 ) -> None:
     """A crash during recovery: every crash state of the recovery's own op log, recovered again, must
     reach the side the uninterrupted recovery reached (recovery is idempotent and safe to interrupt)."""
     seen: set[str] = set()
-    for state in crash_states(ops, samples=samples, torn_limit=torn_limit):
+    for state in crash_states(ops, samples=samples, torn_limit=torn_limit, metadata=metadata):
         model = state.build(start, ops)
         key = model.digest()
         if key in seen:
@@ -389,6 +419,7 @@ async def explore(
     recovery_every: int = 0,
     max_failures: int = 50,
     progress: Callable[[str], None] | None = None,
+    metadata: str = "ordered",
 ) -> Result:
     """Build, recover and judge every (sampled) crash state of each recorded pass."""
     result = Result()
@@ -405,6 +436,7 @@ async def explore(
             recovery_every,
             max_failures,
             progress,
+            metadata,
         )
     finally:
         uninstall()
@@ -422,19 +454,22 @@ async def _explore(
     recovery_every: int,
     max_failures: int,
     progress: Callable[[str], None] | None,
+    metadata: str,
 ) -> None:
     for r in recorded:
         seen: set[str] = set()
         points = sorted({*range(0, len(r.ops) + 1, point_stride), len(r.ops)})
         n = 0
-        for state in crash_states(r.ops, samples=samples, torn_limit=torn_limit, points=points):
+        for state in crash_states(
+            r.ops, samples=samples, torn_limit=torn_limit, points=points, metadata=metadata
+        ):
             model = state.build(r.start, r.ops)
             key = model.digest()
             if key in seen:
                 continue
             seen.add(key)
             result.explored[r.scenario.name] += 1
-            nested = {"samples": samples, "torn_limit": torn_limit}
+            nested: dict[str, Any] = {"samples": samples, "torn_limit": torn_limit, "metadata": metadata}
             await check_state(
                 r,
                 state,
@@ -466,6 +501,7 @@ async def run(args: argparse.Namespace) -> int:
             point_stride=args.stride,
             next_pass_every=args.next_pass_every,
             recovery_every=args.recovery_every,
+            metadata=args.metadata,
             progress=lambda line: print(line, flush=True),
         )
         total = sum(result.explored.values())
@@ -486,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torn-limit", type=int, default=16, help="torn prefixes tried for a long last write")
     ap.add_argument("--stride", type=int, default=1, help="try every Nth crash point only")
     ap.add_argument("--next-pass-every", type=int, default=1, help="a next pass after every Nth state")
+    ap.add_argument(
+        "--metadata",
+        choices=["ordered", "any"],
+        default="ordered",
+        help="ordered: un-synced directory changes are lost from the end only (ext4, xfs); any: each may be lost (POSIX)",
+    )
     ap.add_argument(
         "--recovery-every", type=int, default=5, help="crash the recovery of every Nth state too (0: never)"
     )

@@ -15,7 +15,7 @@ from tests.reliability.states import crash_states
 
 async def test_every_sampled_crash_state_recovers_to_the_old_or_the_new_replica(tmp_path: Path) -> None:
     recorded = await record_all(tmp_path / "work")
-    assert [r.scenario.name for r in recorded] == ["full", "incremental", "growth", "retention"]
+    assert [r.scenario.name for r in recorded] == ["full", "incremental", "cut", "growth", "retention"]
     for r in recorded:  # the seam saw the pass: data, undo, map and journal writes, fsyncs, renames
         kinds = {op.kind for op in r.ops}
         assert {"create", "write", "fsync", "dirsync", "rename", "unlink"} <= kinds, (r.scenario.name, kinds)
