@@ -34,9 +34,11 @@ async def test_every_sampled_crash_state_recovers_to_the_old_or_the_new_replica(
         )
     assert result.failures == []
     for r in recorded:
-        assert result.explored[r.scenario.name] > 10
+        assert result.explored[r.scenario.name] > 5
         assert result.explored[f"{r.scenario.name} (crash in recovery)"] > 0
-        assert result.sides[f"{r.scenario.name}:old"] and result.sides[f"{r.scenario.name}:new"]
+        assert result.sides[f"{r.scenario.name}:old"]
+        if not r.scenario.cut_after:  # a pass that commits: crashes after its commit point go forward
+            assert result.sides[f"{r.scenario.name}:new"]
         assert result.next_passes[r.scenario.name] >= 1
 
 
