@@ -23,6 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import fsio
 from .libc import function
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -42,19 +43,19 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make a directory's entries (creations, renames, unlinks) durable."""
-    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
+    fd = fsio.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fsio.fsync(fd)
     finally:
-        os.close(fd)
+        fsio.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = fsio.write(fd, view)
         view = view[n:]
-    os.fsync(fd)
+    fsio.fsync(fd)
 
 
 def write_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, new: bool = False) -> None:
@@ -66,11 +67,11 @@ def write_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, 
     a symlink), so it gets ``mode`` and no earlier file's.
     """
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL | os.O_NOFOLLOW if new else os.O_TRUNC)
-    fd = os.open(Path(path), flags, mode)
+    fd = fsio.open(Path(path), flags, mode)
     try:
         _write_all(fd, data)
     finally:
-        os.close(fd)
+        fsio.close(fd)
 
 
 def create_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
@@ -90,21 +91,21 @@ def create_durable(path: str | os.PathLike[str], data: bytes, mode: int = 0o600)
             os.fchmod(fd, mode)
             _write_all(fd, data)
         finally:
-            os.close(fd)
+            fsio.close(fd)
         try:
-            os.link(tmp, p, follow_symlinks=False)
+            fsio.link(tmp, p, follow_symlinks=False)
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
                 raise
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            fd = fsio.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             try:
                 os.fchmod(fd, mode)
                 _write_all(fd, data)
             finally:
-                os.close(fd)
+                fsio.close(fd)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            fsio.unlink(tmp)
     fsync_dir(p.parent)
 
 
@@ -118,19 +119,19 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
     tmp = p.with_name(f".{p.name}.tmp")
     try:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            fsio.unlink(tmp)
         write_durable(tmp, data, mode, new=True)
-        os.replace(tmp, p)
+        fsio.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            fsio.unlink(tmp)
         raise
     fsync_dir(p.parent)
 
 
 def replace_durable(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Rename an already-fsynced file over ``dst`` and make the rename durable."""
-    os.replace(src, dst)
+    fsio.replace(src, dst)
     fsync_dir(Path(dst).parent)
 
 
@@ -152,7 +153,7 @@ def unlink_durable(*paths: str | os.PathLike[str]) -> None:
     for path in paths:
         p = Path(path)
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            fsio.unlink(p)
             dirs.add(p.parent)
     for d in dirs:
         fsync_dir(d)
@@ -164,5 +165,5 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     raises ENOSPC, rather than the rest being dropped without a word."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = fsio.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n

@@ -17,6 +17,7 @@ memory stays bounded whatever the disk size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from . import fsio
 from .blockhash import HASH_LEN, HASH_NAME
 from .durable import pwrite_all
 from .errors import IntegrityError
@@ -92,7 +94,7 @@ class MapFile:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> MapFile:
         p = Path(path)
-        fd = os.open(p, os.O_RDONLY)
+        fd = fsio.open(p, os.O_RDONLY)
         try:
             header = MapHeader.unpack(os.pread(fd, HEADER_SIZE, 0), str(p))
             body_len = HEADER_SIZE + header.entries * HASH_LEN
@@ -110,7 +112,7 @@ class MapFile:
                 if h.digest() != os.pread(fd, 32, body_len):
                     raise IntegrityError(f"{p}: map fails its checksum")
         except BaseException:
-            os.close(fd)
+            fsio.close(fd)
             raise
         return cls(p, fd, header)
 
@@ -122,7 +124,7 @@ class MapFile:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fsio.close(self._fd)
             self._fd = -1
 
     def __enter__(self) -> MapFile:
@@ -142,9 +144,9 @@ class MapBuilder:
         self.block_size = block_size
         self.disk_size = disk_size
         self.entries = block_count(disk_size, block_size)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # block hashes: private
+        self._fd = fsio.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # block hashes: private
         try:
-            os.ftruncate(self._fd, HEADER_SIZE + self.entries * HASH_LEN)  # sparse: all unknown
+            fsio.ftruncate(self._fd, HEADER_SIZE + self.entries * HASH_LEN)  # sparse: all unknown
             if base is not None and base.header.block_size == block_size:
                 n = min(base.header.entries, self.entries)
                 for first in range(0, n, _IO_CHUNK // HASH_LEN):
@@ -175,7 +177,7 @@ class MapBuilder:
         )
         pwrite_all(self._fd, header.pack(), 0)
         body_len = HEADER_SIZE + self.entries * HASH_LEN
-        os.ftruncate(self._fd, body_len)
+        fsio.ftruncate(self._fd, body_len)
         h = blake3()
         pos = 0
         while pos < body_len:
@@ -183,13 +185,14 @@ class MapBuilder:
             h.update(chunk)
             pos += len(chunk)
         pwrite_all(self._fd, h.digest(), body_len)
-        os.fsync(self._fd)
-        os.close(self._fd)
+        fsio.fsync(self._fd)
+        fsio.close(self._fd)
         self._fd = -1
         return header
 
     def abort(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fsio.close(self._fd)
             self._fd = -1
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            fsio.unlink(self.path)

@@ -17,6 +17,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from vzcommon import fsio
 from vzcommon.durable import fsync_dir, pwrite_all, write_durable
 from vzcommon.errors import InputError, IntegrityError, StorageError
 from vzcommon.sparse import data_segments
@@ -65,11 +66,11 @@ def _sparse_copy(src: Path, dst: Path, size: int) -> None:
         for off, length in data_segments(fin.fileno(), 0, size):
             end = off + length
             while off < end:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(COPY_CHUNK, end - off), off, off)
+                n = fsio.copy_file_range(fin.fileno(), fout.fileno(), min(COPY_CHUNK, end - off), off, off)
                 if n <= 0:  # the source shrank under us
                     raise OSError(5, f"{src} ended at {off} while being copied")
                 off += n
-        os.fsync(fout.fileno())
+        fsio.fsync(fout.fileno())
 
 
 def _apply(increment: Path, fd: int) -> None:
@@ -112,15 +113,15 @@ def export_point(data_dir: Path, vm: str, point_id: str, out_dir: Path) -> list[
                     )
                 flat = work / f"{disk}-flat.vmdk"
                 _sparse_copy(live.flat, flat, live.flat.stat().st_size)
-                fd = os.open(flat, os.O_RDWR)
+                fd = fsio.open(flat, os.O_RDWR)
                 try:
                     for p, d, inc in steps:
                         if d == disk and not p.increments[d].created:
                             _apply(inc, fd)
-                    os.ftruncate(fd, size)  # a disk that grew after the point is cut to its size then
-                    os.fsync(fd)
+                    fsio.ftruncate(fd, size)  # a disk that grew after the point is cut to its size then
+                    fsio.fsync(fd)
                 finally:
-                    os.close(fd)
+                    fsio.close(fd)
                 write_durable(
                     work / f"{disk}.vmdk",
                     render_flat_descriptor(flat.name, size, secrets.randbits(32) or 1).encode(),
@@ -130,7 +131,7 @@ def export_point(data_dir: Path, vm: str, point_id: str, out_dir: Path) -> list[
             done = []
             for disk in point.disks:
                 for name in (f"{disk}-flat.vmdk", f"{disk}.vmdk"):
-                    os.replace(work / name, out_dir / name)
+                    fsio.replace(work / name, out_dir / name)
                 done.append(out_dir / f"{disk}.vmdk")
             fsync_dir(out_dir)
         except OSError as exc:

@@ -21,10 +21,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vzcommon import fsio
 from vzcommon.blockhash import zero_block
 from vzcommon.errors import StorageError
 from vzcommon.log import get_logger
-from vzcommon.sparse import punch_hole
 
 log = get_logger("vzrep.target.paths")
 
@@ -88,9 +88,9 @@ def zero_range(fd: int, offset: int, length: int, *, block_device: bool) -> None
     """Make a range read as zeros: punch a hole in a file; write zeros to a block device (a discard
     is not guaranteed to read back as zeros there)."""
     if not block_device:
-        punch_hole(fd, offset, length)
+        fsio.punch_hole(fd, offset, length)
         return
     zeros = zero_block(min(length, 1 << 20))
     end = offset + length
     while offset < end:
-        offset += os.pwrite(fd, zeros[: min(len(zeros), end - offset)], offset)
+        offset += fsio.pwrite(fd, zeros[: min(len(zeros), end - offset)], offset)

@@ -24,12 +24,12 @@ idempotent; :func:`finish` runs steps 2-3 (and 1 for whatever is left) again aft
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocol.messages import valid_name
+from vzcommon import fsio
 from vzcommon.durable import fsync_dir, unlink_durable
 from vzcommon.errors import InputError, IntegrityError
 from vzcommon.records import read_record, write_record
@@ -125,7 +125,7 @@ def retain(points: list[Point], keep: int) -> list[Point]:
 def write_index(vdir: Path, points: list[Point]) -> None:
     d = points_dir(vdir)
     if not d.exists():
-        d.mkdir(mode=0o700)
+        fsio.mkdir(d, 0o700)
         fsync_dir(vdir)
     write_record(d / INDEX, INDEX_MAGIC, index_body(points))
 
@@ -137,11 +137,11 @@ def keep_increment(vdir: Path, point_id: str, disk: str, undo: Path) -> None:
         return  # already moved (recovery runs this again)
     if not target.parent.exists():
         if not points_dir(vdir).exists():
-            points_dir(vdir).mkdir(mode=0o700)
+            fsio.mkdir(points_dir(vdir), 0o700)
             fsync_dir(vdir)
-        target.parent.mkdir(mode=0o700)
+        fsio.mkdir(target.parent, 0o700)
         fsync_dir(points_dir(vdir))
-    os.replace(undo, target)
+    fsio.replace(undo, target)
     fsync_dir(target.parent)
     fsync_dir(undo.parent)
 
@@ -159,7 +159,7 @@ def prune(vdir: Path, points: list[Point]) -> list[str]:
         if entry.is_dir():
             unlink_durable(*entry.iterdir())
             with contextlib.suppress(FileNotFoundError):
-                entry.rmdir()
+                fsio.rmdir(entry)
             removed.append(entry.name)
         elif entry.name.startswith("."):  # the index's temporary file, from a crash mid-write
             unlink_durable(entry)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.messages import MapStatus
+from vzcommon import fsio
 from vzcommon.blockhash import hash_block, zero_block, zero_hash
 from vzcommon.durable import fsync_dir, start_writeback, write_durable
 from vzcommon.errors import InputError, IntegrityError, StorageError
@@ -109,11 +110,11 @@ def trusted_map(paths: ReplicaPaths, size: int, block_size: int, notes: list[str
 
 def device_size(path: Path) -> int:
     """Size of a device or file (``st_size`` is 0 for a block device, so seek to its end)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = fsio.open(path, os.O_RDONLY)
     try:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
-        os.close(fd)
+        fsio.close(fd)
 
 
 def hash_replica(fd: int, size: int, block_size: int, builder: MapBuilder) -> None:
@@ -232,13 +233,13 @@ class DiskWriter:
             self._undo = UndoLog.create(
                 p.undo, old_size=self.old_size, created=self.created, pass_id=self.pass_id, disk=p.disk
             )
-            self._fd = os.open(p.flat, os.O_RDWR | (0 if p.device is not None else os.O_CREAT), PRIVATE_FILE)
+            self._fd = fsio.open(p.flat, os.O_RDWR | (0 if p.device is not None else os.O_CREAT), PRIVATE_FILE)
             if p.device is None and not self.created:  # a seeded flat file may be anyone's to read
                 make_private(self._fd, PRIVATE_FILE)
             if self.created:
                 fsync_dir(p.vm_dir)
             if self.size > self.old_size and p.device is None:
-                os.ftruncate(self._fd, self.size)  # sparse growth; rollback truncates to old_size
+                fsio.ftruncate(self._fd, self.size)  # sparse growth; rollback truncates to old_size
         except OSError as exc:
             raise _storage_error(exc, f"cannot prepare replica disk {p.disk!r}") from None
         return result
@@ -364,7 +365,7 @@ class DiskWriter:
                 view = memoryview(what)
                 pos = offset
                 while view:
-                    n = os.pwrite(self._fd, view, pos)
+                    n = fsio.pwrite(self._fd, view, pos)
                     view, pos = view[n:], pos + n
                 lo, hi = (offset, pos) if lo < 0 else (min(lo, offset), max(hi, pos))
             if lo >= 0:
@@ -394,7 +395,7 @@ class DiskWriter:
         self.flush()
         cid = secrets.randbits(32) or 1
         try:
-            os.fsync(self._fd)
+            fsio.fsync(self._fd)
             if self.paths.device is None:  # vSphere owns a device's descriptor
                 text = render_flat_descriptor(self.paths.flat.name, self.size, cid)
                 write_durable(self.paths.descriptor_next, text.encode(), PRIVATE_FILE)
@@ -405,7 +406,7 @@ class DiskWriter:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fsio.close(self._fd)
             self._fd = -1
         if self._undo is not None:
             self._undo.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
+from vzcommon import fsio
 from vzcommon.durable import fsync_dir, pwrite_all, unlink_durable
 from vzcommon.errors import IntegrityError, StorageError
 
@@ -31,7 +32,7 @@ def rollback_disk(paths: ReplicaPaths) -> str:
         elif head is not None:
             restored = 0
             try:
-                fd = os.open(paths.flat, os.O_RDWR)
+                fd = fsio.open(paths.flat, os.O_RDWR)
             except FileNotFoundError:
                 if paths.device is not None:  # keep the undo log: the device may come back
                     raise DeviceNotAttached(
@@ -58,15 +59,15 @@ def rollback_disk(paths: ReplicaPaths) -> str:
                         restored += 1
                     # a device is never resized by a pass (vSphere grows it before), so never truncated
                     if paths.device is None and os.fstat(fd).st_size != head.old_size:
-                        os.ftruncate(fd, head.old_size)
-                    os.fsync(fd)
+                        fsio.ftruncate(fd, head.old_size)
+                    fsio.fsync(fd)
                 except OSError as exc:
                     raise StorageError(
                         f"rollback of disk {paths.disk!r} failed: {exc.strerror}; fix the storage and run"
                         " `vzrep-target rollback` again (rollback is safe to repeat)"
                     ) from None
                 finally:
-                    os.close(fd)
+                    fsio.close(fd)
             done = f"restored {restored} block ranges"
     unlink_durable(paths.map_next, paths.descriptor_next, paths.undo)
     return done
@@ -77,7 +78,7 @@ def roll_forward_disk(paths: ReplicaPaths, keep_as: str | None = None) -> None:
     ``keep_as``'s increment (``points``), or is dropped when no point keeps it."""
     for nxt, final in ((paths.descriptor_next, paths.descriptor), (paths.map_next, paths.map)):
         if nxt.exists():
-            os.replace(nxt, final)
+            fsio.replace(nxt, final)
     fsync_dir(paths.vm_dir)
     if keep_as is not None:
         points.keep_increment(paths.vm_dir, keep_as, paths.disk, paths.undo)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.messages import valid_name
+from vzcommon import fsio
 from vzcommon.durable import atomic_write, fsync_dir, unlink_durable
 from vzcommon.errors import InputError, IntegrityError
 from vzcommon.log import get_logger
@@ -255,7 +256,7 @@ class VmPass:
         ``devices``: where the device-backed disks of an interrupted earlier pass are now."""
         self.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         if not self.vdir.exists():
-            self.vdir.mkdir(mode=PRIVATE_DIR)
+            fsio.mkdir(self.vdir, PRIVATE_DIR)
             fsync_dir(self.data_dir)
         make_private(self.vdir, PRIVATE_DIR)  # also when it pre-existed (seeded, made by hand)
         self._lock.acquire()

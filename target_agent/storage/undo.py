@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+from vzcommon import fsio
 from vzcommon.checksum import crc32
 from vzcommon.durable import fsync_dir
 from vzcommon.errors import IntegrityError
@@ -83,18 +84,18 @@ class UndoLog:
     ) -> UndoLog:
         """Create the log and make it (and its name) durable before the replica is touched."""
         p = Path(path)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = fsio.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
             head = _HEAD.pack(
                 MAGIC, VERSION, FLAG_CREATED if created else 0, old_size, pass_id.encode(), disk.encode()
             )
             head += struct.pack("<I", crc32(head))
             head = head.ljust(HEADER_SIZE, b"\0")
-            os.write(fd, head)
-            os.fsync(fd)
+            fsio.write(fd, head)
+            fsio.fsync(fd)
             fsync_dir(p.parent)
         except BaseException:
-            os.close(fd)
+            fsio.close(fd)
             raise
         return cls(p, fd, head)
 
@@ -102,15 +103,15 @@ class UndoLog:
         """Append encoded records and fsync them (one group commit)."""
         view = memoryview(records)
         while view:
-            n = os.write(self._fd, view)
+            n = fsio.write(self._fd, view)
             view = view[n:]
-        os.fdatasync(self._fd)
+        fsio.fdatasync(self._fd)
         self.bytes += len(records)
         self.sha256.update(records)
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fsio.close(self._fd)
             self._fd = -1
 
 
