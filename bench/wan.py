@@ -115,7 +115,7 @@ class DelayLine:
         sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream)
         try:
             await asyncio.gather(self._pipe(cr, sw), self._pipe(sr, cw))
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.CancelledError):  # closed, or the line stops
             pass
         finally:
             for w in (cw, sw):
