@@ -11,7 +11,6 @@ nothing or a stale hidden directory (removed by the next export), never a half-m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import shutil
@@ -31,14 +30,6 @@ from .paths import ReplicaPaths, zero_range
 COPY_CHUNK = 64 << 20
 
 
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_increment(vdir: Path, point: rp.Point, disk: str) -> Path:
     """The increment's file, refused unless its size and SHA-256 are those recorded at commit."""
     inc = point.increments[disk]
@@ -49,7 +40,7 @@ def check_increment(vdir: Path, point: rp.Point, disk: str) -> Path:
         raise IntegrityError(
             f"restore point {point.id}: the increment of disk {disk!r} is missing ({path})"
         ) from None
-    if size != inc.bytes or _sha256_of(path) != inc.sha256:
+    if size != inc.bytes or rp.sha256_of(path) != inc.sha256:
         raise IntegrityError(
             f"restore point {point.id}: the increment of disk {disk!r} ({path}) is damaged"
             f" ({size} bytes, {inc.bytes} recorded, or its SHA-256 differs); points older than"

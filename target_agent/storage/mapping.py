@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import os
 import secrets
 import shutil
@@ -128,14 +127,6 @@ def _generation() -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -283,7 +274,7 @@ def _build(stage: Path, copies: list[Copy]) -> str:
                 "dev": st.st_dev,
                 "ino": st.st_ino,
                 "descriptor": str(c.descriptor) if c.descriptor else "",
-                "descriptor_sha256": _sha256(c.descriptor) if c.descriptor else "",
+                "descriptor_sha256": points.sha256_of(c.descriptor) if c.descriptor else "",
             }
         )
     point = points.Point(
@@ -310,7 +301,7 @@ def finish(vdir: Path) -> str | None:
                 unlink_durable(path)
                 gone.append(str(path))
         desc = Path(src["descriptor"]) if src.get("descriptor") else None
-        if desc is not None and desc.is_file() and _sha256(desc) == src.get("descriptor_sha256"):
+        if desc is not None and desc.is_file() and points.sha256_of(desc) == src.get("descriptor_sha256"):
             unlink_durable(desc)
             gone.append(str(desc))
     unlink_durable(vdir / RECORD)

@@ -24,6 +24,7 @@ idempotent; :func:`finish` runs steps 2-3 (and 1 for whatever is left) again aft
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,17 @@ from vzcommon import fsio
 from vzcommon.durable import fsync_dir, unlink_durable
 from vzcommon.errors import InputError, IntegrityError
 from vzcommon.records import read_record, write_record
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, hex: how an increment is checked before it is applied (and a mapped copy's
+    descriptor recognised)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 POINTS = "points"
 INDEX = "index"

@@ -10,17 +10,16 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from source_agent.daemon.history import History, PassRecord
 from target_agent.storage.status import vm_status
 from tests.support.agents import Keys, TargetProcess
 from tests.support.daemon import DaemonProcess, processes_with, wait_for, write_scheduled_job
+from tests.support.metrics import scrape
 from tests.support.openssh import free_port
 from tests.support.tools import change_blocks, make_image, qemu_compare
 
@@ -34,16 +33,6 @@ def ok_after(d: DaemonProcess, vm: str, t: float) -> PassRecord | None:
 
 
 @pytest.mark.slow
-def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """The daemon's /metrics, parsed by prometheus_client; samples by name, then sorted labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
 
 def test_the_daemon_keeps_replicating_through_kills_of_itself_and_the_target(tmp_path: Path) -> None:
     keys = Keys.make(tmp_path / "keys")

@@ -10,23 +10,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.support.agents import Keys, TargetProcess
+from tests.support.metrics import scrape
 from tests.support.tools import make_image
 
 MiB = 1 << 20
 
-
-def scrape(port: int, path: str = "/metrics") -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = resp.read().decode()
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 async def test_metrics_of_passes_failures_and_replicas(tmp_path: Path, session_keys: Keys) -> None:
