@@ -369,14 +369,18 @@ class SourceSession:
                             ctx = ctxs[disk_id] = await self._open_disk(disk_id, job)
                         self._frontier = resume_from.get(disk_id, 0)
                         await self._send_disk(ctx, resume_from.pop(disk_id, 0))
+                    report.disks = [ctxs[i].st for i in range(len(jobs))]
+                    differing = sum(d.blocks_changed + d.zero_blocks_sent for d in report.disks)
+                    commit = Commit(len(jobs), self.opts.failover, differing if self.opts.mode == "verify" else 0)
+                    await self._send(commit)
+                    await self.tunnel.drain()
+                    # A link lost while waiting for COMMITTED: the target holds the pass suspended (it
+                    # did not get all of it: resumed), or it committed or rolled back (a fresh pass:
+                    # sent again, at worst one pass more).
+                    done = await self._next()
                     break
                 except ConnectionFailed as exc:
                     resume_from = await self._resume(exc, ctxs, report)
-            report.disks = [ctxs[i].st for i in range(len(jobs))]
-            differing = sum(d.blocks_changed + d.zero_blocks_sent for d in report.disks)
-            await self._send(Commit(len(jobs), self.opts.failover, differing if self.opts.mode == "verify" else 0))
-            await self.tunnel.drain()
-            done = await self._next()
             assert isinstance(done, Committed)
             report.generation = done.generation
             report.failed_over, report.failover_note = done.failed_over, done.note

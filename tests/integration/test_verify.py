@@ -22,7 +22,7 @@ from target_agent.storage import points as rp
 from tests.support.agents import Keys, Target, replicate, wait_idle
 from tests.support.proxy import CutProxy
 from tests.support.tools import change_blocks, make_image, qemu_compare, run, sha256
-from vzcommon.errors import ExitCode, VzrepError
+from vzcommon.errors import ConnectionFailed, ExitCode
 
 MiB = 1 << 20
 BLOCK = 64 * 1024
@@ -180,9 +180,12 @@ async def test_a_repair_cut_midway_rolls_back_like_any_pass(live, tmp_path: Path
     damaged = sha256(flat)
     proxy = await CutProxy(t.port, cut_after=1 << 20).start()
     try:
-        spec = TargetSpec("127.0.0.1", proxy.port, t.keys.client_key, t.keys.known_hosts(t.port, "kh-cut"))
-        with pytest.raises(VzrepError):
-            await replicate(spec, VM, {"d": src}, tmp_path / "state", mode="repair", compress="none")
+        spec = TargetSpec("127.0.0.1", proxy.port, t.keys.client_key, t.keys.known_hosts(proxy.port, "kh-cut"))
+        with pytest.raises(ConnectionFailed):  # the link stays cut: no resume (resume_window 0)
+            await replicate(
+                spec, VM, {"d": src}, tmp_path / "state", mode="repair", compress="none", resume_window=0
+            )
+        assert proxy.cut.is_set()  # the repair was under way when the link went
     finally:
         await proxy.stop()
     await wait_idle(vdir)  # the target saw the cut and rolled the repair back

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,7 +102,7 @@ async def vtarget(tmp_path: Path, session_keys: Keys, vcsim: Vcsim, lab: Lab) ->
 
 
 async def source_pass(
-    lab: Lab, target: VSphereTarget, hw: HardwareRecord | None, port: int | None = None
+    lab: Lab, target: VSphereTarget, hw: HardwareRecord | None, port: int | None = None, **opts: Any
 ) -> tuple[HardwareRecord, object]:
     async with vsphere_job(
         lab.client,
@@ -115,7 +116,7 @@ async def source_pass(
             target.spec(port),
             lab.vm.name,
             disk_jobs(job),
-            PassOptions(block_size=BLOCK, state_dir=lab.work_dir.parent / "state"),
+            PassOptions(block_size=BLOCK, state_dir=lab.work_dir.parent / "state", **opts),
         )
         return job.hardware, report
 
@@ -210,7 +211,7 @@ async def test_a_cut_pass_rolls_the_replica_disk_back_before_detaching(
     proxy = await CutProxy(vtarget.port, cut_after=24 * BLOCK).start()
     try:
         with pytest.raises(VzrepError):
-            await source_pass(lab, vtarget, hw, port=proxy.port)
+            await source_pass(lab, vtarget, hw, port=proxy.port, resume_window=0)  # the link stays cut
     finally:
         await proxy.stop()
     await no_hotadds(lab)  # detached: after the rollback, which the session runs first
@@ -311,7 +312,9 @@ async def test_target_killed_mid_pass_restarts_reattaches_and_rolls_back(
             f.write(secrets.token_bytes(48 * BLOCK))
             os.fsync(f.fileno())
         proxy = await StallProxy(port, 24 * BLOCK).start()
-        pass_task = asyncio.ensure_future(source_pass(lab, t, hw, port=proxy.port))
+        # resume_window 0: the source gives up at once (with the default it would wait for the
+        # target to come back, which test_resume.py covers for file replicas)
+        pass_task = asyncio.ensure_future(source_pass(lab, t, hw, port=proxy.port, resume_window=0))
         undo = data / lab.vm.name / f"{hw.disks[0].name}-flat.vmdk.vzundo"
         deadline = time.monotonic() + 30
         while not (undo.exists() and sha256(rep_flat) != before):  # blocks written, undo first
