@@ -347,7 +347,7 @@ class TargetSession:
 
     def _require_replica(self, vm: str) -> None:
         """The job rule (seeding or mapping on): a VM this target holds no replica of is refused."""
-        if holds_replica(self.data_dir / vm) or any(v == vm for v, _ in self.mapped):
+        if self._has_replica(vm):
             return
         raise NotSeeded(
             f"VM {vm!r} has no replica on this target and its job has seeding or mapping on: seed it"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,24 +118,30 @@ def device_size(path: Path) -> int:
         fsio.close(fd)
 
 
-def hash_replica(fd: int, size: int, block_size: int, builder: MapBuilder) -> None:
-    """Rebuild map entries from the replica's bytes; holes hash as zero blocks without reading."""
-    geometry = Geometry(size, block_size)
-    zh = zero_hash(block_size)
-    builder.fill(0, geometry.blocks, zh)
-    if geometry.tail != block_size and size:
-        builder.set_range(geometry.full_blocks, zero_hash(geometry.tail))
+def replica_hashes(fd: int, size: int, block_size: int) -> Iterator[tuple[int, bytes]]:
+    """(first block, its hashes and those after it) for the data segments of the replica's bytes, 128
+    blocks a read; blocks in holes are not read and not yielded (they hash as zero blocks)."""
     for seg_off, seg_len in data_segments(fd, 0, size):
         first = seg_off // block_size
         last = block_count(seg_off + seg_len, block_size)
         for idx0 in range(first, last, 128):
             idx1 = min(last, idx0 + 128)
             start, end = idx0 * block_size, min(idx1 * block_size, size)
-            buf = os.pread(fd, end - start, start)
+            buf = memoryview(os.pread(fd, end - start, start))
             hashes = bytearray()
             for pos in range(0, len(buf), block_size):
                 hashes += hash_block(buf[pos : pos + block_size])
-            builder.set_range(idx0, bytes(hashes))
+            yield idx0, bytes(hashes)
+
+
+def hash_replica(fd: int, size: int, block_size: int, builder: MapBuilder) -> None:
+    """Rebuild map entries from the replica's bytes; holes hash as zero blocks without reading."""
+    geometry = Geometry(size, block_size)
+    builder.fill(0, geometry.blocks, zero_hash(block_size))
+    if geometry.tail != block_size and size:
+        builder.set_range(geometry.full_blocks, zero_hash(geometry.tail))
+    for first, hashes in replica_hashes(fd, size, block_size):
+        builder.set_range(first, hashes)
 
 
 class DiskWriter:

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vzcommon.blockhash import hash_block, zero_hash
+from protocol.messages import HASH_LEN
+from vzcommon.blockhash import zero_hash
 from vzcommon.errors import InputError, IntegrityError
 from vzcommon.geometry import Geometry
-from vzcommon.sparse import data_segments
 from vzcommon.vzmap import MapFile
 
 from . import points as rp
@@ -32,10 +32,8 @@ from . import undo
 from .export import check_increment
 from .lock import VmLock
 from .paths import ReplicaPaths
+from .replica import replica_hashes
 from .transaction import _read_status, _write_status
-
-#: blocks hashed per read (a read of 128 blocks: 8 MiB at the default 64 KiB)
-READ_BLOCKS = 128
 
 
 @dataclass
@@ -76,20 +74,14 @@ def _ranges(blocks: list[int], block_size: int, size: int) -> list[tuple[int, in
 
 
 def disk_hashes(fd: int, size: int, block_size: int) -> list[bytes]:
-    """Every block's hash, read from the bytes on disk; holes hash as zero blocks without reading."""
+    """Every block's hash, read from the bytes on disk (as a map is rebuilt: ``replica_hashes``)."""
     g = Geometry(size, block_size)
     hashes = [zero_hash(block_size)] * g.blocks
     if g.tail != block_size and size:
         hashes[g.full_blocks] = zero_hash(g.tail)
-    for seg_off, seg_len in data_segments(fd, 0, size):
-        first = seg_off // block_size
-        last = -(-(seg_off + seg_len) // block_size)
-        for idx0 in range(first, last, READ_BLOCKS):
-            idx1 = min(last, idx0 + READ_BLOCKS)
-            start, end = idx0 * block_size, min(idx1 * block_size, size)
-            buf = memoryview(os.pread(fd, end - start, start))
-            for i, pos in enumerate(range(0, len(buf), block_size)):
-                hashes[idx0 + i] = hash_block(buf[pos : pos + block_size])
+    for first, run in replica_hashes(fd, size, block_size):
+        n = HASH_LEN
+        hashes[first : first + len(run) // n] = [run[i : i + n] for i in range(0, len(run), n)]
     return hashes
 
 
