@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vzcommon.errors import ExitCode, VzrepError
 
-from .model import Job
+from .model import Job, TargetConf
 
 
 @dataclass
@@ -43,8 +43,7 @@ def _readable(path: Path, what: str, res: CheckResult) -> bool:
     return True
 
 
-def _known_hosts(job: Job, res: CheckResult) -> None:
-    t = job.target
+def _known_hosts(t: TargetConf, res: CheckResult) -> None:
     if not _readable(t.known_hosts, "known_hosts", res):
         return
     want = t.host if t.port == 22 else f"[{t.host}]:{t.port}"
@@ -61,10 +60,10 @@ def _known_hosts(job: Job, res: CheckResult) -> None:
     )
 
 
-def _identity(job: Job, res: CheckResult) -> None:
+def _identity(t: TargetConf, res: CheckResult) -> None:
     from vzcommon.ssh import asyncssh
 
-    path = job.target.identity
+    path = t.identity
     if not _readable(path, "identity", res):
         return
     try:
@@ -131,14 +130,23 @@ def _rule(job: Job, res: CheckResult) -> None:
 
 def check_job(job: Job, *, offline: bool = False) -> CheckResult:
     res = CheckResult(ok=[f"job file {job.path}: valid, id {job.id}, {len(job.vms)} VMs"])
-    _identity(job, res)
-    _known_hosts(job, res)
+    try:
+        t = job.target.resolve()
+    except VzrepError as exc:
+        res.problems.append((str(exc), int(exc.exit_code)))
+    else:
+        if job.target.paired is not None:
+            res.ok.append(
+                f"target: the paired target {t.host}:{t.port} (from {job.target.paired / 'peer.json'})"
+            )
+        _identity(t, res)
+        _known_hosts(t, res)
     _disks(job, res)
     _rule(job, res)
     if not offline and not res.problems:
         from ..tunnel import TargetSpec, check_target
 
-        t = job.target
+        t = job.target.resolve()
         spec = TargetSpec(t.host, t.port, t.identity, t.known_hosts, user=t.user)
         try:
             asyncio.run(check_target(spec))

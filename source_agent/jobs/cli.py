@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from vzcommon.climain import asyncio_run
 from vzcommon.errors import InputError
 
-from .model import PAUSED, Job, JobFileError, load_job, new_job_text
+from .model import APPLIANCE_KEYS, PAUSED, Job, JobFileError, load_job, new_job_text
 
 if TYPE_CHECKING:
     from .runner import VmResult
@@ -22,7 +22,8 @@ def _new(args: argparse.Namespace) -> int:
     path: Path = args.file
     if path.exists() or path.is_symlink():
         raise InputError(f"{path} exists: a new job gets a new file (its id must stay unique)")
-    text = new_job_text(path, args.name or "")
+    paired = args.paired if args.paired is not None else APPLIANCE_KEYS.is_dir()  # on an appliance
+    text = new_job_text(path, args.name or "", paired=paired)
     with open(path, "x") as f:
         f.write(text)
     print(f"wrote {path}: edit the target and the VMs, then `vzrep-source job check {path}`")
@@ -124,6 +125,12 @@ def add_commands(sub: Any) -> None:
     p = jsub.add_parser("new", help="write a new job file with a fresh job id")
     p.add_argument("file", type=Path)
     p.add_argument("--name", help="the job's name (default: the file's name)")
+    p.add_argument(
+        "--paired",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"target the appliance's paired target (default: yes where {APPLIANCE_KEYS} exists, on an appliance)",
+    )
     p.set_defaults(func=_new)
     p = jsub.add_parser(
         "check", help="check a job file and what it names (disks, keys, target); changes nothing"

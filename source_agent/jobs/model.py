@@ -47,6 +47,10 @@ class JobFileError(InputError):
         self.problems = problems
 
 
+#: where a source appliance keeps its keys and its pairing record (appliance.layout: keys_dir)
+APPLIANCE_KEYS = Path("/var/lib/vzrep/keys")
+
+
 @dataclass(frozen=True)
 class TargetConf:
     host: str
@@ -54,6 +58,30 @@ class TargetConf:
     identity: Path
     known_hosts: Path
     user: str = "vzrep"
+    #: ``paired = true``: the target this appliance paired with, read from this keys directory's
+    #: ``peer.json`` when a pass starts (so a re-pairing needs no edit); host/port/keys then empty
+    paired: Path | None = None
+
+    def resolve(self) -> TargetConf:
+        """The target to connect to: this one, or the paired one as its keys directory records it now."""
+        if self.paired is None:
+            return self
+        from pairing import pins
+
+        peer = pins.load(self.paired / "peer.json")
+        if peer is None or peer.role != "target":
+            raise InputError(
+                f"the job's target is the paired target, but {self.paired} records no paired target"
+                " (no peer.json): pair this appliance first (console, or `vzrep-source pair`)"
+            )
+        host, _, port = peer.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise InputError(
+                f"{self.paired / 'peer.json'}: the paired target's address {peer.address!r} is not HOST:PORT"
+            )
+        return TargetConf(
+            host.strip("[]"), int(port), self.paired / "id_ed25519", self.paired / "known_hosts", self.user
+        )
 
 
 @dataclass(frozen=True)
@@ -225,7 +253,9 @@ def _name_map(r: _Reader, doc: dict[str, Any], key: str, where: KeyPath) -> dict
 def _target(r: _Reader, doc: dict[str, Any]) -> TargetConf:
     t = r.table(doc, "target", ())
     w: KeyPath = ("target",)
-    r.unknown(t, {"host", "port", "identity", "known_hosts", "user"}, w)
+    r.unknown(t, {"host", "port", "identity", "known_hosts", "user", "paired"}, w)
+    if "paired" in t:
+        return _paired_target(r, t, w)
     host = r.get(t, "host", str, w, "" if not t else None) or ""
     port = r.get(t, "port", int, w, 22)
     if not 1 <= port <= 65535:
@@ -235,15 +265,42 @@ def _target(r: _Reader, doc: dict[str, Any]) -> TargetConf:
     return TargetConf(host, port, identity, known, r.get(t, "user", str, w, "vzrep"))
 
 
+def _paired_target(r: _Reader, t: dict[str, Any], w: KeyPath) -> TargetConf:
+    """``paired = true`` (this appliance's keys) or ``paired = "KEYS_DIR"``: the target pairing pinned."""
+    value = t["paired"]
+    keys_dir: Path | None = None
+    if value is True:
+        keys_dir = APPLIANCE_KEYS
+    elif isinstance(value, str) and value:
+        keys_dir = r.resolve(value)
+    else:
+        r.fail((*w, "paired"), "must be true (this appliance's pairing) or a keys directory (a string)")
+    for key in ("host", "port", "identity", "known_hosts"):
+        if key in t:
+            r.fail((*w, key), "not with paired: the pairing record gives the target's address and keys")
+    return TargetConf("", 0, Path(), Path(), r.get(t, "user", str, w, "vzrep"), paired=keys_dir)
+
+
 def _options(r: _Reader, doc: dict[str, Any]) -> Options:
     o = r.table(doc, "options", (), required=False)
     w: KeyPath = ("options",)
     bools = ("abm", "keep_swap", "skip_pagefile", "seeding", "mapping")
-    keys = {"block_size", "compress", "restore_points", "parallel", "state_dir", "limit", "resume_window", *bools}
+    keys = {
+        "block_size",
+        "compress",
+        "restore_points",
+        "parallel",
+        "state_dir",
+        "limit",
+        "resume_window",
+        *bools,
+    }
     r.unknown(o, keys, w)
     resume = o.get("resume_window", 120)
     if isinstance(resume, bool) or not isinstance(resume, int | float) or not 0 <= resume <= 86400:
-        r.fail((*w, "resume_window"), f"must be seconds, 0-86400 (0: a lost link fails the pass), not {resume!r}")
+        r.fail(
+            (*w, "resume_window"), f"must be seconds, 0-86400 (0: a lost link fails the pass), not {resume!r}"
+        )
         resume = 120
     block = _block_size(r, o["block_size"], (*w, "block_size")) if "block_size" in o else 64 << 10
     compress = r.get(o, "compress", str, w, "auto")
@@ -443,12 +500,7 @@ TEMPLATE = """\
 id = "{id}"   # the job's id: the target tags every restore point with it; keep it
 name = "{name}"
 
-[target]
-host = "dr-target"
-port = 2222
-identity = "~/.config/vzrep/id_source"
-known_hosts = "~/.config/vzrep/known_hosts"
-
+{target}
 [options]
 block_size = "64K"      # 64K..4M
 compress = "auto"       # auto | zstd | none
@@ -476,5 +528,22 @@ def paused(path: Path) -> bool:
     return path.with_suffix(PAUSED).exists()
 
 
-def new_job_text(path: Path, name: str) -> str:
-    return TEMPLATE.format(file=path.name, id=uuid.uuid4(), name=name or path.stem)
+TARGET_BY_ADDRESS = """\
+[target]
+host = "dr-target"
+port = 2222
+identity = "~/.config/vzrep/id_source"
+known_hosts = "~/.config/vzrep/known_hosts"
+# paired = true         # on a paired source appliance, instead of the four lines above
+"""
+
+TARGET_PAIRED = """\
+[target]
+paired = true           # the target this appliance paired with (its address and keys: {keys})
+"""
+
+
+def new_job_text(path: Path, name: str, paired: bool = False) -> str:
+    """A new job file; ``paired``: its target is the appliance's paired target (``paired = true``)."""
+    target = TARGET_PAIRED.format(keys=APPLIANCE_KEYS) if paired else TARGET_BY_ADDRESS
+    return TEMPLATE.format(file=path.name, id=uuid.uuid4(), name=name or path.stem, target=target)

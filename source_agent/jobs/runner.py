@@ -43,7 +43,7 @@ class VmResult:
 
 def pass_argv(job: Job, vm: VmConf, state_dir: Path) -> list[str]:
     """The ``vzrep-source pass`` arguments this VM's pass would have on the command line."""
-    t, o = job.target, job.options
+    t, o = job.target.resolve(), job.options
     argv = [
         "pass", "--target", f"{t.host}:{t.port}", "--identity", str(t.identity), "--known-hosts",
         str(t.known_hosts), "--user", t.user, "--vm", vm.name, "--block-size", str(o.block_size),
@@ -118,13 +118,8 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path, mode: str = "") -> VmRes
     events: list[str] = []
     try:
         args = pass_args(job, vm, state_dir)
-        target = TargetSpec(
-            job.target.host,
-            job.target.port,
-            job.target.identity,
-            job.target.known_hosts,
-            user=job.target.user,
-        )
+        t = job.target.resolve()
+        target = TargetSpec(t.host, t.port, t.identity, t.known_hosts, user=t.user)
         if vm.vsphere:
             report = await cli._vsphere_pass(args, target, opts, events)
         else:

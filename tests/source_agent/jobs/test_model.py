@@ -78,6 +78,8 @@ def test_new_job_file_has_a_fresh_uuid_and_loads(tmp_path: Path) -> None:
     assert ida != idb and uuid.UUID(ida)
     (tmp_path / "j.toml").write_text(a)
     assert load_job(tmp_path / "j.toml").id == ida
+    (tmp_path / "p.toml").write_text(new_job_text(tmp_path / "p.toml", "p", paired=True))
+    assert load_job(tmp_path / "p.toml").target.paired == Path("/var/lib/vzrep/keys")
 
 
 def problems(text: str, tmp_path: Path) -> list[str]:
@@ -159,3 +161,53 @@ def test_key_lines_follow_tables_arrays_and_multiline_values() -> None:
 def test_a_bandwidth_limit_with_windows_loads(tmp_path: Path) -> None:
     text = GOOD.replace("parallel = 3", 'parallel = 3\nlimit = ["20MB/s@mon-fri/08:00-18:00", "100Mbit"]', 1)
     assert parse_job(tmp_path / "job.toml", text).options.limit == ("20MB/s@mon-fri/08:00-18:00", "100Mbit")
+
+
+PAIRED = f"""\
+id = "{ID}"
+
+[target]
+paired = {{paired}}
+
+[[vm]]
+name = "web01"
+disks = ["/images/web01.img"]
+"""
+
+
+def test_a_paired_target_is_read_from_the_pairing_record_when_a_pass_starts(tmp_path: Path) -> None:
+    from pairing import pins
+    from vzcommon import keys
+
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    job = parse_job(tmp_path / "job.toml", PAIRED.format(paired='"keys"'))
+    assert job.target.paired == keys_dir
+    with pytest.raises(Exception) as info:  # not paired yet: the pass says what to do
+        job.target.resolve()
+    assert info.value.exit_code == ExitCode.INPUT and "pair this appliance first" in str(info.value)
+    public, _ = keys.generate(tmp_path / "host_key", "dr")
+    pins.pin_target(keys_dir / "known_hosts", keys_dir / "peer.json", "10.0.2.2", 40222, public, "dr")
+    t = job.target.resolve()
+    assert (t.host, t.port, t.identity, t.known_hosts, t.user) == (
+        "10.0.2.2", 40222, keys_dir / "id_ed25519", keys_dir / "known_hosts", "vzrep"
+    )  # fmt: skip
+    # Re-pairing with another target needs no edit of the job.
+    pins.pin_target(keys_dir / "known_hosts", keys_dir / "peer.json", "dr2.example", 2222, public, "dr2")
+    assert (job.target.resolve().host, job.target.resolve().port) == ("dr2.example", 2222)
+
+
+def test_paired_true_means_the_appliance_keys(tmp_path: Path) -> None:
+    job = parse_job(tmp_path / "job.toml", PAIRED.format(paired="true"))
+    assert job.target.paired == Path("/var/lib/vzrep/keys")
+
+
+def test_paired_with_an_address_or_keys_is_refused_with_lines(tmp_path: Path) -> None:
+    text = PAIRED.format(paired="true").replace("paired = true", 'paired = true\nhost = "x"\nidentity = "k"')
+    with pytest.raises(JobFileError) as info:
+        parse_job(tmp_path / "job.toml", text)
+    assert any(":5: target.host: not with paired" in p for p in info.value.problems), info.value.problems
+    assert any(":6: target.identity: not with paired" in p for p in info.value.problems)
+    with pytest.raises(JobFileError) as info:
+        parse_job(tmp_path / "job.toml", PAIRED.format(paired="false"))
+    assert ":4: target.paired: must be true" in info.value.problems[0]
