@@ -18,10 +18,21 @@ from .history import History, PassRecord, VmRow
 MAX_PARALLEL = 64
 
 
+#: the scheduler's history on a source appliance (vzrep-source.service --db)
+APPLIANCE_DB = Path("/var/lib/vzrep/source/history.sqlite")
+
+
 def _default_db() -> Path:
+    """The appliance's history where there is one (so ``sudo vzrep-source history`` needs no --db)."""
     from ..cli import default_state_dir
 
-    return default_state_dir() / "daemon.sqlite"
+    try:
+        APPLIANCE_DB.stat()
+    except PermissionError:  # there, but only for the agent and root: History says to use sudo
+        return APPLIANCE_DB
+    except OSError:
+        return default_state_dir() / "daemon.sqlite"
+    return APPLIANCE_DB
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -153,7 +164,7 @@ def _seconds(value: str) -> float:
 
 
 def add_commands(sub: Any) -> None:
-    db_help = "the history database (default: $XDG_STATE_HOME/vzrep/daemon.sqlite)"
+    db_help = f"the history database (default: {APPLIANCE_DB} on an appliance, else $XDG_STATE_HOME/vzrep/daemon.sqlite)"
     p = sub.add_parser(
         "run", help="the scheduler: passes every job in DIR on its [schedule], records each in the history"
     )

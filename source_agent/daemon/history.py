@@ -115,6 +115,14 @@ class History:
         self.path = path
         try:
             if readonly:
+                try:
+                    path.stat()
+                except PermissionError:
+                    raise InputError(
+                        f"the history {path} is readable only by the agent and root: run it with sudo"
+                    ) from None
+                except OSError:
+                    pass
                 if not path.exists():
                     raise InputError(
                         f"no history at {path}: the daemon (vzrep-source run) has not run with this --db"
