@@ -105,9 +105,14 @@ class Scheduler:
             self.history.save_vm(row)
             last = self.history.last_started(key[0], key[1], "verify")
             self.verified[key] = last if last is not None else row.first_seen
+        for row in self.history.vms():  # left its job (or the job file went): no longer scheduled
+            if (row.job, row.vm) not in wanted and (row.next_run is not None or row.rpo_missed):
+                row.next_run, row.rpo_missed, row.retry_since = None, False, None
+                self.history.save_vm(row)
+                self.rows.pop((row.job, row.vm), None)  # a running pass still finishes and is recorded
         for key in list(self.rows):
             if key not in wanted:
-                del self.rows[key]  # a running pass of it still finishes and is recorded
+                del self.rows[key]
             elif self.rows[key].retry_since is None and key not in self.resume and key not in self.running:
                 sched = self.jobs[key[0]].schedule  # the schedule may have changed
                 assert sched is not None
@@ -196,6 +201,9 @@ class Scheduler:
                     )
                 row.retry_since = None  # the next scheduled pass starts a new window
                 row.next_run = sched.next_run(row.last_start, now)
+        if start.key not in self.rows:  # it left its job while this pass ran: recorded, not rescheduled
+            row.next_run, row.rpo_missed, row.retry_since = None, False, None
+            self.resume.discard(start.key)
         self.history.finish_pass(
             start.pass_id,
             row,

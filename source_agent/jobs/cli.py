@@ -26,7 +26,8 @@ def _new(args: argparse.Namespace) -> int:
     text = new_job_text(path, args.name or "", paired=paired)
     with open(path, "x") as f:
         f.write(text)
-    print(f"wrote {path}: edit the target and the VMs, then `vzrep-source job check {path}`")
+    what = "add the VMs ([[vm]] tables)" if paired else "set the target and add the VMs ([[vm]] tables)"
+    print(f"wrote {path}: {what}, then `vzrep-source job check {path}`; until then it runs nothing")
     return 0
 
 

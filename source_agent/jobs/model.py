@@ -514,10 +514,13 @@ parallel = 2            # VMs replicated at once
 [schedule]              # for `vzrep-source run --jobs DIR` (job run ignores it)
 rpo = "15m"             # a pass every 15 minutes; and/or at = ["02:00", "14:00"]
 
-[[vm]]
-name = "web01"
-disks = ["/images/web01-flat.vmdk", "data=/dev/sdb"]
+# The VMs, a [[vm]] table each. Until one is added the job is not valid, so a scheduler reading
+# this directory (vzrep-source run) runs nothing of it yet.
+# [[vm]]
+# name = "web01"
+# disks = ["/images/web01-flat.vmdk", "data=/dev/sdb"]
 """
+
 
 
 #: ``FILE.paused`` beside a job file: the scheduler keeps the job but runs none of its passes

@@ -221,7 +221,12 @@ async def test_job_check_looks_at_what_the_job_names_and_changes_nothing(
     path.write_text(text.replace("[options]", "[options]\nparallel = 0"))
     rc, out = await job_cli("check", str(path))
     assert rc == ExitCode.INPUT and f"problem: {path}:" in out and ": options.parallel: must be 1-64" in out
-    rc, out = await job_cli("new", str(tmp_path / "new.toml"))
-    assert rc == 0 and job_of(tmp_path / "new.toml").vms[0].name == "web01"
+    rc, out = await job_cli("new", str(tmp_path / "new.toml"), "--no-paired")
+    assert rc == 0 and "until then it runs nothing" in out
+    rc, out = await job_cli("check", str(tmp_path / "new.toml"), "--offline")  # no VM yet: not a job
+    assert rc == ExitCode.INPUT and "the job names no VM" in out
+    text = (tmp_path / "new.toml").read_text().replace("# [[vm]]", "[[vm]]").replace("# name =", "name =")
+    (tmp_path / "new.toml").write_text(text.replace("# disks =", "disks ="))
+    assert job_of(tmp_path / "new.toml").vms[0].name == "web01"
     rc, out = await job_cli("new", str(tmp_path / "new.toml"))
     assert rc == ExitCode.INPUT and "exists" in out

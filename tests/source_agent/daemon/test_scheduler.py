@@ -278,3 +278,33 @@ def test_a_scheduled_verify_runs_apart_from_the_passes_and_leaves_the_rpo_alone(
     assert row is not None and row.failures == 0 and row.last_error == ""  # the verify's failure is its own
     assert row.last_success is not None and row.last_success - T0 == passes[-1].end  # a pass, not a verify
     assert [e["kind"] for e in s.sched.history.events()].count("verify_failed") == 1
+
+
+def test_a_vm_that_left_its_job_is_shown_unscheduled_even_if_its_pass_was_running(tmp_path: Path) -> None:
+    """A template VM an admin replaced (say web01 of `job new`) must not stay "next run in 15 min" with
+    its last error in the history, the console and the metrics' RPO gauges."""
+    from source_agent.daemon.cli import vm_line
+    from source_agent.daemon.metrics import collect
+
+    job = make_job(["web01", "keep"], 'rpo = "15m"')
+    s = sim(tmp_path, [job])
+    s.duration = lambda st: 30.0
+    s.outcome = lambda st: Outcome("failed", 3, "no such disk") if st.vm.name == "web01" else Outcome("ok")
+    s.run(T0 + 5)  # both passes are running
+    assert set(s.running) == {(job.id, "web01"), (job.id, "keep")}
+    edited = make_job(["keep"], 'rpo = "15m"')
+    s.sched.set_jobs([Job(job.path, job.id, job.name, job.target, job.options, edited.vms, None, edited.schedule)])
+    s.run(T0 + 3650)  # the pass of "keep" at 3600 has ended
+    gone = s.sched.history.vm(job.id, "web01")
+    assert gone is not None and gone.next_run is None and not gone.rpo_missed
+    assert [r.status for r in s.ran if r.key[1] == "web01"] == ["failed"]  # recorded, never run again
+    assert "not scheduled (in no job now)" in vm_line(gone, {})
+    kept = s.sched.history.vm(job.id, "keep")
+    assert kept is not None and kept.next_run is not None and kept.next_run == T0 + 4500
+    text = collect(tmp_path / "h.sqlite")
+    assert 'vzrep_source_rpo_missed{job="' + job.id + '",vm="keep"}' in text
+    assert 'vm="web01"' in text and 'vzrep_source_rpo_missed{job="' + job.id + '",vm="web01"}' not in text
+    # A daemon started later (scheduler state rebuilt from the history) keeps it so.
+    again = sim(tmp_path, [Job(job.path, job.id, job.name, job.target, job.options, edited.vms, None, edited.schedule)])
+    assert again.sched.history.vm(job.id, "web01").next_run is None
+    again.sched.history.close()

@@ -72,13 +72,23 @@ def test_a_good_job_loads(tmp_path: Path) -> None:
     assert (web.line, db.line, app.line) == (23, 28, 33)
 
 
+VM = '\n[[vm]]\nname = "web01"\ndisks = ["/images/web01.img"]\n'
+
+
+def test_new_job_file_runs_nothing_until_a_vm_is_added(tmp_path: Path) -> None:
+    (tmp_path / "j.toml").write_text(new_job_text(tmp_path / "j.toml", "j"))
+    with pytest.raises(JobFileError) as info:
+        load_job(tmp_path / "j.toml")
+    assert info.value.problems == [f"{tmp_path / 'j.toml'}:?: vm: the job names no VM: add a [[vm]] table per VM"]
+
+
 def test_new_job_file_has_a_fresh_uuid_and_loads(tmp_path: Path) -> None:
-    a, b = (new_job_text(tmp_path / "j.toml", "j") for _ in range(2))
+    a, b = (new_job_text(tmp_path / "j.toml", "j") + VM for _ in range(2))
     ida, idb = tomllib.loads(a)["id"], tomllib.loads(b)["id"]
     assert ida != idb and uuid.UUID(ida)
     (tmp_path / "j.toml").write_text(a)
     assert load_job(tmp_path / "j.toml").id == ida
-    (tmp_path / "p.toml").write_text(new_job_text(tmp_path / "p.toml", "p", paired=True))
+    (tmp_path / "p.toml").write_text(new_job_text(tmp_path / "p.toml", "p", paired=True) + VM)
     assert load_job(tmp_path / "p.toml").target.paired == Path("/var/lib/vzrep/keys")
 
 

@@ -104,7 +104,7 @@ def test_backoff() -> None:
 
 
 def test_the_new_job_template_has_a_schedule() -> None:
-    text = new_job_text(Path("/jobs/web.toml"), "web")
+    text = new_job_text(Path("/jobs/web.toml"), "web") + '[[vm]]\nname = "web01"\ndisks = ["/img/web01.img"]\n'
     s = parse_job(Path("/jobs/web.toml"), text).schedule
     assert s is not None and s.rpo == 900
 
