@@ -21,6 +21,8 @@ from appliance.image import disk, ovf
 PACKAGES = (
     "systemd,systemd-sysv,systemd-resolved,systemd-timesyncd,udev,dbus,linux-image-amd64,"
     "initramfs-tools,python3,python3-venv,open-vm-tools,openssh-server,iproute2,less,kmod,passwd,"
+    # sudo: vzadmin administers the appliance (job files, units, logs); see provision.sh
+    "sudo,"
     # qemu-img and qemu-io: failover deltas and their commit (target_agent/storage/failover.py)
     "qemu-utils"
 )

@@ -11,12 +11,14 @@ export DEBIAN_FRONTEND=noninteractive
 if ! dpkg-query -W python3-venv >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends python3 python3-venv open-vm-tools openssh-server \
-    systemd-resolved systemd-timesyncd iproute2 less
+    systemd-resolved systemd-timesyncd iproute2 less sudo qemu-utils
 fi
 
 # The agents and the console, from the project's wheel, in a venv of their own.
 python3 -m venv /opt/vzrep/venv
 /opt/vzrep/venv/bin/pip install -q --no-index --find-links "$STAGE/wheels" vzrep
+# The commands on every admin's PATH (and sudo's secure_path).
+ln -sf /opt/vzrep/venv/bin/vzrep-source /opt/vzrep/venv/bin/vzrep-target /usr/local/bin/
 /opt/vzrep/venv/bin/python -c 'import appliance.firstboot, appliance.autopair, appliance.console.app, pairing.cli, target_agent.cli, source_agent.daemon.service, spake2, asyncssh'
 
 # Accounts: the agent runs unprivileged; admins log in as vzadmin (key-only SSH, password set at
@@ -26,10 +28,16 @@ getent passwd vzrep >/dev/null || useradd --system --gid vzrep --home-dir /var/l
 getent passwd vzadmin >/dev/null || useradd --create-home --shell /bin/bash vzadmin
 passwd -l vzadmin >/dev/null
 passwd -l root >/dev/null
+# vzadmin is the appliance's administrator: it writes the job files, reads the logs and runs the agents'
+# commands as root. It logs in with a key only (its password, if first boot set one, is for the console),
+# so sudo asks no password, as on cloud images; root itself stays locked.
+printf 'vzadmin ALL=(ALL:ALL) NOPASSWD: ALL\n' > /etc/sudoers.d/vzadmin
+chmod 0440 /etc/sudoers.d/vzadmin
+visudo -cqf /etc/sudoers.d/vzadmin
 install -d -m 0755 -o root -g root /etc/vzrep /var/lib/vzrep
 install -d -m 0750 -o vzrep -g vzrep /var/lib/vzrep/data /var/lib/vzrep/keys
 install -d -m 0700 -o vzrep -g vzrep /var/lib/vzrep/pairing
-# A source's job files: written by root (an admin with sudo), read by the scheduler (vzrep-source.service).
+# A source's job files: written by root (vzadmin with sudo, the console), read by the scheduler (vzrep-source.service).
 install -d -m 0750 -o root -g vzrep /var/lib/vzrep/jobs
 
 # systemd units and hardening.
