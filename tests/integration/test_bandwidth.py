@@ -10,11 +10,14 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from source_agent.bandwidth import Schedule
+from source_agent.daemon.history import PassRecord
 from source_agent.shared_bucket import BURST_SECONDS, MIN_BURST, store_rules
 from tests.support.agents import Keys, Target, TargetProcess, replicate
+from tests.support.daemon import DaemonProcess, wait_for, write_scheduled_job
 from tests.support.tools import make_image, qemu_compare
 
 MiB = 1 << 20
@@ -107,3 +110,36 @@ def test_a_pass_killed_in_the_middle_does_not_hold_up_the_next(tmp_path: Path, s
     report = json.loads(out)
     qemu_compare(second, tmp_path / "data" / "b" / "d.vmdk")
     assert elapsed >= (report["wire_bytes_sent"] - max(1e6 * BURST_SECONDS, MIN_BURST)) / 1e6 > 1.5
+
+
+def _one_ok_each(daemon: DaemonProcess, vms: set[str]) -> list[PassRecord] | None:
+    ok = [p for p in daemon.passes() if p.status == "ok"]
+    return ok if {p.vm for p in ok} == vms else None
+
+
+def test_the_daemon_runs_two_vms_at_once_within_appliance_toml(tmp_path: Path, session_keys: Keys) -> None:
+    """``vzrep-source run`` with ``DIR/appliance.toml``: the two VMs of a job pass at once (two pass
+    processes it starts), together within the file's limit, judged from the history it keeps."""
+    tp = TargetProcess(tmp_path / "data", session_keys, tmp_path / "target.log").start()
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "appliance.toml").write_text('limit = ["2MB/s"]   # the whole appliance\n')
+    disks = {
+        vm: make_image(tmp_path / f"{vm}.img", 16 * MiB, data_blocks=48, seed=5 + i)
+        for i, vm in enumerate(("web", "db"))
+    }
+    write_scheduled_job(jobs / "pair.toml", tp.port, session_keys, disks, {"rpo": "1h"}, str(uuid.uuid4()))
+    log = tmp_path / "daemon.log"
+    daemon = DaemonProcess(jobs, tmp_path / "history.sqlite", tmp_path / "state", log).start()
+    try:
+        done = wait_for("a pass of each VM", lambda: _one_ok_each(daemon, set(disks)), 120, log)
+    finally:
+        assert daemon.stop() == 0
+        assert tp.stop() == 0
+    for vm, disk in disks.items():
+        qemu_compare(disk, tmp_path / "data" / vm / "disk0.vmdk")
+    assert max(p.started for p in done) < min(p.finished or 0.0 for p in done)  # at once
+    assert all(p.report is not None and p.report["seconds_limited"] > 0.3 for p in done)
+    sent = sum(p.wire_bytes for p in done)
+    elapsed = max(p.finished or 0.0 for p in done) - min(p.started for p in done)
+    assert elapsed >= (sent - max(2e6 * BURST_SECONDS, MIN_BURST)) / 2e6 > 2.5, (elapsed, sent)
