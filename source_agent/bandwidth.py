@@ -5,11 +5,14 @@ weekdays from 8 to 18 (local time), and outside every window the link is not lim
 ``B``, ``KB``, ``MB``, ``GB`` (powers of 1000), ``KiB``, ``MiB``, ``GiB`` per second, or bits:
 ``kbit``, ``Mbit``, ``Gbit`` (``100Mbit``). The first rule whose window holds now applies.
 
-The limit is applied where the pass writes its frames (:class:`Limiter`, a token bucket) -- the
-application's bytes, after compression. SSH's own keep-alives and window adjustments are not held
-back by it, so a slow link never starves them; with ``--compress auto`` the scanner sees the sender
-fall behind and compresses more, which is what a limited link wants. One limiter can be shared by
-every pass of a process (the appliance's limit, :func:`shared`), each pass also having its own.
+The limit is applied where the pass writes its frames (:class:`Limiters`) -- the application's
+bytes, after compression. SSH's own keep-alives and window adjustments are not held back by it, so
+a slow link never starves them; with ``--compress auto`` the scanner sees the sender fall behind and
+compresses more, which is what a limited link wants. A pass answers to two limits, and each frame
+waits for both: its own (``--limit``, a job's ``limit``: a :class:`Limiter` in the pass's process)
+and the appliance's, shared by every pass process the daemon starts (``run --limit``, the jobs
+directory's ``appliance.toml``: a token bucket in a file, :mod:`.shared_bucket`, which a pass is
+given as ``--shared-limit PATH``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from vzcommon.errors import InputError
 
@@ -129,14 +133,19 @@ class Limiter:
         self._lock = asyncio.Lock()
         self.waited = 0.0  # seconds spent held back, for the report
 
+    @property
+    def active(self) -> bool:
+        return bool(self.schedule.rules)
+
     def current_rate(self) -> float:
         return self.schedule.rate(self._now())
 
-    async def take(self, n: int) -> None:
+    async def take(self, n: int) -> float:
+        """Wait until n bytes may be sent; the seconds waited."""
         rate = self.current_rate()
         if rate <= 0:
-            return
-        async with self._lock:  # passes sharing the appliance's limiter queue up in order
+            return 0.0
+        async with self._lock:  # the pass's frames queue up in order
             cap = max(rate * self.burst_seconds, 256 * 1024.0)
             t = self._clock()
             self._tokens = min(cap, self._tokens + (t - self._last) * rate)
@@ -146,32 +155,29 @@ class Limiter:
                 wait = -self._tokens / rate
                 self.waited += wait
                 await self._sleep(wait)  # type: ignore[misc]
+                return wait
+            return 0.0
+
+
+class Bucket(Protocol):
+    """A limit a frame waits for: :class:`Limiter`, or the appliance's :class:`.shared_bucket.SharedBucket`."""
+
+    @property
+    def active(self) -> bool: ...
+
+    async def take(self, n: int) -> float: ...
 
 
 class Limiters:
-    """All limiters a pass answers to: its own and the appliance's (each ``take`` waits for both)."""
+    """All limits a pass answers to: its own and the appliance's (each ``take`` waits for both)."""
 
-    def __init__(self, *limiters: Limiter | None) -> None:
-        self.limiters = [lim for lim in limiters if lim is not None and lim.schedule.rules]
+    def __init__(self, *limiters: Bucket | None) -> None:
+        self.limiters = [lim for lim in limiters if lim is not None and lim.active]
+        self.waited = 0.0  # seconds this pass was held back, for its report
 
     def __bool__(self) -> bool:
         return bool(self.limiters)
 
     async def take(self, n: int) -> None:
         for lim in self.limiters:
-            await lim.take(n)
-
-    @property
-    def waited(self) -> float:
-        return sum(lim.waited for lim in self.limiters)
-
-
-_SHARED: dict[tuple[str, ...], Limiter] = {}
-
-
-def shared(specs: Sequence[str]) -> Limiter:
-    """The process-wide limiter for these rules: every pass given the same appliance limit shares it."""
-    key = tuple(specs)
-    if key not in _SHARED:
-        _SHARED[key] = Limiter(Schedule.parse(specs))
-    return _SHARED[key]
+            self.waited += await lim.take(n)

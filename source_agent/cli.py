@@ -239,6 +239,7 @@ async def _pass(args: argparse.Namespace, readers: list[DiskReader], ahead: Hash
         state_dir=args.state_dir,
         mode=getattr(args, "mode", ""),
         limit=tuple(args.limit),
+        shared_limit=args.shared_limit,
         resume_window=args.resume_window,
     )
     events: list[str] = []
@@ -423,7 +424,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _limit_rule(value: str) -> str:
+def limit_rule(value: str) -> str:
     from .bandwidth import parse_rule
 
     try:
@@ -457,10 +458,17 @@ def _pass_arguments(p: argparse.ArgumentParser) -> None:
         "--limit",
         action="append",
         default=[],
-        type=_limit_rule,
+        type=limit_rule,
         metavar="RATE[@DAYS/HH:MM-HH:MM]",
         help="bandwidth limit, e.g. 20MB/s, 100Mbit, or 20MB/s@mon-fri/08:00-18:00 (repeatable: the first"
         " rule whose window holds applies; none: unlimited)",
+    )
+    p.add_argument(
+        "--shared-limit",
+        type=Path,
+        metavar="PATH",
+        help="the appliance's bandwidth bucket, shared with the other passes (vzrep-source run gives it"
+        " to the passes it starts); each frame waits for it and for --limit",
     )
     p.add_argument(
         "--resume-window",

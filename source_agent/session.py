@@ -50,13 +50,15 @@ from vzcommon.errors import BusyError, ConnectionFailed, ExitCode, VzrepError, f
 from vzcommon.log import get_logger
 from vzcommon.vzmap import MapBuilder
 
-from .bandwidth import Limiter, Limiters, Schedule, shared
+from .bandwidth import Limiter, Limiters, Schedule
 from .compression import chunk_mode, pass_mode
 from .mapcache import MapCache
 from .native import kernel_name
 from .native.ahead import HashAhead
 from .pipeline import DEFAULT_BLOCK_SIZE, Chunk, DiskScanner, DiskStats, start_ahead
 from .planning import Plan, Planner
+from .shared_bucket import SharedBucket
+from .shared_bucket import check as check_bucket
 from .tunnel import ByteTunnel, TargetSpec, open_tunnel
 
 log = get_logger("vzrep.source.session")
@@ -99,10 +101,10 @@ class PassOptions:
     #: "" a pass; "verify" compares every block with the replica's bytes and writes nothing;
     #: "repair" is a pass against the replica's bytes (not its map). Both read every block.
     mode: str = ""
-    #: bandwidth rules of this pass, and of the appliance (shared by every pass of the process):
-    #: ``RATE[@DAYS/HH:MM-HH:MM]`` (:mod:`source_agent.bandwidth`)
+    #: bandwidth rules of this pass, ``RATE[@DAYS/HH:MM-HH:MM]`` (:mod:`source_agent.bandwidth`), and
+    #: the appliance's bucket shared with every other pass process (:mod:`source_agent.shared_bucket`)
     limit: tuple[str, ...] = ()
-    appliance_limit: tuple[str, ...] = ()
+    shared_limit: Path | None = None
     #: how long to keep trying to reconnect and resume a pass whose link was lost (0: give up at once)
     resume_window: float = 120.0
 
@@ -154,7 +156,8 @@ class SourceSession:
         self.sent_before = self.received_before = 0  # bytes of the tunnels a resume left behind
         self._frontier = 0  # end of the last chunk handed to the scanner (its entries are in the map)
         own = Limiter(Schedule.parse(options.limit)) if options.limit else None
-        self.limiter = Limiters(own, shared(options.appliance_limit) if options.appliance_limit else None)
+        appliance = SharedBucket(options.shared_limit) if options.shared_limit is not None else None
+        self.limiter = Limiters(own, appliance)
 
     async def _send(self, msg: Message) -> int:
         frame = self.conn.send(msg)
@@ -353,7 +356,6 @@ class SourceSession:
 
     async def run(self, jobs: list[DiskJob], report: PassReport) -> None:
         keepalive = asyncio.ensure_future(self._keep_alive())  # owned: cancelled and reaped below
-        held_before = self.limiter.waited  # the appliance's limiter is shared: count this pass's share
         try:
             welcome = await self.handshake()
             self.pass_id = welcome.pass_id
@@ -390,7 +392,7 @@ class SourceSession:
                 else:
                     await asyncio.to_thread(self.cache.commit, name, builder, done.generation)
             self._builders.clear()
-            report.seconds_limited = round(self.limiter.waited - held_before, 3)
+            report.seconds_limited = round(self.limiter.waited, 3)
         finally:
             keepalive.cancel()
             await asyncio.gather(keepalive, return_exceptions=True)
@@ -568,6 +570,8 @@ async def run_pass(
 ) -> PassReport:
     """One pass: connect, replicate every disk, commit. Raises VzrepError on failure."""
     t0 = time.monotonic()
+    if options.shared_limit is not None:
+        check_bucket(options.shared_limit)
     tunnel = await open_tunnel(target)
 
     async def reconnect() -> ByteTunnel:

@@ -36,6 +36,7 @@ def _default_db() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .appliance import ApplianceLimit
     from .service import serve, subprocess_runner
 
     db: Path = args.db or _default_db()
@@ -59,8 +60,17 @@ def _run(args: argparse.Namespace) -> int:
             mhost, mport = args.metrics_listen
             metrics, _ = await serve_metrics(mhost, mport, lambda: collect(db))
         try:
-            runner = subprocess_runner(args.state_dir)
-            return await serve(args.jobs, history, max_parallel=args.max_parallel, runner=runner, poll=args.poll)
+            bucket = db.with_name(db.name + ".bandwidth")  # one per daemon, as the history is
+            appliance = ApplianceLimit(bucket, args.jobs, tuple(args.limit), history, time.time)
+            runner = subprocess_runner(args.state_dir, bucket)
+            return await serve(
+                args.jobs,
+                history,
+                max_parallel=args.max_parallel,
+                runner=runner,
+                poll=args.poll,
+                appliance=appliance,
+            )
         finally:
             if metrics is not None:
                 metrics.close()
@@ -166,11 +176,19 @@ def _seconds(value: str) -> float:
 
 
 def add_commands(sub: Any) -> None:
+    from ..cli import limit_rule  # the CLI imports this module: a late import
+
     db_help = f"the history database (default: {APPLIANCE_DB} on an appliance, else $XDG_STATE_HOME/vzrep/daemon.sqlite)"
     p = sub.add_parser(
         "run", help="the scheduler: passes every job in DIR on its [schedule], records each in the history"
     )
-    p.add_argument("--jobs", type=Path, required=True, metavar="DIR", help="the job files (*.toml)")
+    p.add_argument(
+        "--jobs",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the job files (*.toml), and appliance.toml (the appliance's bandwidth limit)",
+    )
     p.add_argument("--db", type=Path, help=db_help)
     p.add_argument(
         "--state-dir", type=Path, help="cached maps and working files for jobs without their own state_dir"
@@ -181,6 +199,15 @@ def add_commands(sub: Any) -> None:
         default=4,
         metavar="N",
         help="VMs passed at once on this appliance, all jobs together (default 4)",
+    )
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        type=limit_rule,
+        metavar="RATE[@DAYS/HH:MM-HH:MM]",
+        help="the appliance's bandwidth: all passes together, as pass --limit (repeatable); DIR/appliance.toml"
+        " may set more (limit = [...]); the smaller wins",
     )
     p.add_argument(
         "--poll", type=_seconds, default=5.0, metavar="SECONDS", help="how often DIR is checked for changes"

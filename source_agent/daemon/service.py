@@ -7,8 +7,11 @@ raises SIGBUS (README), and one VM's disk must not take the other passes and the
 Each child gets ``PR_SET_PDEATHSIG``: if the daemon is killed, its passes die with it (the target
 rolls them back) instead of running on unrecorded beside the passes of the next daemon.
 
-Signals: SIGHUP re-reads the job files (they are also re-read when a file in DIR changes, checked
-every ``poll`` seconds); SIGTERM or SIGINT stop the daemon: running passes are stopped (SIGTERM, then
+The appliance's bandwidth limit (``run --limit``, ``DIR/appliance.toml``: :mod:`.appliance`) is a
+bucket file every pass is given (``job run --shared-limit PATH``): all passes together keep to it.
+
+Signals: SIGHUP re-reads the job files and ``appliance.toml`` (they are also re-read when a file in
+DIR changes, checked every ``poll`` seconds); SIGTERM or SIGINT stop the daemon: running passes are stopped (SIGTERM, then
 SIGKILL after 10 s), recorded as interrupted, and run first at the next start.
 """
 
@@ -29,6 +32,7 @@ from vzcommon.libc import function
 from vzcommon.log import get_logger
 
 from ..jobs.model import PAUSED, Job, JobFileError, VmConf, load_job
+from .appliance import FILE_NAME, ApplianceLimit
 from .history import History
 from .scheduler import Outcome, Scheduler, Start
 
@@ -50,21 +54,26 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def pass_command(job: Job, vm: VmConf, state_dir: Path | None, verify: bool = False) -> list[str]:
+def pass_command(
+    job: Job, vm: VmConf, state_dir: Path | None, verify: bool = False, shared_limit: Path | None = None
+) -> list[str]:
     argv = [sys.executable, "-m", "source_agent.cli", "job", "run", str(job.path), "--vm", vm.name, "--json"]
     if verify:
         argv.append("--verify")
     if state_dir is not None and job.options.state_dir is None:
         argv += ["--state-dir", str(state_dir)]
+    if shared_limit is not None:
+        argv += ["--shared-limit", str(shared_limit)]
     return argv
 
 
-def subprocess_runner(state_dir: Path | None) -> PassRunner:
-    """Passes as ``vzrep-source job run FILE --vm NAME --json`` processes (module docstring)."""
+def subprocess_runner(state_dir: Path | None, shared_limit: Path | None = None) -> PassRunner:
+    """Passes as ``vzrep-source job run FILE --vm NAME --json`` processes (module docstring), each
+    given the appliance's bandwidth bucket."""
 
     async def run(job: Job, vm: VmConf, verify: bool = False) -> Outcome:
         proc = await asyncio.create_subprocess_exec(
-            *pass_command(job, vm, state_dir, verify),
+            *pass_command(job, vm, state_dir, verify, shared_limit),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -124,7 +133,7 @@ class JobsDir:
     def _stat(self) -> dict[Path, tuple[int, int]]:
         out = {}
         try:
-            files = sorted(self.path.glob("*.toml"))
+            files = sorted(p for p in self.path.glob("*.toml") if p.name != FILE_NAME)
         except OSError:
             return {}
         for p in files:
@@ -194,11 +203,17 @@ async def serve(
     poll: float = 5.0,
     clock: Callable[[], float] | None = None,
     stop: asyncio.Event | None = None,
+    appliance: ApplianceLimit | None = None,
 ) -> int:
-    """Run passes on schedule until ``stop`` is set (SIGTERM/SIGINT set it); 0 after a clean stop."""
+    """Run passes on schedule until ``stop`` is set (SIGTERM/SIGINT set it); 0 after a clean stop.
+
+    ``appliance``: the bandwidth limit's rules, written to its bucket before the first pass (a bad
+    ``appliance.toml`` raises here: the daemon does not start) and again when they change."""
     import time
 
     clock = clock or time.time
+    if appliance is not None:
+        await appliance.start()
     sched = Scheduler(history, max_parallel, clock)
     sched.recover()
     files = JobsDir(jobs_dir, history, clock)
@@ -242,6 +257,8 @@ async def serve(
     try:
         async with asyncio.TaskGroup() as tg:
             while not stop.is_set():
+                if appliance is not None and (reload.is_set() or appliance.changed()):
+                    await appliance.reload()
                 if reload.is_set() or files.changed():
                     reload.clear()
                     sched.set_jobs(files.load())

@@ -73,13 +73,18 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError(f"the job {args.file} has no VM {missing[0]!r}")
         job = replace(job, vms=tuple(vm for vm in job.vms if vm.name in args.vm))
     state_dir = args.state_dir or job.options.state_dir or default_state_dir()
+    if args.shared_limit is not None:  # refused before any VM's pass starts
+        from ..shared_bucket import check
+
+        check(args.shared_limit)
 
     def done(res: Any) -> None:
         if not args.json:
             print(result_text(res), flush=True)
 
     results: list[VmResult] = []
-    asyncio_run(_async_run(job, state_dir, args.parallel, done, results, "verify" if args.verify else ""))
+    mode = "verify" if args.verify else ""
+    asyncio_run(_async_run(job, state_dir, args.parallel, done, results, mode, args.shared_limit))
     if args.json:
         print(
             json.dumps({"vms": [result_json(r) for r in results], "summary": summary(job, results)}, indent=2)
@@ -91,11 +96,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _async_run(
-    job: Job, state_dir: Path, parallel: int | None, done: Any, out: list[VmResult], mode: str = ""
+    job: Job,
+    state_dir: Path,
+    parallel: int | None,
+    done: Any,
+    out: list[VmResult],
+    mode: str = "",
+    shared_limit: Path | None = None,
 ) -> int:
     from .runner import run_job
 
-    out.extend(await run_job(job, state_dir, parallel, done, mode))
+    out.extend(await run_job(job, state_dir, parallel, done, mode, shared_limit))
     return 0
 
 
@@ -155,6 +166,12 @@ def add_commands(sub: Any) -> None:
         "--verify", action="store_true", help="verify each VM instead (vzrep-source verify): nothing is written"
     )
     p.add_argument("--json", action="store_true", help="the reports and the summary as one JSON document")
+    p.add_argument(
+        "--shared-limit",
+        type=Path,
+        metavar="PATH",
+        help="the appliance's bandwidth bucket (as pass --shared-limit; vzrep-source run gives it)",
+    )
     p.set_defaults(func=_run)
     for name, what in (("pause", "stop scheduling the job's passes (vzrep-source run)"), ("resume", "schedule them again")):
         p = jsub.add_parser(name, help=what)

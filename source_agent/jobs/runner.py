@@ -97,9 +97,12 @@ def skip_hint(job: Job, vm: VmConf) -> str:
     return "seed it (vzrep-target seed) or map it (vzrep-target map) on the target; the job names no seed or mapping for it"
 
 
-async def run_vm(job: Job, vm: VmConf, state_dir: Path, mode: str = "") -> VmResult:
-    """One VM's pass (``mode`` "verify": a verify, nothing written); never raises a VzrepError (it
-    becomes the VM's result)."""
+async def run_vm(
+    job: Job, vm: VmConf, state_dir: Path, mode: str = "", shared_limit: Path | None = None
+) -> VmResult:
+    """One VM's pass (``mode`` "verify": a verify, nothing written; ``shared_limit``: the appliance's
+    bandwidth bucket, :mod:`source_agent.shared_bucket`); never raises a VzrepError (it becomes the
+    VM's result)."""
     from .. import cli
     from ..tunnel import TargetSpec
 
@@ -108,6 +111,7 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path, mode: str = "") -> VmRes
         block_size=o.block_size,
         compress=o.compress,
         limit=o.limit,
+        shared_limit=shared_limit,
         resume_window=o.resume_window,
         state_dir=state_dir,
         job=job.id,
@@ -159,7 +163,12 @@ async def run_vm(job: Job, vm: VmConf, state_dir: Path, mode: str = "") -> VmRes
 
 
 async def run_job(
-    job: Job, state_dir: Path, parallel: int | None = None, on_done: Any = None, mode: str = ""
+    job: Job,
+    state_dir: Path,
+    parallel: int | None = None,
+    on_done: Any = None,
+    mode: str = "",
+    shared_limit: Path | None = None,
 ) -> list[VmResult]:
     """Every VM once, at most ``parallel`` (default: the job's) at a time; results in the job's order.
 
@@ -169,7 +178,7 @@ async def run_job(
 
     async def one(vm: VmConf) -> None:
         async with limit:
-            res = await run_vm(job, vm, state_dir, mode)
+            res = await run_vm(job, vm, state_dir, mode, shared_limit)
         results[vm.name] = res
         if on_done is not None:
             on_done(res)
