@@ -1,7 +1,8 @@
 """Everything the console does to the machine, behind one class.
 
 The console talks to the agent only through its CLI's ``--json`` output and its control commands
-(``status``, ``rollback``, ``pair``, ``pair-status``, ``unpair``), never its internals. Tests replace
+(``status``, ``rollback``, ``pair``, ``pair-status``, ``unpair``; on a source ``history``, ``job``,
+``points`` and ``test-failover``, which ask the target), never its internals. Tests replace
 this class (pilot tests) or point it at a temporary root and a real agent (the tmux test).
 """
 
