@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from protocol.connection import TargetConnection
+from protocol.messages import Request
+from source_agent.control import ask
+from source_agent.tunnel import TargetSpec
 from target_agent.server import Stream, start_server
 from target_agent.session import TargetSession
 from target_agent.storage import failover as fo
@@ -29,7 +32,7 @@ from tests.support.openssh import free_port
 from tests.support.proxy import CutProxy
 from tests.support.tools import change_blocks, make_image, qemu_compare
 from tests.target_agent.test_control import tree
-from vzcommon.errors import ExitCode, VzrepError
+from vzcommon.errors import ExitCode, InputError, VzrepError
 
 MiB = 1 << 20
 VM = "web01"
@@ -135,6 +138,7 @@ async def refused(site: Site, code: ExitCode, match: str, *args: str | Path) -> 
 async def test_refusals_exit_with_their_code_and_change_nothing(site: Site) -> None:
     base = ["--job", str(site.job), "--vm", VM]
     await refused(site, ExitCode.INPUT, "has no VM 'db01'", "points", "--job", site.job, "--vm", "db01")
+    await refused(site, ExitCode.INPUT, "use 1-64 letters", "points", *site.direct(), "--vm", "../web01")
     await refused(
         site, ExitCode.INPUT, "holds no replica of VM 'ghost'", "points", *site.direct(), "--vm", "ghost"
     )
@@ -227,6 +231,33 @@ async def test_an_older_target_says_so_at_once(tmp_path: Path, session_keys: Key
         await server.wait_closed()
     assert rc == ExitCode.PROTOCOL and "protocol version 5, the target speaks version 4" in err, err
     assert "upgrade vzrep-target" in err and err.count("\n") == 1
+
+
+async def test_requests_are_no_passes_to_the_targets_counts(tmp_path: Path, session_keys: Keys) -> None:
+    """The target's pass-end events (its metrics) see the pass, not the requests, refused or not."""
+    events: list[dict[str, object]] = []
+
+    async def handle(stream: Stream, peer: str) -> None:
+        await TargetSession(tmp_path / "data", peer, on_pass_end=events.append).run(stream)
+
+    server, port = await start_server(
+        handle, "127.0.0.1", 0, session_keys.host_key, session_keys.authorized_keys
+    )
+    spec = TargetSpec(
+        "127.0.0.1", port, session_keys.client_key, session_keys.known_hosts(port, f"kh-{port}")
+    )
+    try:
+        src = make_image(tmp_path / "d.img", 4 * MiB, data_blocks=10, seed=9)
+        assert (await replicate(spec, VM, {"d": src}, tmp_path / "state")).ok
+        assert len((await ask(spec, VM, Request("points"))).points) == 1
+        with pytest.raises(InputError, match="no restore point 'nope'"):
+            await ask(spec, VM, Request("test-failover", "nope"))
+        with pytest.raises(InputError, match="holds no replica"):
+            await ask(spec, "ghost", Request("points"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [e["result"] for e in events] == ["committed"]
 
 
 async def test_an_unreachable_target_is_a_connection_error(tmp_path: Path, session_keys: Keys) -> None:
