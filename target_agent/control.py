@@ -88,6 +88,8 @@ def _failover_fields(st: dict[str, Any] | None) -> tuple[str, str, str, str]:
     state = str(st.get("state", ""))
     if state == "test":
         detail = f"the point's disks are in {st.get('dir')} on the target; replication goes on"
+    elif state in ("committed", "failing-back", "failed-back"):
+        detail = "the replica is production at the DR site; the way home is failback"
     elif st.get("kind") == "vsphere":
         what = "with its NICs disconnected; passes wait" if st.get("test") else "as production"
         detail = f"replica VM {st.get('replica_vm')} runs from restore point {st.get('point_name')} {what}"

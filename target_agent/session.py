@@ -150,9 +150,8 @@ class TargetSession:
         self.suspended = suspended
         self.mode = ""  # HELLO's: "" a pass, "verify" (nothing written), "repair", or "control" (no pass)
         self.vm_name = ""  # HELLO's VM, for the pass-end event (metrics)
-        self._map_wrong: dict[
-            int, int
-        ] = {}  # verify/repair: per disk, blocks whose bytes differ from the map
+        #: verify/repair: per disk, blocks whose bytes differ from the map
+        self._map_wrong: dict[int, int] = {}
         self.replica: ReplicaPass | None = None
         self.peer = peer
         self.conn = TargetConnection()
