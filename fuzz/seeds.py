@@ -20,7 +20,18 @@ from pathlib import Path
 from fuzz.image import encode
 from fuzz.targets import HELLO, MAP, OPEN, WELCOME, _frame_of
 from protocol import codec
-from protocol.messages import Block, Commit, Committed, DiskEnd, Error, KeepAlive, Message, ZeroRange
+from protocol.messages import (
+    Block,
+    Commit,
+    Committed,
+    DiskEnd,
+    Error,
+    KeepAlive,
+    Message,
+    ReplicaState,
+    Request,
+    ZeroRange,
+)
 from source_agent.filters.extents import ExtentList, FilterKind
 from source_agent.filters.lvm import lvm_crc
 from vzcommon import records, vmdk, vzmap
@@ -58,6 +69,10 @@ def _protocol() -> Iterator[tuple[str, bytes]]:
         Committed("g2", False, ""),
         Error(8, "giving up"),
         KeepAlive(),
+        Request("test-failover", "g1"),
+        ReplicaState(
+            "file", (("g2", "t", "pass", "j", True, 0),), 0, "test", "g2", "t", "exported", False, ""
+        ),
     ):
         yield "message", bytes([msg.TYPE]) + codec.pack(msg.to_fields())
 

@@ -4,6 +4,9 @@
 ``conn.next_event()`` returns the next :class:`~protocol.messages.Message`, :data:`NEED_DATA`, or
 :data:`CLOSED`; ``conn.send(msg)`` checks that we may send ``msg`` now and returns its frame.
 
+A HELLO or WELCOME of another protocol version is refused as a version mismatch naming both versions
+before its fields are checked (a newer peer's fields may mean nothing here).
+
 Besides the transition table, the connection enforces what needs the session's context: negotiated
 block size and codecs, disks known to the session, offsets block-aligned, inside the disk and
 strictly increasing, map entries in order and counted, and the totals in DISK_END and COMMIT.
@@ -21,6 +24,7 @@ from . import codec, framing
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError, VersionMismatch
 from .messages import (
     CODEC_NAMES,
+    CONTROL,
     HASH_LEN,
     MESSAGE_CLASSES,
     Block,
@@ -39,7 +43,7 @@ from .messages import (
     Welcome,
     ZeroRange,
 )
-from .state import TERMINAL, Role, State, next_state
+from .state import CONTROL_TRANSITIONS, TERMINAL, TRANSITIONS, Role, State, Table, next_state
 from .version import PROTOCOL_VERSION
 
 
@@ -77,6 +81,7 @@ class Connection:
         self.their_role = Role.TARGET if our_role is Role.SOURCE else Role.SOURCE
         self.protocol_version = protocol_version
         self.state = State.AWAIT_HELLO
+        self.table: Table = TRANSITIONS  # CONTROL_TRANSITIONS once a control HELLO went by
         self.block_size = 0
         self.codecs: frozenset[Codec] = frozenset({Codec.NONE})
         self.hash_alg = ""
@@ -117,7 +122,7 @@ class Connection:
         """Whether a message of this type may be sent now (say, a KEEPALIVE: only when it is our turn)."""
         if self._sent_error or self._broken:
             return False
-        return next_state(self.state, self.our_role, msg_type) is not None
+        return next_state(self.state, self.our_role, msg_type, self.table) is not None
 
     def receive_data(self, data: bytes) -> None:
         if self._eof and data:
@@ -161,7 +166,19 @@ class Connection:
             mtype = MsgType(msg_type)
         except ValueError:
             raise RemoteProtocolError(f"unknown message type {msg_type}") from None
-        msg = MESSAGE_CLASSES[mtype].from_fields(codec.unpack(body))
+        fields = codec.unpack(body)
+        handshake = self.state in (State.AWAIT_HELLO, State.AWAIT_WELCOME)
+        if (
+            handshake
+            and mtype in (MsgType.HELLO, MsgType.WELCOME)
+            and fields
+            and fields[0] != self.protocol_version
+        ):
+            # before the fields are validated: a newer peer's may be unknown here (a new HELLO mode),
+            # and "upgrade the older agent" is what the user needs to read, not a field's complaint
+            if isinstance(fields[0], int) and not isinstance(fields[0], bool):
+                raise self._version_mismatch(fields[0])
+        msg = MESSAGE_CLASSES[mtype].from_fields(fields)
         if isinstance(msg, Error):
             if self.state is State.DONE:
                 raise RemoteProtocolError("ERROR received after the session completed")
@@ -219,7 +236,7 @@ class Connection:
 
     def _apply(self, msg: Message, sender: Role) -> None:
         """Check ``msg`` against the table and the session context, then update the state."""
-        new = next_state(self.state, sender, msg.TYPE)
+        new = next_state(self.state, sender, msg.TYPE, self.table)
         if new is None:
             raise RemoteProtocolError(
                 f"{msg.TYPE.name} from the {sender.value} is not allowed in state {self.state.value}"
@@ -231,23 +248,25 @@ class Connection:
         if isinstance(msg, Welcome) and self.current is not None:
             self.state = State.STREAMING  # a resumed pass goes on inside the disk it was cut in
 
+    def _version_mismatch(self, theirs: int) -> VersionMismatch:
+        return VersionMismatch(
+            f"the {self.their_role.value} speaks protocol version {theirs}, the {self.our_role.value}"
+            f" speaks version {self.protocol_version}: upgrade the older agent"
+        )
+
     def _check_hello(self, msg: Hello) -> None:
         if msg.protocol_version != self.protocol_version:
-            raise VersionMismatch(
-                f"the source speaks protocol version {msg.protocol_version}, the target speaks"
-                f" version {self.protocol_version}: upgrade the older agent"
-            )
+            raise self._version_mismatch(msg.protocol_version)
         self._proposed = msg
         self.vm = msg.vm
+        if msg.mode == CONTROL:
+            self.table = CONTROL_TRANSITIONS
 
     def _check_welcome(self, msg: Welcome) -> None:
         hello = self._proposed
         assert hello is not None
         if msg.protocol_version != self.protocol_version:
-            raise VersionMismatch(
-                f"the target speaks protocol version {msg.protocol_version}, the source speaks"
-                f" version {self.protocol_version}: upgrade the older agent"
-            )
+            raise self._version_mismatch(msg.protocol_version)
         if msg.hash_alg not in hello.hash_algs:
             raise RemoteProtocolError(f"hash algorithm {msg.hash_alg!r} was not offered")
         if msg.block_size != hello.block_size:

@@ -21,6 +21,15 @@ HASH_LEN = 32
 MAX_DISK_SIZE = 1 << 50  # 1 PiB: far beyond vSphere's 62 TB limit, small enough to catch garbage
 MAX_DISKS = 256
 PASS_MODES = ("", "verify", "repair")
+#: HELLO's mode for a control session: no pass, one REQUEST about the VM's replica, one REPLICA_STATE
+CONTROL = "control"
+HELLO_MODES = (*PASS_MODES, CONTROL)
+#: what a source may ask in a control session: only a TEST failover (and its end); a real failover and
+#: its commit stay at the DR site
+REQUEST_ACTIONS = ("points", "test-failover", "end-test")
+#: the newest restore points a REPLICA_STATE lists (the rest are counted in ``older``): the frame stays
+#: far below the 1 MiB a connection takes after the handshake
+MAX_POINTS_SENT = 1024
 MAX_RESTORE_POINTS = 10_000  # a job's retention; far beyond any real one, small enough to catch garbage
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{0,256}")
@@ -40,6 +49,8 @@ class MsgType(IntEnum):
     COMMITTED = 11
     ERROR = 12
     KEEPALIVE = 13
+    REQUEST = 14
+    REPLICA_STATE = 15
 
 
 class Codec(IntEnum):
@@ -158,7 +169,8 @@ class Hello(Message):
     #: restore points the target keeps for this replica; 0: the target's own setting (protocol 4)
     restore_points: int = 0
     #: "" a pass; "verify": the target hashes the replica's bytes (not its map) and writes nothing;
-    #: "repair": a pass whose target hashes the bytes instead of trusting its map (protocol 4)
+    #: "repair": a pass whose target hashes the bytes instead of trusting its map (protocol 4);
+    #: "control": no pass, a REQUEST about the VM's replica (protocol 5)
     mode: str = ""
     #: the id (WELCOME's ``pass_id``) of a pass whose connection was lost, to go on with (protocol 4)
     resume: str = ""
@@ -174,9 +186,11 @@ class Hello(Message):
         _token(self.job, "job")
         _bool(self.require_replica, "require_replica")
         _int(self.restore_points, "restore_points", 0, MAX_RESTORE_POINTS)
-        if self.mode not in PASS_MODES:
-            _fail(f"unknown pass mode {self.mode!r} (known: {', '.join(map(repr, PASS_MODES))})")
+        if self.mode not in HELLO_MODES:
+            _fail(f"unknown pass mode {self.mode!r} (known: {', '.join(map(repr, HELLO_MODES))})")
         _token(self.resume, "resume")
+        if self.mode == CONTROL and self.resume:
+            _fail("a control session resumes no pass")
 
     @classmethod
     def from_fields(cls, values: list[Any]) -> Message:
@@ -399,6 +413,76 @@ class KeepAlive(Message):
     TYPE = MsgType.KEEPALIVE
 
 
+@dataclass(frozen=True, slots=True)
+class Request(Message):
+    """What a control session asks about HELLO's VM (protocol 5): ``points`` (its restore points and
+    failover state), ``test-failover`` of ``point`` ("" the newest), or ``end-test``."""
+
+    TYPE = MsgType.REQUEST
+    action: str
+    point: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action not in REQUEST_ACTIONS:
+            _fail(f"unknown request {self.action!r} (known: {', '.join(map(repr, REQUEST_ACTIONS))})")
+        _token(self.point, "point")
+        if self.point and self.action != "test-failover":
+            _fail(f"a point goes with a test-failover request, not with {self.action!r}")
+
+
+#: one restore point in REPLICA_STATE: (id, time, origin, job, live, held_bytes)
+PointRow = tuple[str, str, str, str, bool, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState(Message):
+    """The target's answer to a REQUEST (protocol 5): the replica's restore points, newest first, and
+    its failover state, as they are once the request was carried out; ``note`` says what it did."""
+
+    TYPE = MsgType.REPLICA_STATE
+    #: "file" (DATA_DIR) or "vsphere" (a replica VM's snapshots)
+    kind: str
+    #: newest first; for a vSphere replica ``id`` is the snapshot's moid and ``live`` the current one
+    points: tuple[PointRow, ...]
+    #: points older than the ones listed (beyond :data:`MAX_POINTS_SENT`)
+    older: int
+    #: the failover record's state ("" none), the point it is at, since when, and what to know of it
+    failover_state: str
+    failover_point: str
+    failover_since: str
+    failover_detail: str
+    #: a pass (or a rollback, or a suspended pass) holds the VM now
+    pass_running: bool
+    note: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("file", "vsphere"):
+            _fail(f"replica kind must be 'file' or 'vsphere', got {self.kind!r}")
+        if not isinstance(self.points, tuple) or len(self.points) > MAX_POINTS_SENT:
+            _fail(f"points must be a list of at most {MAX_POINTS_SENT} restore points")
+        rows = []
+        for row in self.points:
+            r = tuple(row) if isinstance(row, list | tuple) else ()
+            if len(r) != 6:
+                _fail("a restore point is [id, time, origin, job, live, held_bytes]")
+            point_id, time, origin, job, live, held = r
+            _token(point_id, "point id")
+            _str(time, "point time", 64)
+            _str(origin, "point origin", 64)
+            _token(job, "point job")
+            _bool(live, "point live")
+            _int(held, "point held_bytes", 0, MAX_DISK_SIZE * MAX_DISKS)
+            rows.append(r)
+        object.__setattr__(self, "points", tuple(rows))  # msgpack gives lists: one shape for all
+        _int(self.older, "older", 0, 1 << 32)
+        _str(self.failover_state, "failover_state", 64)
+        _token(self.failover_point, "failover_point")
+        _str(self.failover_since, "failover_since", 64)
+        _str(self.failover_detail, "failover_detail", 4096)
+        _bool(self.pass_running, "pass_running")
+        _str(self.note, "note", 4096)
+
+
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -415,5 +499,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Committed,
         Error,
         KeepAlive,
+        Request,
+        ReplicaState,
     )
 }

@@ -370,20 +370,30 @@ def _jobs_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
     add_commands(sub)
 
 
+def _control_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
+    from .control_cli import add_commands
+
+    add_commands(sub)
+
+
 def _daemon_area(sub: Any, pass_parser: argparse.ArgumentParser) -> None:
     from .daemon.cli import add_commands
 
     add_commands(sub)
 
 
-#: Commands and options that live in the vSphere, pairing, failback, jobs and daemon areas; their modules (the vSphere client, SPAKE2)
+#: Commands and options that live in the vSphere, pairing, failback, jobs, daemon and control areas; their modules (the vSphere client, SPAKE2)
 #: are imported only when the command line asks for them, so a plain pass starts faster.
 _AREAS: tuple[tuple[tuple[str, ...], Callable[[Any, argparse.ArgumentParser], None]], ...] = (
-    (("--vcenter", "--credentials", "--session-token-file", "vsphere-check", "accept-hardware"), _vsphere_area),
+    (
+        ("--vcenter", "--credentials", "--session-token-file", "vsphere-check", "accept-hardware"),
+        _vsphere_area,
+    ),
     (("pair", "unpair", "pair-status"), _pairing_area),
     (("receive-failback",), _failback_area),
     (("job",), _jobs_area),
     (("run", "history"), _daemon_area),
+    (("points", "test-failover"), _control_area),
 )
 
 
@@ -408,7 +418,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     _pass_arguments(v)
     v.add_argument(
-        "--repair", action="store_true", help="send the blocks that differ as a pass (a restore point), then verify again"
+        "--repair",
+        action="store_true",
+        help="send the blocks that differ as a pass (a restore point), then verify again",
     )
     v.set_defaults(func=_verify_command, planned_failover=False, stop_command=None)
     add_keygen(sub)

@@ -11,6 +11,10 @@ appliance (``target_agent.vsphere.job``): they are attached at HELLO, written th
 writer (device-backed), rolled back through ``.vzundo`` while still attached, detached at the end, and
 a restore point is taken after a commit -- before COMMITTED is sent.
 
+A control session (HELLO mode "control", protocol 5) is no pass: WELCOME, one REQUEST carried out by
+``control`` (restore points, failover state, a test failover and its end), one REPLICA_STATE; a
+refusal is an ERROR, and counts as no failed pass.
+
 A source that sends nothing, not even a KEEPALIVE (which a live source sends when it has had nothing
 else to send for a while), for ``idle_timeout`` seconds (:data:`IDLE_TIMEOUT`) while the target waits
 for it, has its pass rolled back: it no longer holds the VM's lock. A source whose host or link died
@@ -32,6 +36,7 @@ from protocol.connection import CLOSED, NEED_DATA, TargetConnection
 from protocol.errors import LocalProtocolError, ProtocolError
 from protocol.framing import MAP_CHUNK_ENTRIES
 from protocol.messages import (
+    CONTROL,
     Block,
     Codec,
     Commit,
@@ -45,6 +50,7 @@ from protocol.messages import (
     MapStatus,
     Message,
     OpenDisk,
+    Request,
     Welcome,
     ZeroRange,
 )
@@ -142,9 +148,10 @@ class TargetSession:
         self.replicas = replicas
         #: where a pass whose connection is lost waits for its source (None: rolled back at once)
         self.suspended = suspended
-        self.mode = ""  # HELLO's: "" a pass, "verify" (nothing written) or "repair"
+        self.mode = ""  # HELLO's: "" a pass, "verify" (nothing written), "repair", or "control" (no pass)
         self.vm_name = ""  # HELLO's VM, for the pass-end event (metrics)
-        self._map_wrong: dict[int, int] = {}  # verify/repair: per disk, blocks whose bytes differ from the map
+        #: verify/repair: per disk, blocks whose bytes differ from the map
+        self._map_wrong: dict[int, int] = {}
         self.replica: ReplicaPass | None = None
         self.peer = peer
         self.conn = TargetConnection()
@@ -234,6 +241,12 @@ class TargetSession:
             await self._queue(msg)
         elif isinstance(msg, Hello):
             await self._hello(msg)
+        elif isinstance(msg, Request):  # a control session: one request, one answer
+            from .control import carry_out
+
+            log.info("request", vm=self.vm_name, peer=self.peer, action=msg.action, point=msg.point)
+            await self._send(await carry_out(self.data_dir, self.vm_name, msg, self.replicas))
+            return True
         elif isinstance(msg, OpenDisk):
             await self._open_disk(msg)
         elif isinstance(msg, DiskEnd):
@@ -258,6 +271,9 @@ class TargetSession:
         codecs = tuple(c for c in SUPPORTED_CODECS if c in msg.codecs and c != "none")
         self.mode = msg.mode
         self.vm_name = msg.vm
+        if msg.mode == CONTROL:  # no pass: the source asks about its replica (``control``)
+            await self._send(Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size))
+            return
         if msg.require_replica:  # the job rule: before anything is created for the VM
             await asyncio.to_thread(self._require_replica, msg.vm)
         if msg.mode in ("verify", "repair") and not await asyncio.to_thread(self._has_replica, msg.vm):
@@ -294,9 +310,7 @@ class TargetSession:
         log.info(
             "pass_started", vm=msg.vm, peer=self.peer, pass_id=vm_pass.pass_id, block_size=msg.block_size
         )
-        await self._send(
-            Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size, vm_pass.pass_id)
-        )
+        await self._send(Welcome(PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, msg.block_size, vm_pass.pass_id))
 
     async def _resume(self, parked: Parked, codecs: tuple[str, ...]) -> None:
         """Go on with a suspended pass: its VmPass and writers, and WELCOME saying what it has."""
@@ -304,7 +318,13 @@ class TargetSession:
         self._map_wrong = dict(parked.extra.get("map_wrong", {}))
         log.info("pass_resumed", vm=parked.vm, peer=self.peer, pass_id=parked.pass_id)
         welcome = Welcome(
-            PROTOCOL_VERSION, AGENT, HASH_NAME, codecs, parked.block_size, parked.pass_id, tuple(parked.resumable)
+            PROTOCOL_VERSION,
+            AGENT,
+            HASH_NAME,
+            codecs,
+            parked.block_size,
+            parked.pass_id,
+            tuple(parked.resumable),
         )
         await self._send(welcome)
 
@@ -488,7 +508,9 @@ class TargetSession:
             await replica.finish(None)  # detach; no restore point
         ok = differing == 0 and wrong == 0
         await asyncio.to_thread(record_verify, vm_pass.vdir, ok, "source", differing, [], wrong)
-        log.info("verify_done", vm=vm_pass.vm, peer=self.peer, differing_blocks=differing, map_wrong_blocks=wrong)
+        log.info(
+            "verify_done", vm=vm_pass.vm, peer=self.peer, differing_blocks=differing, map_wrong_blocks=wrong
+        )
         await self._send(Committed("", False, "verified: nothing was written"))
 
     async def _vsphere_failover(self, vm: str) -> None:
@@ -507,6 +529,11 @@ class TargetSession:
         was lost while it sent blocks is suspended instead, for its source to resume (``resume``)."""
         if self._may_park(exc) and await self._park():
             log.warning("pass_interrupted", peer=self.peer, error=str(exc), suspended=True)
+            return
+        if self.mode == CONTROL:  # a refused request: it changed nothing, and it was no pass
+            code, text = _code_and_text(exc)
+            log.warning("request_refused", vm=self.vm_name, peer=self.peer, error=text)
+            await self._tell(exc, code, text)
             return
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
@@ -535,22 +562,32 @@ class TargetSession:
                     await replica.finish(None)
                 except VzrepError as late:
                     log.error("replica_detach_failed", error=str(late))
-        if isinstance(exc, VzrepError):
-            code, text = exc.exit_code, str(exc)
-        elif isinstance(exc, OSError):
-            code, text = StorageError.exit_code, f"target I/O error: {exc}"
-        elif isinstance(exc, asyncio.CancelledError):
-            code, text = ExitCode.CONNECTION, "the target agent is shutting down"
-        else:
-            code, text = ExitCode.INTERNAL, f"internal error on the target: {type(exc).__name__}: {exc}"
+        code, text = _code_and_text(exc)
         log.warning("pass_failed", peer=self.peer, error=text, rollback=rolled)
         if self._on_pass_end:
-            self._on_pass_end({"result": "rolled-back", "error": text, "vm": self.vm_name, "exit_code": int(code)})
-        # A lost link has nobody to tell; a silent source may still be listening.
+            self._on_pass_end(
+                {"result": "rolled-back", "error": text, "vm": self.vm_name, "exit_code": int(code)}
+            )
+        await self._tell(exc, code, f"{text} [target: {rolled}]")
+
+    async def _tell(self, exc: BaseException, code: int, text: str) -> None:
+        """The source's ERROR, best effort. A lost link has nobody to tell; a silent source may still
+        be listening."""
         lost = isinstance(exc, ConnectionFailed) and not isinstance(exc, SourceSilent)
         told = lost or (isinstance(exc, VzrepError) and exc.from_peer)
         if self._stream is not None and not told:
             try:
-                await asyncio.wait_for(self._send(Error(int(code), f"{text} [target: {rolled}]")), 5)
+                await asyncio.wait_for(self._send(Error(int(code), text)), 5)
             except (LocalProtocolError, VzrepError, OSError, TimeoutError):
                 pass
+
+
+def _code_and_text(exc: BaseException) -> tuple[int, str]:
+    """The exit code and message an ERROR carries for a failure."""
+    if isinstance(exc, VzrepError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, OSError):
+        return StorageError.exit_code, f"target I/O error: {exc}"
+    if isinstance(exc, asyncio.CancelledError):
+        return ExitCode.CONNECTION, "the target agent is shutting down"
+    return ExitCode.INTERNAL, f"internal error on the target: {type(exc).__name__}: {exc}"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -28,10 +29,11 @@ from textual.widgets import (
     Static,
 )
 
-from appliance.console.backend import Backend, NetworkSettings, verify_state, vm_state
+from appliance.console.backend import FAILOVER_STATES, Backend, NetworkSettings, verify_state, vm_state
 from appliance.layout import Layout
 from pairing.protocol import new_code
 from vzcommon.climain import run_main
+from vzcommon.errors import ExitCode
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -271,12 +273,15 @@ class RollbackPage(Page):
 def _when(t: object) -> str:
     import time as _time
 
-    return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(float(t))) if isinstance(t, int | float) else "never"
+    return (
+        _time.strftime("%Y-%m-%d %H:%M", _time.localtime(float(t))) if isinstance(t, int | float) else "never"
+    )
 
 
 class JobsPage(Page):
     """The source's scheduled jobs: each VM's last success, next run and RPO; run a pass now, pause or
-    resume its job."""
+    resume its job. For the chosen VM, its restore points and failover state as the target holds them
+    (asked on demand, over the job's tunnel), and a test failover of one point there and its end."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -288,13 +293,23 @@ class JobsPage(Page):
                 yield Button("Pause job", id="pause")
                 yield Button("Resume job", id="resume")
             yield Static(id="message")
+            yield Label("On the target: press Restore points to ask it about the chosen VM")
+            yield Static(id="target-state")
+            yield DataTable(id="points", cursor_type="row")
+            with Horizontal():
+                yield Button("Restore points", id="fetch-points")
+                yield Button("Test failover", id="test", variant="warning")
+                yield Button("End test", id="end-test")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#job-vms", DataTable).add_columns(
             "Job", "VM", "Last success", "Next run", "RPO", "Paused", "Last error"
         )
+        self.query_one("#points", DataTable).add_columns("Point", "Time", "Origin", "Held")
         self.rows: list[dict[str, Any]] = []
+        self.points_of: tuple[str, str] | None = None  # (job file, VM) the points table shows
+        self.points_kind = ""  # its replica's kind: "file" or "vsphere"
         self.refresh_jobs()
         self.set_interval(1, self.poll_pass)
         self.set_interval(10, self.refresh_jobs)
@@ -321,18 +336,110 @@ class JobsPage(Page):
             self.say(result)
             self.refresh_jobs()
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
+    def selected(self) -> dict[str, Any] | None:
         table = self.query_one("#job-vms", DataTable)
-        if not self.rows:
+        return self.rows[table.cursor_row] if self.rows and table.cursor_row < len(self.rows) else None
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        v = self.selected()
+        if event.data_table.id == "job-vms" and v is not None and (v["file"], v["vm"]) != self.points_of:
+            self.show_target(None, {})  # another VM: the points shown were not its
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        v = self.selected()
+        if v is None:
             return
-        v = self.rows[table.cursor_row]
-        if event.button.id == "run-now":
+        action = event.button.id
+        if action == "run-now":
             self.backend.run_now(v["file"], v["vm"])
             self.say(f"{v['vm']}: a pass is running ...")
-        else:
-            result = self.backend.pause_job(v["file"], event.button.id == "pause")
+        elif action in ("pause", "resume"):
+            result = self.backend.pause_job(v["file"], action == "pause")
             self.say(result.output.strip() or f"exit code {result.rc}")
             self.refresh_jobs()
+        elif action == "fetch-points":
+            self.say(f"{v['vm']}: asking the target ...", "target-state")
+            self.ask_target(v["file"], v["vm"], "points", None)
+        elif action in ("test", "end-test"):
+            self.confirm_test(v, action)
+
+    def confirm_test(self, v: dict[str, Any], action: str) -> None:
+        """Asked first, as the target's Failover page asks before anything it cannot take back."""
+        vm = str(v["vm"])
+        points = self.query_one("#points", DataTable)
+        if action == "test" and (self.points_of != (v["file"], vm) or not points.row_count):
+            self.say(f"{vm}: press Restore points first, then choose the point to test")
+            return
+        point = str(points.get_row_at(points.cursor_row)[0]) if action == "test" else None
+        what = (
+            "The replica VM runs from it with its NICs disconnected; passes wait until the test ends."
+            if self.points_kind == "vsphere"
+            else "Its disks are exported there for a test VM; replication goes on."
+        )
+        question = (
+            f"Start a test failover of {vm} at restore point {point} on the target? {what}"
+            if action == "test"
+            else f"End the test failover of {vm} on the target? What the test VM wrote is discarded."
+        )
+
+        def run(yes: bool | None) -> None:
+            if yes:
+                self.say(f"{vm}: {'starting' if point else 'ending'} the test failover on the target ...")
+                self.ask_target(v["file"], vm, action, point)
+
+        self.app.push_screen(ConfirmScreen(question), run)
+
+    @work(thread=True, group="target")
+    def ask_target(self, file: str, vm: str, action: str, point: str | None) -> None:
+        """The agent's CLI, off the UI thread: the target may be far, slow, or not there at all."""
+        b = self.backend
+        if action == "points":
+            doc = b.target_points(file, vm)
+        else:
+            doc = b.target_test_failover(file, vm, point, end=action == "end-test")
+        self.app.call_from_thread(self.show_answer, file, vm, action, doc)
+
+    def show_answer(self, file: str, vm: str, action: str, doc: dict[str, Any]) -> None:
+        if not doc.get("ok"):
+            error = str(doc.get("error") or "no answer")
+            why = (
+                "the target cannot be reached"
+                if doc.get("exit_code")
+                in (ExitCode.CONNECTION, ExitCode.HOST_KEY, ExitCode.AUTH, ExitCode.CIPHER)
+                else "the target said no"
+            )
+            text = f"{vm}: {why}: {error}"
+            if action == "points":
+                self.show_target(None, {})
+                self.say(text, "target-state")
+            else:
+                self.say(text)
+            return
+        self.show_target((file, vm), doc)
+        if action != "points":
+            self.say(f"{vm}: {doc.get('note') or 'done'}")
+
+    def show_target(self, which: tuple[str, str] | None, doc: dict[str, Any]) -> None:
+        """The points table and state line for ``which`` (None: nothing shown)."""
+        self.points_of, self.points_kind = which, str(doc.get("kind", ""))
+        table = self.query_one("#points", DataTable)
+        table.clear()
+        if which is None:
+            self.say("", "target-state")
+            return
+        for p in doc.get("points", []):
+            held = "live replica" if p.get("live") else f"{int(p.get('held_bytes') or 0) / 2**20:.1f} MiB"
+            table.add_row(
+                str(p.get("id")), str(p.get("time")), str(p.get("origin", "")), held, key=str(p.get("id"))
+            )
+        fo = doc.get("failover") or {}
+        state = FAILOVER_STATES.get(str(fo.get("state")), str(fo.get("state"))) if fo else "no failover"
+        if fo:
+            state += f" at point {fo.get('point')} since {fo.get('since')}"
+            state += f": {fo['detail']}" if fo.get("detail") else ""
+        n = len(doc.get("points", [])) + int(doc.get("older_points") or 0)
+        busy = "; a pass is running" if doc.get("pass_running") else ""
+        self.say(f"{which[1]} on the target: {state}; {n} restore point(s){busy}", "target-state")
 
 
 class FailoverPage(Page):
@@ -379,7 +486,9 @@ class FailoverPage(Page):
         table.clear()
         for p in self.backend.points(vm) if vm else []:
             held = "live replica" if p.get("live") else f"{int(p.get('held_bytes') or 0) / 2**20:.1f} MiB"
-            table.add_row(str(p.get("id")), str(p.get("time")), str(p.get("origin", "")), held, key=str(p.get("id")))
+            table.add_row(
+                str(p.get("id")), str(p.get("time")), str(p.get("origin", "")), held, key=str(p.get("id"))
+            )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "replicas":

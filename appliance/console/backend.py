@@ -1,7 +1,8 @@
 """Everything the console does to the machine, behind one class.
 
 The console talks to the agent only through its CLI's ``--json`` output and its control commands
-(``status``, ``rollback``, ``pair``, ``pair-status``, ``unpair``), never its internals. Tests replace
+(``status``, ``rollback``, ``pair``, ``pair-status``, ``unpair``; on a source ``history``, ``job``,
+``points`` and ``test-failover``, which ask the target), never its internals. Tests replace
 this class (pilot tests) or point it at a temporary root and a real agent (the tmux test).
 """
 
@@ -60,7 +61,9 @@ def verify_state(vm: dict[str, Any]) -> str:
     if last.get("ok"):
         return f"ok {last.get('time', '')}"
     what = "blocks differ" if last.get("by") == "source" else "ranges differ"
-    damaged = f", {len(last.get('damaged_points') or [])} point(s) damaged" if last.get("damaged_points") else ""
+    damaged = (
+        f", {len(last.get('damaged_points') or [])} point(s) damaged" if last.get("damaged_points") else ""
+    )
     return f"DAMAGED {last.get('time', '')}: {last.get('differing', 0)} {what}{damaged}"
 
 
@@ -316,7 +319,49 @@ class Backend:
             return f"the pass exited {proc.returncode}: {err.strip()[-300:]}"
         if vm.get("status") == "replicated":
             return f"{vm['vm']}: replicated"
-        return f"{vm.get('vm')}: {vm.get('status')} (exit {vm.get('exit_code')}): {vm.get('reason', '')[:300]}"
+        return (
+            f"{vm.get('vm')}: {vm.get('status')} (exit {vm.get('exit_code')}): {vm.get('reason', '')[:300]}"
+        )
+
+    def target_points(self, file: str, vm: str) -> dict[str, Any]:
+        """A job VM's restore points and failover state as its target holds them, asked over the job's
+        tunnel (``vzrep-source points --job FILE --vm VM --json``); on failure ``ok`` is false and
+        ``error``/``exit_code`` say why (exit 4: the target cannot be reached)."""
+        return self._source_json(["points", "--job", file, "--vm", vm, "--json"], timeout=120)
+
+    def target_test_failover(
+        self, file: str, vm: str, point: str | None, end: bool = False
+    ) -> dict[str, Any]:
+        """Start a test failover of ``point`` on the target (``vzrep-source test-failover``), or end it;
+        the replica's state afterwards, as :meth:`target_points` gives it. An export of a large disk
+        takes a while: the console calls this from a worker thread."""
+        argv = ["test-failover", "--job", file, "--vm", vm, "--json"]
+        argv += ["--end"] if end else (["--point", point] if point else [])
+        return self._source_json(argv, timeout=3600)
+
+    def _source_json(self, args: list[str], timeout: float) -> dict[str, Any]:
+        try:
+            proc = subprocess.run(
+                [*self.agent_cli["source"], *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"ok": False, "error": str(exc), "exit_code": 127}
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            error = proc.stderr.strip().splitlines()[-1:] or [f"exited {proc.returncode}"]
+            return {
+                "ok": False,
+                "error": error[0].removeprefix("vzrep-source: "),
+                "exit_code": proc.returncode,
+            }
+        return doc
 
     def points(self, vm: str) -> list[dict[str, Any]]:
         """A replica's restore points (``points --json``), newest first; [] when it has none or on error."""

@@ -22,6 +22,9 @@ from protocol.messages import (
     MapStatus,
     MsgType,
     OpenDisk,
+    ReplicaState,
+    Request,
+    Welcome,
     ZeroRange,
 )
 from protocol.state import State
@@ -116,6 +119,90 @@ def test_a_protocol_3_hello_is_a_version_mismatch_naming_both_versions() -> None
         VersionMismatch, match=f"protocol version 3, the target speaks version {PROTOCOL_VERSION}"
     ):
         p.target.next_event()
+
+
+def control_hello(version: int = PROTOCOL_VERSION) -> Hello:
+    return Hello(version, "t", "vm", ("blake3-256",), ("zstd", "none"), BS, mode="control")
+
+
+ANSWER = ReplicaState(
+    "file", (("g2", "2026-12-07T10:00:00+00:00", "pass", "", True, 0),), 0, "", "", "", "", False, ""
+)
+
+
+def test_a_control_session_is_one_request_and_its_answer() -> None:
+    p = Pair()
+    p.deliver(p.source, control_hello())
+    p.deliver(p.target, welcome())
+    assert p.source.state is p.target.state is State.CONTROL
+    assert p.deliver(p.source, Request("test-failover", "g1")) == [Request("test-failover", "g1")]
+    assert p.target.state is State.ANSWERING and not p.source.can_send(MsgType.REQUEST)
+    assert p.deliver(p.target, ANSWER) == [ANSWER]
+    assert p.source.state is p.target.state is State.DONE
+    with pytest.raises(LocalProtocolError, match="REQUEST"):  # one request a session
+        p.source.send(Request("points"))
+
+
+def test_a_control_session_carries_no_pass_and_a_pass_no_request() -> None:
+    p = Pair()
+    p.deliver(p.source, control_hello())
+    p.deliver(p.target, welcome())
+    rogue = SourceConnection()
+    rogue.state, rogue.block_size = State.IDLE, BS  # a peer that opens a disk in a control session
+    p.target.receive_data(rogue.send(OpenDisk(0, "d0", BS, "", "")))
+    with pytest.raises(
+        RemoteProtocolError, match="OPEN_DISK from the source is not allowed in state control"
+    ):
+        p.target.next_event()
+    q = Pair()
+    q.handshake()  # a pass
+    with pytest.raises(LocalProtocolError, match="cannot send REQUEST"):
+        q.source.send(Request("points"))
+    q2 = Pair()
+    q2.handshake()
+    q2.target.receive_data(framing.encode_frame(MsgType.REQUEST, codec.pack(["points", ""])))
+    with pytest.raises(RemoteProtocolError, match="REQUEST from the source is not allowed in state idle"):
+        q2.target.next_event()
+    assert q2.target.state is State.ERROR
+
+
+def test_a_refused_request_is_an_error_in_place_of_the_answer() -> None:
+    p = Pair()
+    p.deliver(p.source, control_hello())
+    p.deliver(p.target, welcome())
+    p.deliver(p.source, Request("end-test"))
+    (got,) = p.deliver(p.target, Error(15, "VM 'vm' is failed-over: only the DR site ends it"))
+    assert isinstance(got, Error) and p.source.state is p.target.state is State.ERROR
+
+
+def test_an_older_target_names_both_versions_to_a_control_hello() -> None:
+    """A protocol-4 target meets a protocol-5 source's control HELLO: a version mismatch, at once."""
+    old = TargetConnection(protocol_version=4)
+    old.receive_data(SourceConnection().send(control_hello()))
+    with pytest.raises(
+        VersionMismatch,
+        match=f"source speaks protocol version {PROTOCOL_VERSION}, the target speaks version 4",
+    ):
+        old.next_event()
+    assert old.state is State.ERROR
+
+
+def test_a_newer_peer_is_told_the_versions_before_its_fields_are_judged() -> None:
+    """A HELLO of a newer protocol with a mode this agent does not know, a WELCOME with a field it does
+    not know: each is a version mismatch naming both versions, not a complaint about a field."""
+    t = TargetConnection()
+    newer = [PROTOCOL_VERSION + 1, "s", "vm", ["blake3-256"], ["none"], BS, "", False, 0, "future-mode", ""]
+    t.receive_data(framing.encode_frame(MsgType.HELLO, codec.pack(newer)))
+    with pytest.raises(
+        VersionMismatch, match=f"version {PROTOCOL_VERSION + 1}, the target speaks version {PROTOCOL_VERSION}"
+    ):
+        t.next_event()
+    s = SourceConnection()
+    s.send(hello())
+    later = [*Welcome(PROTOCOL_VERSION + 1, "t", "blake3-256", (), BS).to_fields(), "a new field"]
+    s.receive_data(framing.encode_frame(MsgType.WELCOME, codec.pack(later)))
+    with pytest.raises(VersionMismatch, match=f"target speaks protocol version {PROTOCOL_VERSION + 1}"):
+        s.next_event()
 
 
 def test_out_of_order_message_is_remote_error() -> None:

@@ -26,15 +26,19 @@ from protocol.messages import (
     DiskEnd,
     DiskReady,
     Error,
+    Hello,
     MapChunk,
     MapEnd,
     MapStatus,
     Message,
     MsgType,
     OpenDisk,
+    ReplicaState,
+    Request,
     ZeroRange,
 )
 from protocol.state import State
+from protocol.version import PROTOCOL_VERSION
 
 from .helpers import BS, hello, welcome
 
@@ -195,6 +199,50 @@ def test_fuzz_only_protocol_errors() -> None:
     assert set(outcomes) == {"error", "closed", "eof-inside-frame"}, outcomes
     # the mutations mostly break something; a fuzz that only ever ended cleanly would test nothing
     assert outcomes["error"] + outcomes["eof-inside-frame"] > INPUTS // 2, outcomes
+
+
+_ANSWER = ReplicaState(
+    "file", (("g2", "2026-12-07T10:00:00+00:00", "pass", "job-1", True, 0), ("g1", "t", "seed", "", False, 4096)),
+    1, "test", "g1", "2026-12-07T10:01:00+00:00", "exported to /srv/vzrep/web01/failover-test", False, "started",
+)  # fmt: skip
+
+
+def test_fuzz_control_sessions_only_protocol_errors() -> None:
+    """A target that shook hands for a control session receiving a mutated REQUEST, a source that sent
+    its request receiving a mutated REPLICA_STATE: only RemoteProtocolError, or a clean close."""
+    rng = random.Random(20261207)
+    s, t = SourceConnection(), TargetConnection()
+    ask = Request("test-failover", "g1")
+    frames = []
+    for sender, receiver, msg in (
+        (s, t, _control_hello()),
+        (t, s, welcome()),
+        (s, t, ask),
+        (t, s, _ANSWER),
+    ):
+        frames.append(sender.send(msg))
+        receiver.receive_data(frames[-1])
+        assert receiver.next_event() == msg
+    outcomes: Counter[str] = Counter()
+    for i in range(max(INPUTS // 10, 1000)):
+        if i % 2:
+            target = TargetConnection()
+            target.receive_data(frames[0])
+            assert target.next_event() == _control_hello()
+            target.send(welcome())
+            outcomes[_feed(target, _mutate(frames[2], rng), rng)] += 1
+        else:
+            source = SourceConnection()
+            source.send(_control_hello())
+            source.receive_data(frames[1])
+            assert source.next_event() == welcome()
+            source.send(ask)
+            outcomes[_feed(source, _mutate(frames[3], rng), rng)] += 1
+    assert set(outcomes) <= {"error", "closed", "eof-inside-frame"} and outcomes["error"], outcomes
+
+
+def _control_hello() -> Hello:
+    return Hello(PROTOCOL_VERSION, "test", "vm1", ("blake3-256",), ("zstd", "none"), BS, mode="control")
 
 
 def _cuts(frames: list[bytes]) -> list[tuple[int, int | None]]:

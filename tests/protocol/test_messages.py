@@ -23,6 +23,8 @@ from protocol.messages import (
     Message,
     MsgType,
     OpenDisk,
+    ReplicaState,
+    Request,
     Welcome,
     ZeroRange,
     valid_name,
@@ -69,6 +71,25 @@ MESSAGES = {
     MsgType.COMMITTED: st.builds(Committed, tokens, st.booleans(), st.text(max_size=200)),
     MsgType.ERROR: st.builds(Error, st.integers(0, 255), st.text(max_size=200)),
     MsgType.KEEPALIVE: st.just(KeepAlive()),
+    MsgType.REQUEST: st.one_of(
+        st.sampled_from(["points", "end-test"]).map(Request),
+        st.builds(Request, st.just("test-failover"), tokens),
+    ),
+    MsgType.REPLICA_STATE: st.builds(
+        ReplicaState,
+        st.sampled_from(["file", "vsphere"]),
+        st.lists(
+            st.tuples(tokens, st.text(max_size=30), st.text(max_size=10), tokens, st.booleans(), offsets),
+            max_size=5,
+        ).map(tuple),
+        st.integers(0, 1 << 32),
+        st.text(max_size=20),
+        tokens,
+        st.text(max_size=30),
+        st.text(max_size=200),
+        st.booleans(),
+        st.text(max_size=200),
+    ),
 }
 
 
@@ -114,11 +135,34 @@ def test_round_trip(mtype: MsgType, data) -> None:
         lambda: Commit(1, "yes"),
         lambda: Committed("g", 1, ""),
         lambda: Committed("g", False, "x" * 5000),
+        lambda: Hello(5, "a", "vm", (), (), 65536, "", False, 0, "failover"),
+        lambda: Hello(5, "a", "vm", (), (), 65536, "", False, 0, "control", "pass-1"),
+        lambda: Request("failover"),
+        lambda: Request("commit"),
+        lambda: Request("points", "g1"),
+        lambda: Request("end-test", "g1"),
+        lambda: Request("test-failover", "a point"),
+        lambda: ReplicaState("nfs", (), 0, "", "", "", "", False, ""),
+        lambda: ReplicaState("file", (("g", "t", "pass", "", True),), 0, "", "", "", "", False, ""),
+        lambda: ReplicaState("file", (("g 1", "t", "pass", "", True, 0),), 0, "", "", "", "", False, ""),
+        lambda: ReplicaState("file", (("g", "t", "pass", "", 1, 0),), 0, "", "", "", "", False, ""),
+        lambda: ReplicaState("file", (("g", "t", "pass", "", True, -1),), 0, "", "", "", "", False, ""),
+        lambda: ReplicaState("file", (("g", "t", "", "", False, 0),) * 1025, 0, "", "", "", "", False, ""),
+        lambda: ReplicaState("file", (), 0, "test", "", "", "x" * 5000, False, ""),
     ],
 )
 def test_invalid_messages_refused_on_construction(build) -> None:
     with pytest.raises(LocalProtocolError):
         build()
+
+
+def test_a_replica_state_from_the_peer_has_one_shape() -> None:
+    """msgpack gives the rows as lists; the message holds them as tuples, as a locally built one does."""
+    built = ReplicaState("file", (("g2", "t", "pass", "job", True, 0),), 0, "", "", "", "", False, "")
+    got = ReplicaState.from_fields(codec.unpack(codec.pack(built.to_fields())))
+    assert got == built and isinstance(got.points[0], tuple)
+    with pytest.raises(RemoteProtocolError, match="invalid REPLICA_STATE"):
+        ReplicaState.from_fields(["file", [["g", "t", "pass", "", True]], 0, "", "", "", "", False, ""])
 
 
 def test_invalid_fields_from_peer_are_remote_errors() -> None:
