@@ -81,6 +81,8 @@ def test_two_pass_processes_share_the_appliance_limit(tmp_path: Path, session_ke
     sent = sum(r["wire_bytes_sent"] for r in reports.values())
     burst = max(2e6 * BURST_SECONDS, MIN_BURST)  # what an idle bucket may hold (the daemon writes it empty)
     floor = (sent - burst) / 2e6
+    print(f"\ntwo passes under one 2 MB/s appliance limit: {sent} B in {elapsed:.2f} s, {sent / elapsed / 1e6:.2f} MB/s"
+          f" together; held back {reports['a']['seconds_limited']:.1f} s and {reports['b']['seconds_limited']:.1f} s")  # fmt: skip
     assert elapsed >= floor > 2.5, (elapsed, sent)  # one limited sender alone would need half that
 
 
