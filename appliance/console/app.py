@@ -321,7 +321,8 @@ class JobsPage(Page):
         self.rows = self.backend.jobs_status()
         for v in self.rows:
             table.add_row(
-                str(v["job_name"]), str(v["vm"]), _when(v.get("last_success")), _when(v.get("next_run")),
+                str(v["job_name"]), str(v["vm"]), _when(v.get("last_success")),
+                _when(v["next_run"]) if v.get("next_run") is not None else "running",
                 "MISSED" if v.get("rpo_missed") else "ok", "yes" if v["paused"] else "-",
                 str(v.get("last_error") or "-")[:60],
             )  # fmt: skip

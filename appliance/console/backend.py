@@ -288,6 +288,8 @@ class Backend:
         jobs = {j["id"]: j for j in doc.get("jobs", [])}
         rows = []
         for v in doc.get("vms", []):
+            if v.get("scheduled") is False:  # in no job file now: nothing to run or pause
+                continue
             job = jobs.get(v.get("job"), {})
             path = Path(job.get("path") or "")
             rows.append(

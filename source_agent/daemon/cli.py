@@ -104,7 +104,7 @@ def pass_line(p: PassRecord, names: dict[str, str]) -> str:
 def vm_line(v: VmRow, names: dict[str, str]) -> str:
     rpo = "MISSED" if v.rpo_missed else "ok"
     err = f"  last error (exit {v.last_exit}): {v.last_error}" if v.last_error else ""
-    if v.next_run is None:  # scheduler.set_jobs: the VM is in no job file now
+    if not v.scheduled:  # scheduler.set_jobs: the VM is in no job file now
         return f"  {names.get(v.job, v.job)}/{v.vm}: last success {_when(v.last_success)}, not scheduled (in no job now){err}"
     return (
         f"  {names.get(v.job, v.job)}/{v.vm}: last success {_when(v.last_success)}, next run"

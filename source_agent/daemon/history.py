@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS vms (
     job TEXT NOT NULL, vm TEXT NOT NULL, first_seen REAL NOT NULL, next_run REAL,
     last_start REAL, last_success REAL, last_success_start REAL,
     last_error TEXT NOT NULL DEFAULT '', last_exit INTEGER, failures INTEGER NOT NULL DEFAULT 0,
-    retry_since REAL, rpo_missed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job, vm));
+    retry_since REAL, rpo_missed INTEGER NOT NULL DEFAULT 0, scheduled INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (job, vm));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, job TEXT NOT NULL DEFAULT '',
     vm TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
@@ -71,6 +72,7 @@ class VmRow:
     failures: int = 0  # failed passes in a row (reset by a success)
     retry_since: float | None = None  # start of the current retry window
     rpo_missed: bool = False
+    scheduled: bool = True  # False: the VM is in no job file now (its history stays)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class VmCounters:
     last_duration: float | None = None
     rpo_missed: bool = False
     next_run: float | None = None
+    scheduled: bool = True
 
 
 class History:
@@ -139,6 +142,9 @@ class History:
                     raise StorageError(f"{path}: SQLite would not use WAL (journal_mode {mode})")
                 self.db.execute("PRAGMA synchronous = FULL")
                 self.db.executescript(_SCHEMA)  # idempotent
+                columns = {r[1] for r in self.db.execute("PRAGMA table_info(vms)")}
+                if "scheduled" not in columns:  # a history from before VMs could leave their jobs
+                    self.db.execute("ALTER TABLE vms ADD COLUMN scheduled INTEGER NOT NULL DEFAULT 1")
                 self.db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -212,7 +218,7 @@ class History:
 
     def save_vm(self, row: VmRow, db: sqlite3.Connection | None = None) -> None:
         d = asdict(row)
-        d["rpo_missed"] = int(row.rpo_missed)
+        d["rpo_missed"], d["scheduled"] = int(row.rpo_missed), int(row.scheduled)
         cols = ", ".join(d)
         sql = f"INSERT OR REPLACE INTO vms ({cols}) VALUES ({', '.join('?' * len(d))})"
         if db is not None:
@@ -313,7 +319,7 @@ class History:
         for row in self.vms():
             out[(row.job, row.vm)] = VmCounters(
                 row.job, row.vm, last_success=row.last_success, last_success_start=row.last_success_start,
-                rpo_missed=row.rpo_missed, next_run=row.next_run,
+                rpo_missed=row.rpo_missed, next_run=row.next_run, scheduled=row.scheduled,
             )  # fmt: skip
         q = "SELECT job, vm, status, exit_code, COUNT(*) AS n, SUM(wire_bytes) AS b FROM passes GROUP BY job, vm, status, exit_code"
         for r in self.db.execute(q):
@@ -350,4 +356,5 @@ class History:
 def _vm_row(r: sqlite3.Row) -> VmRow:
     d = dict(r)
     d["rpo_missed"] = bool(d["rpo_missed"])
+    d["scheduled"] = bool(d.get("scheduled", 1))  # read-only on a history not yet migrated: all are
     return VmRow(**d)

@@ -44,7 +44,7 @@ def collect(db: Path) -> str:
             sent.add(c.wire_bytes, **labels)
             if c.last_success is not None:
                 last.add(c.last_success, **labels)
-            if c.next_run is not None:  # RPO gauges only for VMs still in a job (not-scheduled ones: None)
+            if c.scheduled:  # RPO gauges only for VMs still in a job
                 if c.last_success is not None:
                     lag.add(max(0.0, now - c.last_success), **labels)
                 missed.add(1 if c.rpo_missed else 0, **labels)

@@ -95,6 +95,7 @@ class Scheduler:
         wanted = {(j.id, vm.name) for j in self.jobs.values() for vm in j.vms}
         for key in wanted - self.rows.keys():
             row = self.history.vm(*key) or VmRow(key[0], key[1], first_seen=now)
+            row.scheduled = True  # (back) in a job
             sched = self.jobs[key[0]].schedule
             assert sched is not None
             if key in self.resume:
@@ -106,8 +107,8 @@ class Scheduler:
             last = self.history.last_started(key[0], key[1], "verify")
             self.verified[key] = last if last is not None else row.first_seen
         for row in self.history.vms():  # left its job (or the job file went): no longer scheduled
-            if (row.job, row.vm) not in wanted and (row.next_run is not None or row.rpo_missed):
-                row.next_run, row.rpo_missed, row.retry_since = None, False, None
+            if (row.job, row.vm) not in wanted and row.scheduled:
+                row.next_run, row.rpo_missed, row.retry_since, row.scheduled = None, False, None, False
                 self.history.save_vm(row)
                 self.rows.pop((row.job, row.vm), None)  # a running pass still finishes and is recorded
         for key in list(self.rows):
@@ -202,7 +203,7 @@ class Scheduler:
                 row.retry_since = None  # the next scheduled pass starts a new window
                 row.next_run = sched.next_run(row.last_start, now)
         if start.key not in self.rows:  # it left its job while this pass ran: recorded, not rescheduled
-            row.next_run, row.rpo_missed, row.retry_since = None, False, None
+            row.next_run, row.rpo_missed, row.retry_since, row.scheduled = None, False, None, False
             self.resume.discard(start.key)
         self.history.finish_pass(
             start.pass_id,

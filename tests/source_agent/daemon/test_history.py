@@ -64,3 +64,27 @@ def test_passes_by_job_name_or_id_and_vm(tmp_path: Path) -> None:
     assert [p.job for p in h.passes(vm="a")] == ["id-1", "id-2"]
     assert [p.id for p in h.passes(limit=2)] == [2, 3]
     assert h.jobs()[0]["schedule"] == {"rpo": 60}
+
+
+def test_a_history_from_before_the_scheduled_column_is_read_and_then_migrated(tmp_path: Path) -> None:
+    """An appliance upgraded in place: its history has no ``vms.scheduled``; the history command reads
+    it (every VM scheduled, as it was), and the daemon's first start adds the column, keeping the rows."""
+    db = tmp_path / "h.sqlite"
+    h = History(db)
+    h.save_vm(VmRow("job", "web", first_seen=1.0, next_run=2.0))
+    h.close()
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE vms DROP COLUMN scheduled")
+    con.commit()
+    con.close()
+    old = History(db, readonly=True)
+    assert [(v.vm, v.scheduled, v.next_run) for v in old.vms()] == [("web", True, 2.0)]
+    old.close()
+    h = History(db)
+    assert [(v.vm, v.scheduled) for v in h.vms()] == [("web", True)]
+    row = h.vm("job", "web")
+    assert row is not None
+    row.scheduled = False
+    h.save_vm(row)
+    assert h.vm("job", "web").scheduled is False
+    h.close()

@@ -296,7 +296,7 @@ def test_a_vm_that_left_its_job_is_shown_unscheduled_even_if_its_pass_was_runnin
     s.sched.set_jobs([Job(job.path, job.id, job.name, job.target, job.options, edited.vms, None, edited.schedule)])
     s.run(T0 + 3650)  # the pass of "keep" at 3600 has ended
     gone = s.sched.history.vm(job.id, "web01")
-    assert gone is not None and gone.next_run is None and not gone.rpo_missed
+    assert gone is not None and not gone.scheduled and gone.next_run is None and not gone.rpo_missed
     assert [r.status for r in s.ran if r.key[1] == "web01"] == ["failed"]  # recorded, never run again
     assert "not scheduled (in no job now)" in vm_line(gone, {})
     kept = s.sched.history.vm(job.id, "keep")
@@ -306,5 +306,14 @@ def test_a_vm_that_left_its_job_is_shown_unscheduled_even_if_its_pass_was_runnin
     assert 'vm="web01"' in text and 'vzrep_source_rpo_missed{job="' + job.id + '",vm="web01"}' not in text
     # A daemon started later (scheduler state rebuilt from the history) keeps it so.
     again = sim(tmp_path, [Job(job.path, job.id, job.name, job.target, job.options, edited.vms, None, edited.schedule)])
-    assert again.sched.history.vm(job.id, "web01").next_run is None
+    assert not again.sched.history.vm(job.id, "web01").scheduled
+    # While a pass of a VM in its job runs (next_run is None then), it is still scheduled, RPO gauges too.
+    again.duration = lambda st: 30.0
+    again.run(T0 + 4510)  # its pass of 4500 runs until 4530
+    running = again.sched.history.vm(job.id, "keep")
+    assert running.next_run is None and running.scheduled and "next run -" in vm_line(running, {})
+    assert 'vzrep_source_rpo_missed{job="' + job.id + '",vm="keep"}' in collect(tmp_path / "h.sqlite")
+    # Put back into the job, it is scheduled again.
+    again.sched.set_jobs([job])
+    assert again.sched.history.vm(job.id, "web01").scheduled
     again.sched.history.close()
