@@ -106,10 +106,8 @@ def vm_line(v: VmRow, names: dict[str, str]) -> str:
     err = f"  last error (exit {v.last_exit}): {v.last_error}" if v.last_error else ""
     if not v.scheduled:  # scheduler.set_jobs: the VM is in no job file now
         return f"  {names.get(v.job, v.job)}/{v.vm}: last success {_when(v.last_success)}, not scheduled (in no job now){err}"
-    return (
-        f"  {names.get(v.job, v.job)}/{v.vm}: last success {_when(v.last_success)}, next run"
-        f" {_when(v.next_run)}, RPO {rpo}{err}"
-    )
+    nxt = "a pass is running" if v.next_run is None else f"next run {_when(v.next_run)}"
+    return f"  {names.get(v.job, v.job)}/{v.vm}: last success {_when(v.last_success)}, {nxt}, RPO {rpo}{err}"
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -141,9 +139,8 @@ def _history(args: argparse.Namespace) -> int:
                 print(vm_line(v, names))
         for e in history.events(args.job, args.vm, limit=20):
             if e["kind"] in ("rpo_missed", "rpo_met", "job_file_error"):
-                print(
-                    f"{_when(e['time'])}  {e['kind']}  {names.get(e['job'], e['job'])}/{e['vm']}: {e['detail']}"
-                )
+                who = f"{names.get(e['job'], e['job'])}/{e['vm']}: " if e["job"] or e["vm"] else ""
+                print(f"{_when(e['time'])}  {e['kind']}  {who}{e['detail']}")
         return 0
     finally:
         history.close()

@@ -95,6 +95,12 @@ def test_job_files_are_read_again_when_they_change_and_a_bad_one_keeps_its_last_
     (ev,) = h.events()
     assert ev["kind"] == "job_file_error" and "schedule.rpo: must be a duration" in ev["detail"]
     assert "schedule.rpo" in h.jobs()[0]["error"]
+    out = subprocess.run(
+        [sys.executable, "-m", "source_agent.cli", "history", "--db", str(tmp_path / "h.sqlite")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if "job_file_error" in x)
+    assert f"job_file_error  {d / 'a.toml'}:" in line, line  # the file names itself, no empty "job/vm: "
     write(d, "b", "db", job_id=a)  # a copy with the same id: refused, the first stays
     assert [j.path.name for j in files.load()] == ["a.toml"]
     (d / "a.toml").unlink()
