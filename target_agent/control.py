@@ -66,8 +66,8 @@ def _may_start_test(vdir: Path, vm: str, st: dict[str, Any] | None) -> None:
         )
     if VmLock.is_held(vdir):
         raise BusyError(
-            f"a pass of VM {vm!r} is running on the target (or waits for its source to resume it):"
-            " start the test failover once it is done"
+            f"VM {vm!r} is busy on the target: a pass (or one waiting for its source to resume it), a"
+            " verify, or another test failover holds it; start the test failover once it is done"
         )
 
 

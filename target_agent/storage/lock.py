@@ -25,8 +25,8 @@ class VmLock:
         except BlockingIOError:
             os.close(fd)
             raise BusyError(
-                f"a replication pass (or rollback) for VM {self.vm!r} is already running on this target;"
-                " wait for it to finish"
+                f"VM {self.vm!r} is busy on this target: a pass, rollback, verify, export (a test failover"
+                " makes one), seeding or mapping of it is running; wait for it to finish"
             ) from None
         self._fd = fd
         return self

@@ -269,3 +269,21 @@ async def test_an_unreachable_target_is_a_connection_error(tmp_path: Path, sessi
     )  # fmt: skip
     assert rc == ExitCode.CONNECTION and "cannot connect to target" in err, err
     assert json.loads(out)["exit_code"] == ExitCode.CONNECTION
+
+
+async def test_two_test_failovers_asked_at_once_start_one_and_refuse_the_other(site: Site) -> None:
+    """Two operators (or a double click) ask at the same moment: exactly one test starts; the other is
+    refused as busy (10) or as already tested (3), with a message that says so, not "a pass runs"."""
+    args = ["test-failover", "--job", site.job, "--vm", VM, "--json"]
+    both = await asyncio.gather(source(*args), source(*args))
+    results = sorted([(rc, err) for rc, _, err in both], key=lambda r: r[0])
+    assert results[0][0] == 0, results
+    rc, err = results[1]
+    assert (rc, "busy" in err or "already has a test failover" in err) in (
+        (ExitCode.BUSY, True),
+        (ExitCode.INPUT, True),
+    ), results
+    record = fo.read_state(site.vdir)
+    assert record is not None and record["state"] == "test"
+    qemu_compare(site.saved[-1], Path(record["dir"]) / "d.vmdk")
+    assert sorted(p.name for p in site.vdir.iterdir() if p.name.startswith("failover")) == ["failover", "failover-test"]
