@@ -26,7 +26,7 @@ class VmLock:
             os.close(fd)
             raise BusyError(
                 f"VM {self.vm!r} is busy on this target: a pass, rollback, verify, export (a test failover"
-                " makes one), seeding or mapping of it is running; wait for it to finish"
+                " makes one), seeding or mapping of it is already running; wait for it to finish"
             ) from None
         self._fd = fd
         return self

@@ -202,7 +202,7 @@ async def test_a_suspended_pass_makes_a_test_failover_wait(site: Site, tmp_path:
         await asyncio.sleep(0.05)
     assert VM in suspended._parked
     await refused(
-        site, ExitCode.BUSY, "a pass of VM 'web01' is running", "test-failover", "--job", site.job, "--vm", VM
+        site, ExitCode.BUSY, "VM 'web01' is busy on the target: a pass", "test-failover", "--job", site.job, "--vm", VM
     )
     rc, out, err = await source("points", "--job", site.job, "--vm", VM, "--json")
     assert rc == 0 and json.loads(out)["pass_running"] is True, err

@@ -127,7 +127,7 @@ async def test_refusals_change_nothing(replica: Replica) -> None:
     )
     await refused(replica, Request("end-test"), InputError, "no test failover to end")
     with VmLock(replica.vdir, VM):  # what a pass (or a suspended pass, or a rollback) holds
-        await refused(replica, Request("test-failover"), BusyError, "a pass of VM 'web01' is running")
+        await refused(replica, Request("test-failover"), BusyError, "VM 'web01' is busy on the target: a pass")
         st = await carry_out(replica.data_dir, VM, Request("points"), None)
         assert st.pass_running  # asking is never refused
     await carry_out(replica.data_dir, VM, Request("test-failover"), None)
