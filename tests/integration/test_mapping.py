@@ -23,6 +23,7 @@ from target_agent.storage.transaction import recover_vm
 from tests.support.agents import Target, replicate
 from tests.support.jobs import job_of, write_job
 from tests.support.tools import change_blocks, make_image, qemu_compare, run, sha256
+from vzcommon import fsio
 from vzcommon.errors import BusyError, InputError
 
 MiB = 1 << 20
@@ -171,14 +172,18 @@ def test_a_crash_before_the_commit_point_leaves_the_copy_where_it_was(
     copy = make_image(data / "copy.img", 4 * MiB, data_blocks=10)
     before = sha256(copy)
 
-    def crash(*a: object) -> None:
-        raise OSError(5, "injected crash at the commit point")
+    def crash(src: Path, dst: Path) -> None:
+        if Path(src).name.startswith(mapping.STAGING_PREFIX):  # the staging directory's rename
+            raise OSError(5, "injected crash at the commit point")
+        rename(src, dst)
 
-    monkeypatch.setattr(mapping.os, "rename", crash)
+    rename = fsio.replace
+    monkeypatch.setattr(fsio, "replace", crash)
     with pytest.raises(OSError, match="injected"):
         mapping.map_disks(data, "vm1", {"disk0": copy})
     monkeypatch.undo()
-    assert sha256(copy) == before and os_listing(data) == ["copy.img"]  # no replica, no staging left
+    # no replica, no staging left (only the lock file one ``map`` of a VM at a time takes)
+    assert sha256(copy) == before and os_listing(data) == [".map-vm1.lock", "copy.img"]
     assert "mapped onto" in mapping.map_disks(data, "vm1", {"disk0": copy})  # it can simply run again
     assert not copy.exists() and [p.origin for p in rp.load(data / "vm1")] == ["mapped"]
 
