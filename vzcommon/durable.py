@@ -27,7 +27,9 @@ from . import fsio
 from .libc import function
 
 _SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = function("sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+_sync_file_range = function(
+    "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
+)
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:

@@ -46,6 +46,7 @@ def _exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
 def _wrote(fd: int, offset: int, length: int) -> None:
     """Another process has written ``[offset, offset + length)`` of ``fd``: nothing to do unrecorded."""
 
+
 open = os.open  # the seam's names are the os names, so call sites change only their module
 close = os.close
 write = os.write

@@ -44,8 +44,8 @@ from typing import Any
 
 from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from protocol.messages import valid_name
-from vzcommon.blockhash import hash_block, zero_hash
 from vzcommon import fsio
+from vzcommon.blockhash import hash_block, zero_hash
 from vzcommon.durable import exchange_durable, fsync_dir, remove_tree, write_durable
 from vzcommon.errors import BusyError, FailedOver, InputError, StorageError
 from vzcommon.geometry import Geometry
@@ -217,7 +217,9 @@ def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, g
         if done is not None:
             _hash_span(fd, *done, geometry, builder, report)
         fsio.fsync(fd)
-        write_durable(paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE)
+        write_durable(
+            paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE
+        )
         builder.finish(generation=generation, cid=cid)
     except OSError as exc:
         builder.abort()
@@ -234,7 +236,9 @@ def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, g
     return report
 
 
-def _hash_span(fd: int, lo: int, length: int, geometry: Geometry, builder: MapBuilder, report: SeededDisk) -> None:
+def _hash_span(
+    fd: int, lo: int, length: int, geometry: Geometry, builder: MapBuilder, report: SeededDisk
+) -> None:
     """Map entries of one restored span: BLAKE3 of every block holding data (holes keep the zero hash
     they were given); ``report`` counts the blocks that are data and those that read as zeros.
 
@@ -327,7 +331,9 @@ def _seed_lock(data_dir: Path, vm: str) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise BusyError(f"VM {vm!r} is being seeded already on this target; wait for that seed to end") from None
+        raise BusyError(
+            f"VM {vm!r} is being seeded already on this target; wait for that seed to end"
+        ) from None
     try:
         yield
     finally:

@@ -184,8 +184,8 @@ def recover_all(data_dir: Path) -> dict[str, str]:
     if not data_dir.is_dir():
         return done
     done.update(recover_stages(data_dir))  # first: a replica a crashed seed had moved aside comes back
-    for vm, what in recover_staging(data_dir).items():
-        done[vm] = f"{done[vm]}; {what}" if vm in done else what
+    for vm, staged in recover_staging(data_dir).items():
+        done[vm] = f"{done[vm]}; {staged}" if vm in done else staged
     for vdir in sorted(p for p in data_dir.iterdir() if p.is_dir() and valid_name(p.name)):
         with VmLock(vdir, vdir.name):
             try:

@@ -339,7 +339,9 @@ def record_tool(work: Path, sc: Scenario) -> Recorded:
         if sc.tool == "map":
             mapping.map_disks(data, VM, {"d0": copies / "d0.img", "d1": copies / "d1.vmdk"})
         else:
-            uninstall = fsio.install({"exchange": _no_exchange}) if sc.tool == "seed-replace-renames" else None
+            uninstall = (
+                fsio.install({"exchange": _no_exchange}) if sc.tool == "seed-replace-renames" else None
+            )
             try:
                 seed_vm(data, VM, backup, replace=sc.tool != "seed")
             finally:
@@ -443,6 +445,8 @@ async def check_state(
 ) -> None:
     """Judge one crash state; ``recovery_crashes`` (samples, torn_limit): also crash the recovery
     itself at every point of its own op log, and recover again (:func:`check_recovery_crashes`)."""
+    if r.layout is not None:  # export and next pass on the layout's filesystem (exports hard-link)
+        tmp = r.layout.with_name("under-test")
     data, scratch = r.layout or tmp / "data", tmp / "scratch"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
