@@ -49,7 +49,9 @@ class Op:
     data: bytes = b""
 
     def dirs(self) -> set[str]:
-        """The directories whose entries a metadata op changes."""
+        """The directories whose entries a metadata op changes (a link: only the new name's)."""
+        if self.kind == "link":
+            return {os.path.dirname(self.path2) or "."}
         out = {os.path.dirname(self.path) or "."}  # the root is "." (as a dirsync of it names it)
         if self.path2:
             out.add(os.path.dirname(self.path2) or ".")
@@ -76,8 +78,8 @@ class Recorder:
             for f in files:
                 p = os.path.join(dirpath, f)
                 st = os.lstat(p)
-                if stat.S_ISREG(st.st_mode):
-                    self._ino[(st.st_dev, st.st_ino)] = "init:" + os.path.relpath(p, self.root)
+                if stat.S_ISREG(st.st_mode):  # a hard link: the node of its first path (``Model.snapshot``)
+                    self._ino.setdefault((st.st_dev, st.st_ino), "init:" + os.path.relpath(p, self.root))
 
     def _rel(self, path: Any) -> str | None:
         p = os.path.abspath(os.fspath(path))

@@ -42,14 +42,18 @@ class Model:
     @classmethod
     def snapshot(cls, root: Path) -> Model:
         m = cls()
+        inodes: dict[tuple[int, int], str] = {}
         for dirpath, dirs, files in os.walk(root):
             for d in dirs:
                 m.dirs.add(os.path.relpath(os.path.join(dirpath, d), root))
-            for f in files:
+            for f in files:  # hard links: one node, named (as the recorder names it) by its first path
                 p = os.path.join(dirpath, f)
                 rel = os.path.relpath(p, root)
-                m.names[rel] = "init:" + rel
-                m.nodes["init:" + rel] = bytearray(Path(p).read_bytes())
+                st = os.lstat(p)
+                node = inodes.setdefault((st.st_dev, st.st_ino), "init:" + rel)
+                m.names[rel] = node
+                if node not in m.nodes:
+                    m.nodes[node] = bytearray(Path(p).read_bytes())
         return m
 
     def copy(self) -> Model:
