@@ -27,11 +27,8 @@ from . import fsio
 from .libc import function
 
 _SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = function("sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-_renameat2 = function(
-    "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+_sync_file_range = function(
+    "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
 )
 
 
@@ -139,12 +136,26 @@ def exchange_durable(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> No
     """Swap two entries of one directory in one atomic step (``renameat2(RENAME_EXCHANGE)``) and make
     it durable: a crash leaves either both old names or both new ones. OSError (EINVAL, ENOSYS) where
     the kernel or filesystem cannot; the caller falls back to renames."""
-    if _renameat2 is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available")
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fspath(a))
+    fsio.exchange(a, b)
     fsync_dir(Path(b).parent)
+
+
+def remove_tree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
+    """``shutil.rmtree`` through the seam (so a recorded crash test sees every name go): files and
+    symlinks unlinked, directories removed bottom-up, never following a symlink. No fsync: the caller
+    fsyncs the parent once the tree is gone."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                remove_tree(e.path, ignore_errors=ignore_errors)
+            else:
+                fsio.unlink(e.path)
+        fsio.rmdir(path)
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def unlink_durable(*paths: str | os.PathLike[str]) -> None:

@@ -25,25 +25,33 @@ descriptors, the restore-point index and the record ``.vzmapping`` naming the co
 inodes, all fsynced. Renaming the staging directory to ``DATA_DIR/<vm>`` is the commit point; after
 it the copies' old names are unlinked -- each only while it is still the same inode as the replica's
 flat file, and a descriptor only while it still has the bytes it had -- and ``.vzmapping`` is removed.
-A crash before the rename leaves the copies as they were (the staging directory is removed by the
-next ``map`` of that VM); a crash after it is finished by :func:`finish`, which every pass's recovery
-runs (``transaction.recover_locked``) and which a repeated ``map`` runs too.
+A crash before the rename leaves the copies as they were (the staging directory is removed by
+start-up recovery, :func:`recover_staging`, and by the next ``map`` of that VM); a crash after it is
+finished by :func:`finish`, which every pass's recovery runs (``transaction.recover_locked``) and
+which a repeated ``map`` runs too. One ``map`` of a VM at a time (``DATA_DIR/.map-<vm>.lock``), so
+neither removes a staging directory another is still building.
+
+Every write, fsync and name change goes through ``vzcommon.fsio`` (``tests/reliability`` replays the
+crashes of a mapping).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import os
+import re
 import secrets
-import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.messages import valid_name
-from vzcommon.durable import fsync_dir, unlink_durable, write_durable
-from vzcommon.errors import InputError
+from vzcommon import fsio
+from vzcommon.durable import fsync_dir, remove_tree, unlink_durable, write_durable
+from vzcommon.errors import BusyError, InputError
 from vzcommon.log import get_logger
 from vzcommon.records import read_record, write_record
 from vzcommon.vmdk import looks_like_descriptor, read_descriptor, render_flat_descriptor
@@ -187,12 +195,60 @@ def inspect_copy(disk: str, path: Path) -> Copy:
     return Copy(disk, flat, size, path.resolve())
 
 
-def _remove_staging(data_dir: Path, vm: str) -> None:
+_STAGING_RE = re.compile(re.escape(STAGING_PREFIX) + r"(?P<vm>.+)\.[0-9a-f]{8}")
+
+
+def staging_vm(name: str) -> str | None:
+    """The VM a staging directory's name belongs to (None: not a staging directory's name)."""
+    m = _STAGING_RE.fullmatch(name)
+    return m["vm"] if m else None
+
+
+@contextlib.contextmanager
+def _map_lock(data_dir: Path, vm: str) -> Iterator[None]:
+    """One ``map`` of a VM at a time (flock on ``DATA_DIR/.map-<vm>.lock``): another would remove
+    this one's staging directory as a crash's leftover."""
+    fd = os.open(data_dir / f"{STAGING_PREFIX}{vm}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BusyError(f"VM {vm!r} is being mapped already on this target; wait for that to end") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_staging(data_dir: Path, vm: str) -> list[str]:
     """Staging directories of an earlier ``map`` of this VM that never reached its commit point."""
-    for p in data_dir.glob(f"{STAGING_PREFIX}{vm}.*"):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)  # hard links and files we wrote: the copies' own names are elsewhere
-            fsync_dir(data_dir)
+    gone = []
+    for p in sorted(data_dir.iterdir()):
+        if staging_vm(p.name) == vm and p.is_dir() and not p.is_symlink():
+            remove_tree(p)  # hard links and files we wrote: the copies' own names are elsewhere
+            gone.append(p.name)
+    if gone:
+        fsync_dir(data_dir)
+    return gone
+
+
+def recover_staging(data_dir: Path) -> dict[str, str]:
+    """Start-up recovery: staging directories of mappings a crash interrupted before their commit
+    point are removed (VM -> what was done); a VM being mapped now (its lock held) is left alone."""
+    done: dict[str, str] = {}
+    if not data_dir.is_dir():
+        return done
+    vms = sorted({vm for p in data_dir.iterdir() if (vm := staging_vm(p.name)) and p.is_dir()})
+    for vm in vms:
+        try:
+            with _map_lock(data_dir, vm):
+                gone = _remove_staging(data_dir, vm)
+        except BusyError:
+            continue
+        if gone:
+            log.warning("map_staging_removed", vm=vm, what=gone)
+            done[vm] = f"removed the staging directory of an interrupted mapping: {', '.join(gone)}"
+    return done
 
 
 def _refuse_existing(vdir: Path, vm: str) -> None:
@@ -210,10 +266,10 @@ def _clear_leftovers(vdir: Path) -> None:
     so: a lock file, the status of a first pass that was rolled back): it makes way for the mapping."""
     for p in vdir.iterdir():
         if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
+            remove_tree(p)
         else:
-            p.unlink()
-    vdir.rmdir()
+            fsio.unlink(p)
+    fsio.rmdir(vdir)
 
 
 def map_disks(data_dir: Path, vm: str, disks: dict[str, Path]) -> str:
@@ -235,20 +291,21 @@ def map_disks(data_dir: Path, vm: str, disks: dict[str, Path]) -> str:
                 f"{c.flat} is on another filesystem than {data_dir}: mapping moves files without copying;"
                 " move the copy onto that filesystem, or restore it with `vzrep-target seed`"
             )
-    _remove_staging(data_dir, vm)
-    stage = data_dir / f"{STAGING_PREFIX}{vm}.{secrets.token_hex(4)}"
-    stage.mkdir(mode=PRIVATE_DIR)
-    fsync_dir(data_dir)
-    try:
-        record = _build(stage, copies)
-        if vdir.exists():
-            _clear_leftovers(vdir)
-        os.rename(stage, vdir)  # the commit point
+    with _map_lock(data_dir, vm):
+        _remove_staging(data_dir, vm)
+        stage = data_dir / f"{STAGING_PREFIX}{vm}.{secrets.token_hex(4)}"
+        fsio.mkdir(stage, PRIVATE_DIR)
         fsync_dir(data_dir)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(stage)
-        raise
+        try:
+            record = _build(stage, copies)
+            if vdir.exists():
+                _clear_leftovers(vdir)
+            fsio.replace(stage, vdir)  # the commit point
+            fsync_dir(data_dir)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove_tree(stage)
+            raise
     log.info("mapped", vm=vm, disks=[c.disk for c in copies], point=record)
     finish(vdir)
     return f"VM {vm!r} is mapped onto {', '.join(str(c.descriptor or c.flat) for c in copies)}: restore point {record} (mapped)"
@@ -258,12 +315,12 @@ def _build(stage: Path, copies: list[Copy]) -> str:
     sources = []
     for c in copies:
         flat = stage / f"{c.disk}-flat.vmdk"
-        os.link(c.flat, flat)
-        fd = os.open(flat, os.O_RDONLY)
+        fsio.link(c.flat, flat)
+        fd = fsio.open(flat, os.O_RDONLY)
         try:
-            os.fsync(fd)  # a copy another tool just wrote may still be in the page cache
+            fsio.fsync(fd)  # a copy another tool just wrote may still be in the page cache
         finally:
-            os.close(fd)
+            fsio.close(fd)
         text = render_flat_descriptor(flat.name, c.size, secrets.randbits(32) or 1)
         write_durable(stage / f"{c.disk}.vmdk", text.encode(), PRIVATE_FILE)
         st = c.flat.stat()
@@ -332,7 +389,7 @@ def map_from_vm(data_dir: Path, vm: str, other: str) -> str:
             raise InputError(f"{src} holds no replica (no restore points, no disks): nothing to map onto")
         if dst.exists():
             _clear_leftovers(dst)
-        os.rename(src, dst)  # the commit point
+        fsio.replace(src, dst)  # the commit point
         fsync_dir(data_dir)
     n = len(points.load(dst))
     log.info("mapped", vm=vm, from_vm=other, points=n)

@@ -19,8 +19,11 @@ All or nothing, in this order (a crash or a bad seed at any step leaves ``DATA_D
 4. the old directory (now under the stage's name) is removed.
 
 Stage directories left by a crash (before 3 they are unfinished seeds, after 3 the replaced replica)
-are removed by the next seed of that VM. Their names start with a dot, so passes, ``status`` and
-start-up recovery never take them for a VM.
+are removed by start-up recovery (:func:`recover_stages`) and by the next seed of that VM. Their names
+start with a dot, so passes and ``status`` never take them for a VM.
+
+Every write, fsync and name change goes through ``vzcommon.fsio`` (``tests/reliability`` replays the
+crashes of a seed); the bytes ``qemu-img convert`` writes are reported to it once written.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import errno
 import fcntl
 import mmap
 import os
+import re
 import secrets
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,8 +44,9 @@ from typing import Any
 
 from protocol.framing import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from protocol.messages import valid_name
+from vzcommon import fsio
 from vzcommon.blockhash import hash_block, zero_hash
-from vzcommon.durable import exchange_durable, fsync_dir, write_durable
+from vzcommon.durable import exchange_durable, fsync_dir, remove_tree, write_durable
 from vzcommon.errors import BusyError, FailedOver, InputError, StorageError
 from vzcommon.geometry import Geometry
 from vzcommon.images import Image
@@ -96,21 +100,60 @@ class SeedReport:
         return asdict(self)
 
 
+#: a stage (``.seed-<vm>-<8 hex>``) or the old directory moved aside beside it (``...-old``)
+_STAGE_RE = re.compile(re.escape(STAGE_PREFIX) + r"(?P<vm>.+)-[0-9a-f]{8}(?P<old>-old)?")
+_ASIDE = "-old"
+
+
+def stage_vm(name: str) -> str | None:
+    """The VM a seed stage directory's name belongs to (None: not a stage's name)."""
+    m = _STAGE_RE.fullmatch(name)
+    return m["vm"] if m else None
+
+
 def _stages(data_dir: Path, vm: str) -> list[Path]:
     if not data_dir.is_dir():
         return []
-    return [p for p in data_dir.iterdir() if p.name.startswith(f"{STAGE_PREFIX}{vm}-") and p.is_dir()]
+    return [p for p in data_dir.iterdir() if stage_vm(p.name) == vm and p.is_dir() and not p.is_symlink()]
 
 
 def remove_stages(data_dir: Path, vm: str) -> list[str]:
-    """Remove what a crashed seed of ``vm`` left (module docstring); idempotent."""
+    """Put right what a crashed seed of ``vm`` left (module docstring); idempotent, seed lock held.
+
+    A crash between the two renames of the fallback replace (no ``RENAME_EXCHANGE``) leaves no VM
+    directory and the old one aside: it was before the commit point, so the old one goes back."""
+    vdir = data_dir / vm
     gone = []
+    asides = [p for p in _stages(data_dir, vm) if p.name.endswith(_ASIDE)]
+    if not os.path.lexists(vdir) and len(asides) == 1:
+        fsio.replace(asides[0], vdir)
+        fsync_dir(data_dir)
+        gone.append(f"{asides[0].name} (moved back to {vm})")
     for stage in _stages(data_dir, vm):
-        shutil.rmtree(stage, ignore_errors=True)
+        remove_tree(stage, ignore_errors=True)
         gone.append(stage.name)
     if gone:
         fsync_dir(data_dir)
     return gone
+
+
+def recover_stages(data_dir: Path) -> dict[str, str]:
+    """Start-up recovery of every seed a crash interrupted (VM -> what was done); a VM being seeded
+    now (its seed lock held) is left alone."""
+    done: dict[str, str] = {}
+    if not data_dir.is_dir():
+        return done
+    vms = sorted({vm for p in data_dir.iterdir() if (vm := stage_vm(p.name)) and p.is_dir()})
+    for vm in vms:
+        try:
+            with _seed_lock(data_dir, vm):
+                gone = remove_stages(data_dir, vm)
+        except BusyError:
+            continue
+        if gone:
+            log.warning("seed_stages_removed", vm=vm, what=gone)
+            done[vm] = f"put right an interrupted seed: {', '.join(gone)}"
+    return done
 
 
 def has_replica(vdir: Path) -> bool:
@@ -156,10 +199,10 @@ def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, g
     geometry = Geometry(size, block_size)
     report = SeededDisk(paths.disk, image.where, image.format, size, cid=f"{cid:08x}")
     builder = MapBuilder(paths.map, block_size, size, None)
-    fd = os.open(paths.flat, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    fd = fsio.open(paths.flat, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
     running: ConvertRange | None = None
     try:
-        os.ftruncate(fd, size)  # a sparse file of the disk's size: qemu writes into it (-n, target is zero)
+        fsio.ftruncate(fd, size)  # a sparse file of the disk's size: qemu writes into it (-n, target is zero)
         builder.fill(0, geometry.full_blocks, zero_hash(block_size))
         if geometry.tail != block_size:
             builder.set_range(geometry.full_blocks, zero_hash(geometry.tail))
@@ -169,11 +212,14 @@ def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, g
             if done is not None:
                 _hash_span(fd, *done, geometry, builder, report)
             running.wait()
+            fsio.wrote(fd, off, n)
             running, done = None, (off, n)
         if done is not None:
             _hash_span(fd, *done, geometry, builder, report)
-        os.fsync(fd)
-        write_durable(paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE)
+        fsio.fsync(fd)
+        write_durable(
+            paths.descriptor, render_flat_descriptor(paths.flat.name, size, cid).encode(), PRIVATE_FILE
+        )
         builder.finish(generation=generation, cid=cid)
     except OSError as exc:
         builder.abort()
@@ -186,11 +232,13 @@ def restore_disk(image: Image, paths: ReplicaPaths, block_size: int, cid: int, g
     finally:
         if running is not None:
             running.kill()
-        os.close(fd)
+        fsio.close(fd)
     return report
 
 
-def _hash_span(fd: int, lo: int, length: int, geometry: Geometry, builder: MapBuilder, report: SeededDisk) -> None:
+def _hash_span(
+    fd: int, lo: int, length: int, geometry: Geometry, builder: MapBuilder, report: SeededDisk
+) -> None:
     """Map entries of one restored span: BLAKE3 of every block holding data (holes keep the zero hash
     they were given); ``report`` counts the blocks that are data and those that read as zeros.
 
@@ -257,12 +305,12 @@ def seed_vm(
         with _seed_lock(data_dir, vm):
             remove_stages(data_dir, vm)
             stage = data_dir / f"{STAGE_PREFIX}{vm}-{secrets.token_hex(4)}"
-            stage.mkdir(mode=PRIVATE_DIR)
+            fsio.mkdir(stage, PRIVATE_DIR)
             try:
                 report = _build(stage, vm, images, block_size, job)
                 report.replaced = _install(stage, vdir, vm, replace)  # step 3
             finally:
-                shutil.rmtree(stage, ignore_errors=True)  # step 4 (or an unfinished stage)
+                remove_tree(stage, ignore_errors=True)  # step 4 (or an unfinished stage)
                 fsync_dir(data_dir)
     finally:
         for image in images.values():
@@ -283,7 +331,9 @@ def _seed_lock(data_dir: Path, vm: str) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise BusyError(f"VM {vm!r} is being seeded already on this target; wait for that seed to end") from None
+        raise BusyError(
+            f"VM {vm!r} is being seeded already on this target; wait for that seed to end"
+        ) from None
     try:
         yield
     finally:
@@ -345,7 +395,7 @@ def _install(stage: Path, vdir: Path, vm: str, replace: bool) -> bool:
     """Step 3, the commit point; True if an existing directory was replaced."""
     if not vdir.exists():
         try:
-            os.rename(stage, vdir)
+            fsio.replace(stage, vdir)
         except OSError as exc:
             raise StorageError(f"cannot put the seeded replica in place at {vdir}: {exc.strerror}") from None
         fsync_dir(vdir.parent)
@@ -362,10 +412,11 @@ def _install(stage: Path, vdir: Path, vm: str, replace: bool) -> bool:
                 ) from None
             # no atomic exchange here: the old directory moves aside first (a crash between the two
             # renames leaves the VM absent and both directories under stage names; never half of one)
-            aside = stage.with_name(stage.name + "-old")
-            os.rename(vdir, aside)
-            os.rename(stage, vdir)
+            # (start-up recovery moves the old one back: ``remove_stages``)
+            aside = stage.with_name(stage.name + _ASIDE)
+            fsio.replace(vdir, aside)
+            fsio.replace(stage, vdir)
             fsync_dir(vdir.parent)
             with contextlib.suppress(OSError):
-                os.rename(aside, stage)
+                fsio.replace(aside, stage)
     return True

@@ -171,13 +171,21 @@ def recover_vm(data_dir: Path, vm: str, devices: Mapping[str, Path] | None = Non
 
 
 def recover_all(data_dir: Path) -> dict[str, str]:
-    """Start-up recovery: every pending pass is rolled back (or forward) before work is accepted.
+    """Start-up recovery: what an interrupted seed or mapping left beside the VM directories is put
+    right (``seed.recover_stages``, ``mapping.recover_staging``), then every pending pass is rolled
+    back (or forward) before work is accepted.
 
     A VM whose pending pass needs a device that is not attached stays pending and is reported; its
     next pass is refused with the same message until it is recovered."""
+    from .mapping import recover_staging  # both import this module
+    from .seed import recover_stages
+
     done: dict[str, str] = {}
     if not data_dir.is_dir():
         return done
+    done.update(recover_stages(data_dir))  # first: a replica a crashed seed had moved aside comes back
+    for vm, staged in recover_staging(data_dir).items():
+        done[vm] = f"{done[vm]}; {staged}" if vm in done else staged
     for vdir in sorted(p for p in data_dir.iterdir() if p.is_dir() and valid_name(p.name)):
         with VmLock(vdir, vdir.name):
             try:
@@ -186,7 +194,7 @@ def recover_all(data_dir: Path) -> dict[str, str]:
                 log.error("recovery_needs_device", vm=vdir.name, error=str(exc))
                 what = f"NOT recovered: {exc}"
         if what:
-            done[vdir.name] = what
+            done[vdir.name] = f"{what}; {done[vdir.name]}" if vdir.name in done else what
     return done
 
 

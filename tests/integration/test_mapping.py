@@ -8,6 +8,7 @@ mapped point exported equal to the copy as it was), the target's own index and `
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from target_agent.storage import mapping
 from target_agent.storage import points as rp
 from target_agent.storage.export import export_point
 from target_agent.storage.lock import VmLock
-from target_agent.storage.transaction import recover_vm
+from target_agent.storage.transaction import recover_all, recover_vm
 from tests.support.agents import Target, replicate
 from tests.support.jobs import job_of, write_job
 from tests.support.tools import change_blocks, make_image, qemu_compare, run, sha256
+from vzcommon import fsio
 from vzcommon.errors import BusyError, InputError
 
 MiB = 1 << 20
@@ -171,16 +173,51 @@ def test_a_crash_before_the_commit_point_leaves_the_copy_where_it_was(
     copy = make_image(data / "copy.img", 4 * MiB, data_blocks=10)
     before = sha256(copy)
 
-    def crash(*a: object) -> None:
-        raise OSError(5, "injected crash at the commit point")
+    def crash(src: Path, dst: Path) -> None:
+        if Path(src).name.startswith(mapping.STAGING_PREFIX):  # the staging directory's rename
+            raise OSError(5, "injected crash at the commit point")
+        rename(src, dst)
 
-    monkeypatch.setattr(mapping.os, "rename", crash)
+    rename = fsio.replace
+    monkeypatch.setattr(fsio, "replace", crash)
     with pytest.raises(OSError, match="injected"):
         mapping.map_disks(data, "vm1", {"disk0": copy})
     monkeypatch.undo()
-    assert sha256(copy) == before and os_listing(data) == ["copy.img"]  # no replica, no staging left
+    # no replica, no staging left (only the lock file one ``map`` of a VM at a time takes)
+    assert sha256(copy) == before and os_listing(data) == [".map-vm1.lock", "copy.img"]
     assert "mapped onto" in mapping.map_disks(data, "vm1", {"disk0": copy})  # it can simply run again
     assert not copy.exists() and [p.origin for p in rp.load(data / "vm1")] == ["mapped"]
+
+
+def test_start_up_recovery_removes_the_staging_of_a_mapping_that_crashed_before_its_commit(
+    tmp_path: Path,
+) -> None:
+    """Before, only a next ``map`` of that VM removed it: hard links to the copy stayed forever."""
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    data.mkdir()
+    copy = make_image(data / "copy.img", 4 * MiB, data_blocks=10)
+    before = sha256(copy)
+
+    def crash(src: Path, dst: Path) -> None:
+        if Path(src).name.startswith(mapping.STAGING_PREFIX):  # the process dies at the commit point
+            shutil.copytree(data, crashed, symlinks=True)
+            raise RuntimeError("crashed")
+        rename(src, dst)
+
+    rename = fsio.replace
+    uninstall = fsio.install({"replace": crash})
+    try:
+        with pytest.raises(RuntimeError, match="crashed"):
+            mapping.map_disks(data, "vm1", {"disk0": copy})
+    finally:
+        uninstall()
+    staging = [p.name for p in crashed.iterdir() if p.is_dir()]
+    assert len(staging) == 1 and staging[0].startswith(".map-vm1.")
+    assert recover_all(crashed) == {
+        "vm1": f"removed the staging directory of an interrupted mapping: {staging[0]}"
+    }
+    assert os_listing(crashed) == [".map-vm1.lock", "copy.img"] and sha256(crashed / "copy.img") == before
+    assert (crashed / "copy.img").stat().st_nlink == 1  # no hard link of it left anywhere
 
 
 def test_a_crash_after_the_commit_point_is_finished_by_recovery(

@@ -7,10 +7,12 @@ log becoming a restore point's increment) stays attached to the right bytes, as 
 Operations (``Op.kind``):
 
 * metadata: ``create`` (path, node), ``mkdir``, ``rmdir``, ``unlink`` (path), ``rename``/``link``
-  (path -> path2); made durable by a ``dirsync`` of every directory they change;
+  (path -> path2; a rename may move a directory), ``exchange`` (path <-> path2, files or
+  directories); made durable by a ``dirsync`` of every directory they change;
 * data: ``write`` (node, offset, data), ``trunc`` (node, size), ``punch`` (node, offset, size); made
   durable by a ``fsync`` of their node (fdatasync counts as fsync: every size change here is one a
-  later read needs, which fdatasync also persists).
+  later read needs, which fdatasync also persists). Bytes another process wrote (``fsio.wrote``) are
+  read back and recorded as writes, in pieces of ``EXTERNAL_PIECE`` (holes are left out).
 
 Only paths under the recorded root are recorded; everything else passes through untouched.
 """
@@ -27,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from vzcommon import fsio
+from vzcommon.sparse import data_segments
 
-META = frozenset({"create", "mkdir", "rmdir", "unlink", "rename", "link"})
+META = frozenset({"create", "mkdir", "rmdir", "unlink", "rename", "link", "exchange"})
+#: bytes per write op recorded for what another process wrote (each may be lost or torn on its own)
+EXTERNAL_PIECE = 256 * 1024
 DATA = frozenset({"write", "trunc", "punch"})
 SYNC = frozenset({"fsync", "dirsync"})
 
@@ -44,7 +49,9 @@ class Op:
     data: bytes = b""
 
     def dirs(self) -> set[str]:
-        """The directories whose entries a metadata op changes."""
+        """The directories whose entries a metadata op changes (a link: only the new name's)."""
+        if self.kind == "link":
+            return {os.path.dirname(self.path2) or "."}
         out = {os.path.dirname(self.path) or "."}  # the root is "." (as a dirsync of it names it)
         if self.path2:
             out.add(os.path.dirname(self.path2) or ".")
@@ -71,8 +78,8 @@ class Recorder:
             for f in files:
                 p = os.path.join(dirpath, f)
                 st = os.lstat(p)
-                if stat.S_ISREG(st.st_mode):
-                    self._ino[(st.st_dev, st.st_ino)] = "init:" + os.path.relpath(p, self.root)
+                if stat.S_ISREG(st.st_mode):  # a hard link: the node of its first path (``Model.snapshot``)
+                    self._ino.setdefault((st.st_dev, st.st_ino), "init:" + os.path.relpath(p, self.root))
 
     def _rel(self, path: Any) -> str | None:
         p = os.path.abspath(os.fspath(path))
@@ -170,6 +177,21 @@ class Recorder:
         a, b = self._rel(src), self._rel(dst)
         if a is not None and b is not None:
             self._emit(Op("rename", path=a, path2=b))
+
+    def exchange(self, a: Any, b: Any) -> None:
+        fsio.original("exchange")(a, b)
+        ra, rb = self._rel(a), self._rel(b)
+        if ra is not None and rb is not None:
+            self._emit(Op("exchange", path=ra, path2=rb))
+
+    def wrote(self, fd: int, offset: int, length: int) -> None:
+        tracked = self._fds.get(fd)
+        if tracked is None:
+            return
+        for off, n in data_segments(fd, offset, offset + length):
+            for pos in range(off, off + n, EXTERNAL_PIECE):
+                data = os.pread(fd, min(EXTERNAL_PIECE, off + n - pos), pos)
+                self._emit(Op("write", node=tracked[0], offset=pos, data=data))
 
     def link(self, src: Any, dst: Any, **kw: Any) -> None:
         fsio.original("link")(src, dst, **kw)

@@ -10,14 +10,25 @@ the in-memory transport, target restore points as given):
 * ``growth`` -- one disk grows, with data in the new part; retention (2) prunes the oldest increment;
 * ``retention`` -- the target keeps one point only: the undo log is dropped, every increment pruned.
 
+Then the target's own commands (``tool`` scenarios, each on its own data directory; the disks are a
+few MiB, the backups and copies made by ``qemu-img``):
+
+* ``seed`` -- ``vzrep-target seed`` of a VM with no replica, from a qcow2 and a raw backup;
+* ``seed-replace`` -- ``seed --replace`` over a replica seeded earlier (``renameat2`` exchange);
+* ``seed-replace-renames`` -- the same where the filesystem has no exchange (two renames);
+* ``map`` -- ``vzrep-target map`` onto copies another tool left in DATA_DIR (a raw image and a
+  monolithicFlat VMDK). The mapping record names the copies by absolute path, so its crash states
+  are laid out where it was recorded.
+
 For each crash state of a scenario (``states``): the state is laid out in a fresh directory, the
 target's start-up recovery (``recover_all``, what ``vzrep-target serve`` runs before accepting work)
 runs on it, and then:
 
 1. the replica's state files (each flat extent, descriptor and ``.vzmap``, the restore point index
-   and every kept increment) equal, by SHA-256, those before the pass or those after it -- all of
-   them the same side, never a mix;
-2. nothing is pending (no journal, undo log, ``.next`` file or undo script);
+   and every kept increment), and every file and directory beside it in DATA_DIR (a copy to map, a
+   seed's stage), equal, by SHA-256, those before the pass or those after it -- all of them the same
+   side, never a mix;
+2. nothing is pending (no journal, undo log, ``.next`` file, undo script or mapping record);
 3. the restore point index loads, lists that side's points, and each point exports to disks equal
    to that point's saved export; the status file, if any, reads and names that side's generation;
 4. (for the states chosen by ``next_pass_every``) a next pass succeeds and the replica equals the
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -46,11 +58,14 @@ from typing import Any
 from source_agent.disks import open_disk
 from source_agent.session import DiskJob, PassOptions, PassReport, run_pass_over
 from target_agent.session import TargetSession
+from target_agent.storage import mapping
 from target_agent.storage import points as rp
 from target_agent.storage.export import export_point
+from target_agent.storage.seed import seed_vm
 from target_agent.storage.transaction import JOURNAL, SCRIPT, STATUS, STATUS_MAGIC, pending_disks, recover_all
 from tests.support.memory import memory_pair
 from tests.support.tools import BS, change_blocks, make_image, sha256_py
+from tests.support.tools import run as run_tool
 from vzcommon import fsio
 from vzcommon.errors import VzrepError
 from vzcommon.log import setup_logging
@@ -83,6 +98,30 @@ def state_files(vdir: Path) -> dict[str, str]:
     return out
 
 
+def beside_files(data_dir: Path) -> dict[str, str]:
+    """What is in DATA_DIR beside the VM's directory (lock files aside): a directory is named (so a
+    leftover stage counts even empty), a file by its SHA-256."""
+    out: dict[str, str] = {}
+    if not data_dir.is_dir():
+        return out
+    for p in sorted(data_dir.iterdir()):
+        if p.name == VM or p.name.endswith(".lock"):
+            continue
+        if p.is_dir():
+            out[p.name + "/"] = "directory"
+            for f in sorted(p.rglob("*")):
+                out[str(f.relative_to(data_dir)) + ("/" if f.is_dir() else "")] = (
+                    "directory" if f.is_dir() else _sha(f)
+                )
+        else:
+            out[p.name] = _sha(p)
+    return out
+
+
+def judged_files(data_dir: Path) -> dict[str, str]:
+    return {**state_files(data_dir / VM), **{f"DATA_DIR/{k}": v for k, v in beside_files(data_dir).items()}}
+
+
 @dataclass
 class Side:
     """The replica before or after the recorded pass, as judged."""
@@ -95,7 +134,7 @@ class Side:
     @classmethod
     def capture(cls, data_dir: Path, scratch: Path) -> Side:
         vdir = data_dir / VM
-        files = state_files(vdir)
+        files = judged_files(data_dir)
         if not vdir.is_dir():
             return cls(files, [], {}, None)
         pts = rp.load(vdir)
@@ -149,16 +188,17 @@ async def one_pass(
         await asyncio.wait_for(target, 60)
 
 
+def _no_change(disks: dict[str, Path]) -> None:
+    pass
+
+
 @dataclass
 class Scenario:
     name: str
     restore_points: int
-    change: Callable[[dict[str, Path]], None]
+    change: Callable[[dict[str, Path]], None] = _no_change
     cut_after: int = 0  # the link is cut mid-pass: the pass fails and the target rolls it back
-
-
-def _no_change(disks: dict[str, Path]) -> None:
-    pass
+    tool: str = ""  # a target command recorded instead of a pass (``record_tool``)
 
 
 def _incremental(disks: dict[str, Path]) -> None:
@@ -193,7 +233,12 @@ SCENARIOS = [
     Scenario("cut", 2, _cut, cut_after=5 * BS),
     Scenario("growth", 2, _growth),
     Scenario("retention", 1, _retention),
+    Scenario("seed", 2, tool="seed"),
+    Scenario("seed-replace", 2, tool="seed-replace"),
+    Scenario("seed-replace-renames", 2, tool="seed-replace-renames"),
+    Scenario("map", 2, tool="map"),
 ]
+PASSES = [s.name for s in SCENARIOS if not s.tool]
 
 
 @dataclass
@@ -207,19 +252,35 @@ class Recorded:
     new: Side
     sources: dict[str, Path]  # the source disks as the pass read them (copies)
     source_state: Path  # the source's state directory after the pass (copied into each next pass)
+    layout: Path | None = None  # where every state must be laid out (the recorded DATA_DIR), or anywhere
 
 
 async def record_all(work: Path, names: list[str] | None = None) -> list[Recorded]:
-    """Run the scenarios' passes in order on one replica, recording the chosen ones."""
+    """Run the pass scenarios in order on one replica, recording the chosen ones; then the chosen tool
+    scenarios, each on its own."""
     src, data, state, scratch = work / "src", work / "data", work / "state", work / "scratch"
     for d in (src, data, scratch):
         d.mkdir(parents=True)
+    out = []
+    if names is None or set(names) & set(PASSES):
+        out = await _record_passes(work, src, data, state, scratch, names)
+    for sc in SCENARIOS:
+        if sc.tool and (names is None or sc.name in names):
+            out.append(record_tool(work / sc.name, sc))
+    return out
+
+
+async def _record_passes(
+    work: Path, src: Path, data: Path, state: Path, scratch: Path, names: list[str] | None
+) -> list[Recorded]:
     disks = {
         "d0": make_image(src / "d0.img", 16 * BS, data_blocks=9, seed=1),
         "d1": make_image(src / "d1.img", 8 * BS, data_blocks=5, seed=2),
     }
     out = []
     for sc in SCENARIOS:
+        if sc.tool:
+            continue
         sc.change(disks)
         if names is not None and sc.name not in names:
             await _scenario_pass(data, state, disks, sc)
@@ -235,6 +296,64 @@ async def record_all(work: Path, names: list[str] | None = None) -> list[Recorde
         shutil.copytree(state, keep / "state")
         out.append(Recorded(sc, start, list(rec.ops), old, new, sources, keep / "state"))
     return out
+
+
+def _qemu_img(*args: str | Path) -> None:
+    run_tool("qemu-img", *args)
+
+
+def _no_exchange(a: object, b: object) -> None:
+    raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported here (as on some filesystems)")
+
+
+def record_tool(work: Path, sc: Scenario) -> Recorded:
+    """Record one target command (``sc.tool``) on a data directory of its own (module docstring).
+
+    The source disks then change a little, so each state's next pass has something to send."""
+    src, data, scratch, keep = work / "src", work / "data", work / "scratch", work / "kept"
+    for d in (src, data, scratch, keep / "state"):
+        d.mkdir(parents=True)
+    disks = {
+        "d0": make_image(src / "d0.img", 16 * BS, data_blocks=9, seed=21),
+        "d1": make_image(src / "d1.img", 8 * BS, data_blocks=5, seed=22),
+    }
+    layout = None
+    if sc.tool.startswith("seed"):
+        backup = {"d0": src / "d0.qcow2", "d1": src / "d1.raw"}
+        if sc.tool != "seed":  # the replica being replaced: seeded from an older backup
+            _qemu_img("convert", "-O", "raw", disks["d0"], backup["d1"])
+            _qemu_img("convert", "-O", "qcow2", disks["d1"], backup["d0"])
+            seed_vm(data, VM, {"d0": backup["d1"], "d1": backup["d0"]})
+            change_blocks(disks["d0"], 3, seed=23)
+        _qemu_img("convert", "-O", "qcow2", disks["d0"], backup["d0"])
+        _qemu_img("convert", "-O", "raw", disks["d1"], backup["d1"])
+    else:
+        copies = data / ".copies"
+        copies.mkdir()
+        shutil.copy(disks["d0"], copies / "d0.img")
+        _qemu_img("convert", "-O", "vmdk", "-o", "subformat=monolithicFlat", disks["d1"], copies / "d1.vmdk")
+        layout = data
+    old = Side.capture(data, scratch)
+    start = Model.snapshot(data)
+    with recording(data) as rec:
+        if sc.tool == "map":
+            mapping.map_disks(data, VM, {"d0": copies / "d0.img", "d1": copies / "d1.vmdk"})
+        else:
+            uninstall = (
+                fsio.install({"exchange": _no_exchange}) if sc.tool == "seed-replace-renames" else None
+            )
+            try:
+                seed_vm(data, VM, backup, replace=sc.tool != "seed")
+            finally:
+                if uninstall is not None:
+                    uninstall()
+    new = Side.capture(data, scratch)
+    change_blocks(disks["d0"], 2, seed=24)
+    change_blocks(disks["d1"], 1, seed=25)
+    sources = {n: Path(shutil.copy(p, keep / p.name)) for n, p in disks.items()}
+    if layout is not None:  # the states go where the recorded directory was
+        data.rename(work / "data.recorded")
+    return Recorded(sc, start, list(rec.ops), old, new, sources, keep / "state", layout)
 
 
 async def _scenario_pass(data: Path, state: Path, disks: dict[str, Path], sc: Scenario) -> None:
@@ -257,7 +376,7 @@ class Result:
 def judge(r: Recorded, data: Path, scratch: Path) -> tuple[str, list[str]]:
     """Rules 1-3 of the module docstring on a recovered state; (side, problems)."""
     vdir = data / VM
-    files = state_files(vdir)
+    files = judged_files(data)
     side_name, side = next(
         ((n, s) for n, s in (("old", r.old), ("new", r.new)) if s.files == files), ("", None)
     )
@@ -269,7 +388,7 @@ def judge(r: Recorded, data: Path, scratch: Path) -> tuple[str, list[str]]:
         ]
     problems = []
     if vdir.is_dir():
-        left = [n for n in (JOURNAL, SCRIPT) if (vdir / n).exists()] + pending_disks(vdir)
+        left = [n for n in (JOURNAL, SCRIPT, mapping.RECORD) if (vdir / n).exists()] + pending_disks(vdir)
         if left:
             problems.append(f"left pending after recovery: {left}")
         try:
@@ -326,8 +445,11 @@ async def check_state(
 ) -> None:
     """Judge one crash state; ``recovery_crashes`` (samples, torn_limit): also crash the recovery
     itself at every point of its own op log, and recover again (:func:`check_recovery_crashes`)."""
-    data, scratch = tmp / "data", tmp / "scratch"
+    if r.layout is not None:  # export and next pass on the layout's filesystem (exports hard-link)
+        tmp = r.layout.with_name("under-test")
+    data, scratch = r.layout or tmp / "data", tmp / "scratch"
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
     scratch.mkdir(parents=True)
     model.write_out(data)
     where = f"{r.scenario.name}: crash after op {state.point}/{len(r.ops)}"
@@ -338,28 +460,34 @@ async def check_state(
         before = Model.snapshot(data)
         with recording(data) as rec:
             side = recover_and_judge(r, data, scratch, where, result)
-        if side is not None:
-            await check_recovery_crashes(
-                r, before, rec.ops, side, tmp.with_name(tmp.name + "-r"), where, result, **recovery_crashes
-            )
     else:
         side = recover_and_judge(r, data, scratch, where, result)
     if side is None:
         return
     result.sides[f"{r.scenario.name}:{side}"] += 1
     if next_pass:
-        state_dir = tmp / "state"
-        shutil.copytree(r.source_state, state_dir)
-        result.next_passes[r.scenario.name] += 1
-        try:
-            report = await one_pass(data, state_dir, r.sources, r.scenario.restore_points)
-        except Exception as exc:
-            result.failures.append(f"{where}: the next pass failed: {type(exc).__name__}: {exc}")
-            return
-        for name, src in r.sources.items():
-            flat = data / VM / f"{name}-flat.vmdk"
-            if not report.ok or not flat.exists() or _sha(flat) != _sha(src):
-                result.failures.append(f"{where}: after the next pass disk {name} is not the source")
+        await check_next_pass(r, data, tmp, where, result)
+    if recovery_crashes is not None:  # last: where the layout is fixed, these states take its place
+        rtmp = tmp.with_name(tmp.name + "-r")
+        await check_recovery_crashes(
+            r, before, rec.ops, side, r.layout or rtmp / "data", rtmp, where, result, **recovery_crashes
+        )
+
+
+async def check_next_pass(r: Recorded, data: Path, tmp: Path, where: str, result: Result) -> None:
+    """Rule 4: a next pass over the recovered state succeeds and leaves the source's disks."""
+    state_dir = tmp / "state"
+    shutil.copytree(r.source_state, state_dir)
+    result.next_passes[r.scenario.name] += 1
+    try:
+        report = await one_pass(data, state_dir, r.sources, r.scenario.restore_points)
+    except Exception as exc:
+        result.failures.append(f"{where}: the next pass failed: {type(exc).__name__}: {exc}")
+        return
+    for name, src in r.sources.items():
+        flat = data / VM / f"{name}-flat.vmdk"
+        if not report.ok or not flat.exists() or _sha(flat) != _sha(src):
+            result.failures.append(f"{where}: after the next pass disk {name} is not the source")
 
 
 async def check_recovery_crashes(
@@ -367,6 +495,7 @@ async def check_recovery_crashes(
     start: Model,
     ops: list[Op],
     side: str,
+    data: Path,
     tmp: Path,
     where: str,
     result: Result,
@@ -386,10 +515,11 @@ async def check_recovery_crashes(
         seen.add(key)
         result.explored[f"{r.scenario.name} (crash in recovery)"] += 1
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
         (tmp / "scratch").mkdir(parents=True)
-        model.write_out(tmp / "data")
+        model.write_out(data)
         here = f"{where}, then a crash in recovery after op {state.point}/{len(ops)} ({state.how})"
-        again = recover_and_judge(r, tmp / "data", tmp / "scratch", here, result)
+        again = recover_and_judge(r, data, tmp / "scratch", here, result)
         if again is not None and again != side:
             result.failures.append(
                 f"{here}: recovered to the {again} state, the uninterrupted recovery to the {side}"

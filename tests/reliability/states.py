@@ -42,14 +42,18 @@ class Model:
     @classmethod
     def snapshot(cls, root: Path) -> Model:
         m = cls()
+        inodes: dict[tuple[int, int], str] = {}
         for dirpath, dirs, files in os.walk(root):
             for d in dirs:
                 m.dirs.add(os.path.relpath(os.path.join(dirpath, d), root))
-            for f in files:
+            for f in files:  # hard links: one node, named (as the recorder names it) by its first path
                 p = os.path.join(dirpath, f)
                 rel = os.path.relpath(p, root)
-                m.names[rel] = "init:" + rel
-                m.nodes["init:" + rel] = bytearray(Path(p).read_bytes())
+                st = os.lstat(p)
+                node = inodes.setdefault((st.st_dev, st.st_ino), "init:" + rel)
+                m.names[rel] = node
+                if node not in m.nodes:
+                    m.nodes[node] = bytearray(Path(p).read_bytes())
         return m
 
     def copy(self) -> Model:
@@ -69,6 +73,16 @@ class Model:
         elif k == "rename":
             if op.path in self.names:
                 self.names[op.path2] = self.names.pop(op.path)
+            elif op.path in self.dirs:
+                self._move_dir(op.path, op.path2)
+        elif k == "exchange":
+            a, b, tmp = op.path, op.path2, "\0exchange"
+            if a in self.names and b in self.names:
+                self.names[a], self.names[b] = self.names[b], self.names[a]
+            elif a in self.dirs and b in self.dirs:
+                self._move_dir(a, tmp)
+                self._move_dir(b, a)
+                self._move_dir(tmp, b)
         elif k == "link":
             if op.path in self.names:
                 self.names[op.path2] = self.names[op.path]
@@ -90,6 +104,20 @@ class Model:
             if end > op.offset:
                 buf[op.offset : end] = bytes(end - op.offset)
 
+    def _move_dir(self, src: str, dst: str) -> None:
+        """A directory renamed: everything under it moves (over ``dst``, which must be empty)."""
+        self._drop_dir(dst)
+
+        def moved(p: str) -> str | None:
+            return dst + p[len(src) :] if p == src or p.startswith(src + "/") else None
+
+        self.dirs = {moved(d) or d for d in self.dirs}
+        self.names = {(moved(n) or n): node for n, node in self.names.items()}
+
+    def _drop_dir(self, path: str) -> None:
+        self.dirs = {d for d in self.dirs if d != path and not d.startswith(path + "/")}
+        self.names = {n: node for n, node in self.names.items() if not n.startswith(path + "/")}
+
     def digest(self) -> str:
         h = hashlib.sha256()
         for d in sorted(self.dirs):
@@ -100,13 +128,22 @@ class Model:
         return h.hexdigest()
 
     def write_out(self, root: Path) -> None:
-        """Lay the state out under ``root`` (sparse: 4 KiB runs of zeros are holes)."""
+        """Lay the state out under ``root`` (sparse: 4 KiB runs of zeros are holes; names of one node
+        are hard links, as on the disk)."""
         root.mkdir(parents=True, exist_ok=True)
+        made = {"."}
         for d in sorted(self.dirs, key=lambda s: s.count("/")):
-            (root / d).mkdir(mode=0o700, exist_ok=True)
-        for name, node in self.names.items():
-            if os.path.dirname(name) and os.path.dirname(name) not in self.dirs:
+            if (os.path.dirname(d) or ".") in made:  # else its parent's creation was lost
+                (root / d).mkdir(mode=0o700, exist_ok=True)
+                made.add(d)
+        written: dict[str, str] = {}
+        for name, node in sorted(self.names.items()):
+            if (os.path.dirname(name) or ".") not in made:
                 continue  # a name in a directory whose creation was lost: never reachable
+            if node in written:
+                os.link(root / written[node], root / name)
+                continue
+            written[node] = name
             data = self.nodes.get(node, bytearray())
             fd = os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:

@@ -1,5 +1,5 @@
-"""A sample of the crash-state replay (``make crash-replay`` runs all of it): every scenario is
-recorded, every 30th crash point is tried with its metadata suffixes, single lost writes, one random
+"""A sample of the crash-state replay (``make crash-replay`` runs all of it): every scenario (the
+passes, then seeding and mapping) is recorded, every 30th crash point is tried with its metadata suffixes, single lost writes, one random
 lost subset and a torn last write; some states get a next pass, some a crash in their recovery."""
 
 from __future__ import annotations
@@ -12,16 +12,25 @@ import pytest
 from tests.reliability.replay import explore, fast_dir, record_all
 from tests.reliability.states import crash_states
 
+TOOLS = ["seed", "seed-replace", "seed-replace-renames", "map"]
+
 
 async def test_every_sampled_crash_state_recovers_to_the_old_or_the_new_replica(tmp_path: Path) -> None:
     recorded = await record_all(tmp_path / "work")
-    assert [r.scenario.name for r in recorded] == ["full", "incremental", "cut", "growth", "retention"]
-    for r in recorded:  # the seam saw the pass: data, undo, map and journal writes, fsyncs, renames
+    names = [r.scenario.name for r in recorded]
+    assert names == ["full", "incremental", "cut", "growth", "retention", *TOOLS]
+    by_name = {r.scenario.name: r for r in recorded}
+    for r in recorded:  # the seam saw it all: data (qemu-img's too), map and journal writes, fsyncs, renames
         kinds = {op.kind for op in r.ops}
-        assert {"create", "write", "fsync", "dirsync", "rename", "unlink"} <= kinds, (r.scenario.name, kinds)
-    retention = recorded[-1]
-    assert any(op.kind == "rmdir" for op in retention.ops)  # pruning happened
-    assert any(op.kind == "punch" for op in recorded[1].ops)  # zeroed blocks were punched
+        assert {"create", "write", "fsync", "dirsync"} <= kinds, (r.scenario.name, kinds)
+        moves = {"seed": {"rename"}, "seed-replace": {"exchange", "unlink"}}.get(
+            r.scenario.name, {"rename", "unlink"}
+        )
+        assert moves <= kinds, (r.scenario.name, kinds)
+    assert any(op.kind == "rmdir" for op in by_name["retention"].ops)  # pruning happened
+    assert any(op.kind == "punch" for op in by_name["incremental"].ops)  # zeroed blocks were punched
+    assert any(op.kind == "link" for op in by_name["map"].ops)  # the copies, linked into the staging
+    assert "exchange" not in {op.kind for op in by_name["seed-replace-renames"].ops}
     with tempfile.TemporaryDirectory(prefix="vzrep-crash-test-", dir=fast_dir()) as states:
         result = await explore(
             recorded,
@@ -34,7 +43,7 @@ async def test_every_sampled_crash_state_recovers_to_the_old_or_the_new_replica(
         )
     assert result.failures == []
     for r in recorded:
-        assert result.explored[r.scenario.name] > 5
+        assert result.explored[r.scenario.name] > (2 if r.scenario.tool == "map" else 5)  # map: 35 ops
         assert result.explored[f"{r.scenario.name} (crash in recovery)"] > 0
         assert result.sides[f"{r.scenario.name}:old"]
         if not r.scenario.cut_after:  # a pass that commits: crashes after its commit point go forward

@@ -3,13 +3,16 @@ every bad seed refused with the file named, the VM directory left exactly as it 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,10 @@ from target_agent.storage import points as rp
 from target_agent.storage.paths import ReplicaPaths
 from target_agent.storage.replica import hash_replica
 from target_agent.storage.seed import seed_vm, spans
+from target_agent.storage.transaction import recover_all
 from tests.support.seeds import KINDS, break_grain_table, make_seed
 from tests.support.tools import make_image, qemu_compare, run, sha256_py
+from vzcommon import fsio
 from vzcommon.errors import BusyError, ExitCode, ImageError, InputError
 from vzcommon.vmdk import read_descriptor
 from vzcommon.vzmap import MapBuilder, MapFile
@@ -147,7 +152,9 @@ def test_a_read_error_midway_leaves_nothing(tmp_path: Path) -> None:
     seed_vm(data, "web", {"sys": make_seed("raw", raw, tmp_path / "good")})
     before = tree(data)
     bad = corrupt("truncated-streamOptimized", raw, tmp_path / "bad")
-    with pytest.raises(ImageError, match=r"disk\.vmdk: qemu could not read it all \(error while reading at byte \d+"):
+    with pytest.raises(
+        ImageError, match=r"disk\.vmdk: qemu could not read it all \(error while reading at byte \d+"
+    ):
         seed_vm(data, "web", {"sys": bad}, replace=True, check=False)
     assert tree(data) == before
 
@@ -265,3 +272,73 @@ def test_one_seed_of_a_vm_at_a_time(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert not (data / "web").exists() and (data / "db" / "sys.vmdk").exists()
+
+
+def _crash_at(data: Path, crashed: Path, when: Callable[[Path, Path], bool]) -> Callable[[], None]:
+    """Seeds with no ``RENAME_EXCHANGE`` (as on some filesystems), and the process 'dies' at the first
+    rename ``when`` picks: DATA_DIR as it is then is copied to ``crashed`` (what a crash leaves)."""
+    rename = fsio.replace
+
+    def no_exchange(a: Path, b: Path) -> None:
+        raise OSError(errno.EINVAL, "not supported")
+
+    def replace(a: Path, b: Path) -> None:
+        if when(Path(a), Path(b)):
+            shutil.copytree(data, crashed, symlinks=True)
+            raise RuntimeError("crashed")
+        rename(a, b)
+
+    return fsio.install({"exchange": no_exchange, "replace": replace})
+
+
+def _no_locks(t: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in t.items() if not k.endswith(".lock")}
+
+
+@pytest.mark.parametrize("moment", ["between the renames", "after both renames"])
+def test_start_up_recovery_finishes_a_replace_the_two_rename_way(tmp_path: Path, moment: str) -> None:
+    """A crash between the fallback's renames left no VM directory (the old replica aside, under a
+    stage's name) until a next seed removed it; start-up recovery moves it back. After both renames
+    the seed had committed: the new replica stays and the old one goes."""
+    a = make_image(tmp_path / "a.img", 2 * MiB, data_blocks=6, seed=13)
+    b = make_image(tmp_path / "b.img", 2 * MiB, data_blocks=6, seed=14)
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    seed_vm(data, "web", {"sys": a})
+    old = tree(data / "web")
+    if moment == "between the renames":
+        when: Callable[[Path, Path], bool] = lambda src, dst: dst.name == "web"  # noqa: E731
+    else:
+        when = lambda src, dst: src.name.endswith("-old")  # noqa: E731 (moving the old one to be removed)
+    uninstall = _crash_at(data, crashed, when)
+    try:
+        with pytest.raises(RuntimeError, match="crashed"):
+            seed_vm(data, "web", {"sys": b}, replace=True)
+    finally:
+        uninstall()
+    assert any(p.name.startswith(".seed-web-") for p in crashed.iterdir() if p.is_dir())
+    assert (crashed / "web").exists() == (moment == "after both renames")  # between: no replica at all
+    done = recover_all(crashed)
+    assert "interrupted seed" in done["web"]
+    assert sorted(p.name for p in crashed.iterdir()) == [".seed-web.lock", "web"]  # no stage left
+    if moment == "between the renames":
+        assert _no_locks(tree(crashed / "web")) == _no_locks(old)
+        qemu_compare(a, crashed / "web" / "sys.vmdk")
+    else:
+        qemu_compare(b, crashed / "web" / "sys.vmdk")
+    assert recover_all(crashed) == {}  # nothing left to do
+
+
+def test_start_up_recovery_removes_an_unfinished_stage_but_not_a_running_seeds(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name in (".seed-web-0123abcd", ".seed-web-db-89abcdef"):  # VMs 'web' and 'web-db'
+        (data / name).mkdir(parents=True)
+        (data / name / "sys-flat.vmdk").write_bytes(b"x" * 512)
+    fd = os.open(data / ".seed-web-db.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a seed of 'web-db' is running: its stage is not a leftover
+        assert recover_all(data) == {"web": "put right an interrupted seed: .seed-web-0123abcd"}
+        assert (data / ".seed-web-db-89abcdef" / "sys-flat.vmdk").exists()
+    finally:
+        os.close(fd)
+    assert "interrupted seed" in recover_all(data)["web-db"]
+    assert not [p for p in data.iterdir() if p.is_dir()]
