@@ -5,11 +5,34 @@ The kernel drops a flock when its holder dies, so a killed agent cannot leave a 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from vzcommon.errors import BusyError
+
+
+def try_flock(path: Path, busy: str) -> int:
+    """The fd of ``path`` (created 0600) holding an exclusive flock; BusyError(busy) if another has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BusyError(busy) from None
+    return fd
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, busy: str) -> Iterator[None]:
+    """One holder at a time of ``path``'s flock for the block (seed and map of a VM use their own)."""
+    fd = try_flock(path, busy)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class VmLock:
@@ -19,16 +42,11 @@ class VmLock:
         self._fd = -1
 
     def acquire(self) -> VmLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BusyError(
-                f"VM {self.vm!r} is busy on this target: a pass, rollback, verify, export (a test failover"
-                " makes one), seeding or mapping of it is already running; wait for it to finish"
-            ) from None
-        self._fd = fd
+        self._fd = try_flock(
+            self.path,
+            f"VM {self.vm!r} is busy on this target: a pass, rollback, verify, export (a test failover"
+            " makes one), seeding or mapping of it is already running; wait for it to finish",
+        )
         return self
 
     @staticmethod

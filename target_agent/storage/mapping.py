@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +55,7 @@ from vzcommon.records import read_record, write_record
 from vzcommon.vmdk import looks_like_descriptor, read_descriptor, render_flat_descriptor
 
 from . import points
-from .lock import VmLock
+from .lock import VmLock, exclusive
 from .paths import PRIVATE_DIR, PRIVATE_FILE
 
 log = get_logger("vzrep.target.mapping")
@@ -204,20 +202,10 @@ def staging_vm(name: str) -> str | None:
     return m["vm"] if m else None
 
 
-@contextlib.contextmanager
-def _map_lock(data_dir: Path, vm: str) -> Iterator[None]:
+def _map_lock(data_dir: Path, vm: str) -> contextlib.AbstractContextManager[None]:
     """One ``map`` of a VM at a time (flock on ``DATA_DIR/.map-<vm>.lock``): another would remove
     this one's staging directory as a crash's leftover."""
-    fd = os.open(data_dir / f"{STAGING_PREFIX}{vm}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise BusyError(f"VM {vm!r} is being mapped already on this target; wait for that to end") from None
-    try:
-        yield
-    finally:
-        os.close(fd)
+    return exclusive(data_dir / f"{STAGING_PREFIX}{vm}.lock", f"VM {vm!r} is being mapped already on this target; wait for that to end")
 
 
 def _remove_staging(data_dir: Path, vm: str) -> list[str]:

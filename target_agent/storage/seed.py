@@ -31,13 +31,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import mmap
 import os
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ from vzcommon.vzmap import MapBuilder
 
 from . import points
 from .failover import read_state
-from .lock import VmLock
+from .lock import VmLock, exclusive
 from .paths import PRIVATE_DIR, PRIVATE_FILE, ReplicaPaths
 from .transaction import STATUS, STATUS_MAGIC, now, vm_dir
 
@@ -322,22 +321,10 @@ def seed_vm(
     return report
 
 
-@contextlib.contextmanager
-def _seed_lock(data_dir: Path, vm: str) -> Iterator[None]:
+def _seed_lock(data_dir: Path, vm: str) -> contextlib.AbstractContextManager[None]:
     """One seed of a VM at a time (``DATA_DIR/.seed-<vm>.lock``, flock): a second one would remove the
     first one's stage as a crash's leftover."""
-    fd = os.open(data_dir / f"{STAGE_PREFIX}{vm}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise BusyError(
-            f"VM {vm!r} is being seeded already on this target; wait for that seed to end"
-        ) from None
-    try:
-        yield
-    finally:
-        os.close(fd)
+    return exclusive(data_dir / f"{STAGE_PREFIX}{vm}.lock", f"VM {vm!r} is being seeded already on this target; wait for that seed to end")
 
 
 def _refuse_existing(vdir: Path, vm: str, replace: bool) -> None:
