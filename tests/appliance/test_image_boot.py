@@ -21,6 +21,7 @@ import pytest
 from appliance.image.boot import BootedVM, free_port
 from pairing.net import pair_with_target
 from pairing.protocol import SourcePaired, WrongCode
+from tests.appliance.test_ovfenv import env as ovf_env
 from tests.support.tools import make_image, qemu_compare
 from vzcommon import keys
 from vzcommon.errors import VzrepError
@@ -41,23 +42,13 @@ pytestmark = [
 ]
 
 TOKEN = "smoke-test-token-42"
-ENV = """<?xml version="1.0" encoding="UTF-8"?>
-<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1">
-  <PropertySection>
-    <Property oe:key="vzrep.role" oe:value="target"/>
-    <Property oe:key="vzrep.hostname" oe:value="smoke-target"/>
-    <Property oe:key="vzrep.dns" oe:value="10.0.2.3, not-an-ip"/>
-    <Property oe:key="vzrep.admin_ssh_key" oe:value="{key}"/>
-    <Property oe:key="vzrep.pairing_token" oe:value="{token}"/>
-  </PropertySection>
-</Environment>
-"""
 
 
 async def test_boot_reaches_multi_user_with_the_agent_answering(tmp_path):
     admin = asyncssh.generate_private_key("ssh-ed25519")
     env = tmp_path / "ovfenv.xml"
-    env.write_text(ENV.format(key=admin.export_public_key().decode().strip(), token=TOKEN))
+    env.write_bytes(ovf_env(role="target", hostname="smoke-target", dns="10.0.2.3, not-an-ip",
+                            admin_ssh_key=admin.export_public_key().decode().strip(), pairing_token=TOKEN))  # fmt: skip
     source_key = tmp_path / "id_ed25519"
     client_public, _ = keys.generate(source_key, "smoke-source")
     serial = tmp_path / "serial.log"
@@ -191,17 +182,6 @@ async def replicate_into(agent_port: int, host_key: str, identity: Path, tmp_pat
     return proc.returncode
 
 
-SOURCE_ENV = """<?xml version="1.0" encoding="UTF-8"?>
-<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1">
-  <PropertySection>
-    <Property oe:key="vzrep.role" oe:value="source"/>
-    <Property oe:key="vzrep.hostname" oe:value="smoke-source"/>
-    <Property oe:key="vzrep.admin_ssh_key" oe:value="{key}"/>
-    <Property oe:key="vzrep.pairing_token" oe:value="{token}"/>
-    <Property oe:key="vzrep.peer" oe:value="10.0.2.2:{pairing_port}"/>
-  </PropertySection>
-</Environment>
-"""
 JOB = "/var/lib/vzrep/jobs/smoke.toml"
 GUEST_DISK = "/srv/vms/smoke-vm.raw"
 
@@ -213,8 +193,9 @@ async def test_a_paired_source_appliance_runs_its_jobs_by_itself(tmp_path):
     admin = asyncssh.generate_private_key("ssh-ed25519")
     pairing_port, agent_port = free_port(), free_port()
     env = tmp_path / "ovfenv.xml"
-    env.write_text(SOURCE_ENV.format(key=admin.export_public_key().decode().strip(), token=TOKEN,
-                                     pairing_port=pairing_port))  # fmt: skip
+    env.write_bytes(ovf_env(role="source", hostname="smoke-source", pairing_token=TOKEN,
+                            admin_ssh_key=admin.export_public_key().decode().strip(),
+                            peer=f"10.0.2.2:{pairing_port}"))  # fmt: skip  (QEMU's address for this host)
     keys_dir, data = tmp_path / "target-keys", tmp_path / "data"
     disk = make_image(tmp_path / "smoke-vm.raw", 8 << 20, data_blocks=24, seed=7)
     # The DR site: a target agent on this host, waiting for the source with the deployment's token.
